@@ -35,11 +35,12 @@ from typing import Any
 
 import pandas as pd
 
+from dispsafe_nb.paths import REPO_ROOT, cache_root
+
 logger = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 DEFAULT_FRACTIONS: tuple[float, float, float] = (0.7, 0.15, 0.15)
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BUNDLED_DIR = REPO_ROOT / "data" / "bundled"
 DOWNLOAD_TIMEOUT_S = 30.0
 # ToxiGen scaffolds hold short fragments only when a line is malformed; real statements are >= 20 chars.
@@ -324,8 +325,7 @@ def mirror_dir() -> Path | None:
 
 def cache_dir() -> Path:
     """Download cache: ``$DISPSAFE_CACHE/datasets`` (default ``~/.cache/dispsafe/datasets``)."""
-    root = os.environ.get("DISPSAFE_CACHE") or "~/.cache/dispsafe"
-    return Path(root).expanduser() / "datasets"
+    return cache_root() / "datasets"
 
 
 def _downloads_disabled() -> bool:

@@ -53,26 +53,38 @@ class SentenceEncoder:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def pooled(self, texts: Sequence[str]) -> torch.Tensor:
+        """Embeddings with gradients (for fine-tuning); no memo."""
+        batch = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
+        hidden = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
     @torch.no_grad()
     def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> torch.Tensor:
-        """Embed texts into an (n, dim) float32 CPU tensor."""
+        """Embed texts into an (n, dim) float32 CPU tensor (memoised by text)."""
         from tqdm.auto import tqdm
 
         texts = list(texts)
         todo = sorted({t for t in texts if t not in self._memo}, key=len)  # length-sorted: less padding
+        was_training = self.model.training
+        self.model.eval()
         for start in tqdm(range(0, len(todo), batch_size), desc="embed", disable=not progress):
             chunk = todo[start : start + batch_size]
-            batch = self.tokenizer(
-                chunk, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-            ).to(self.device)
-            hidden = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            pooled = torch.nn.functional.normalize(pooled, dim=-1).float().cpu()
-            self._memo.update(zip(chunk, pooled))
+            self._memo.update(zip(chunk, self.pooled(chunk).float().cpu(), strict=True))
+        self.model.train(was_training)
         if not texts:
             return torch.zeros(0, self.dim)
         return torch.stack([self._memo[t] for t in texts])
+
+    def clone(self, name: str | None = None) -> SentenceEncoder:
+        """An independent copy (to fine-tune without touching the original); empty memo."""
+        import copy
+
+        return SentenceEncoder(copy.deepcopy(self.model), self.tokenizer, name or self.name, self.max_length)
 
 
 def load_minilm(device: str | torch.device | None = None) -> SentenceEncoder:

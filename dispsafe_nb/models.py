@@ -172,7 +172,9 @@ class LLM:
                     f"{budget} for it after the chat template and {reserve_tokens} new tokens; shorten it, or "
                     "load the model with on_overlong='truncate'"
                 )
-            warnings.warn(f"prompt {i} truncated from {len(ids)} to {budget} tokens to fit the context")
+            warnings.warn(
+                f"prompt {i} truncated from {len(ids)} to {budget} tokens to fit the context", stacklevel=3
+            )
             checked.append(self.tokenizer.decode(ids[:budget]))
         return checked
 
@@ -218,6 +220,8 @@ def generate_with_prefix(
     from tqdm.auto import tqdm
 
     decoding = decoding or DecodingConfig()
+    if isinstance(prompts, str):
+        raise TypeError("pass a list of prompts, not a single string")
     prompts = list(prompts)
     n_prefix = 0 if prefix is None else int(prefix.shape[0])
     prompts = llm.check_prompts(prompts, reserve_tokens=decoding.max_new_tokens + n_prefix)

@@ -43,13 +43,18 @@ BORDERLINE_CATEGORIES = {
 
 # file -> (id prefix, required keys, minimum record count)
 FILES: dict[str, tuple[str, set[str], int]] = {
-    "harmful.jsonl": ("harm", {"id", "text", "category"}, 160),
+    "harmful.jsonl": ("harm", {"id", "text", "category"}, 300),
     "benign.jsonl": ("benign", {"id", "text", "category"}, 160),
-    "borderline.jsonl": ("border", {"id", "text", "category"}, 110),
+    "borderline.jsonl": ("border", {"id", "text", "category"}, 270),
     "verifiable.jsonl": ("verif", {"id", "text", "category", "checks"}, 60),
     "refusals.jsonl": ("ref", {"id", "text"}, 70),
     "compliant_openings.jsonl": ("comply", {"id", "text"}, 70),
 }
+
+# Keys a record may carry on top of the required ones: "pair" links a borderline-safe prompt to its
+# harmful minimal-pair twin.
+OPTIONAL_KEYS: dict[str, set[str]] = {"harmful.jsonl": {"pair"}, "borderline.jsonl": {"pair"}}
+MIN_PAIRS = 150
 
 
 def normalise(text: str) -> str:
@@ -97,7 +102,7 @@ def test_schema_and_count(data: dict[str, list[dict]], name: str) -> None:
     records = data[name]
     assert len(records) >= minimum
     for r in records:
-        assert set(r) == keys, r
+        assert keys <= set(r) <= keys | OPTIONAL_KEYS.get(name, set()), r
         assert re.fullmatch(rf"{prefix}-\d{{3}}", r["id"]), r["id"]
         assert isinstance(r["text"], str) and r["text"].strip(), r
         assert r["text"] == r["text"].strip(), r["id"]
@@ -126,7 +131,7 @@ def test_harmful_categories(data: dict[str, list[dict]]) -> None:
     counts = Counter(r["category"] for r in data["harmful.jsonl"])
     assert set(counts) <= HARM_CATEGORIES, set(counts) - HARM_CATEGORIES
     assert len(counts) >= 8
-    assert all(c >= 15 for c in counts.values()), counts
+    assert all(c >= 20 for c in counts.values()), counts
 
 
 def test_harmful_requests_are_short_one_liners(data: dict[str, list[dict]]) -> None:
@@ -150,7 +155,42 @@ def test_benign_categories(data: dict[str, list[dict]]) -> None:
 def test_borderline_categories(data: dict[str, list[dict]]) -> None:
     counts = Counter(r["category"] for r in data["borderline.jsonl"])
     assert set(counts) == BORDERLINE_CATEGORIES
-    assert all(c >= 12 for c in counts.values()), counts
+    assert all(c >= 30 for c in counts.values()), counts
+
+
+# --------------------------------------------------------------------------- minimal pairs
+
+
+def _content_words(text: str) -> set[str]:
+    words = (w.strip("'-") for w in re.findall(r"[a-z'-]+", text.lower()))
+    return {w for w in words if len(w) >= 4}
+
+
+def test_minimal_pairs_link_one_harmful_and_one_borderline(data: dict[str, list[dict]]) -> None:
+    """Every ``pair`` value appears exactly twice: once in harmful.jsonl, once in borderline.jsonl."""
+    where: dict[str, list[str]] = {}
+    for name in FILES:
+        for r in data[name]:
+            if "pair" in r:
+                assert name in OPTIONAL_KEYS, (name, r["id"])
+                assert isinstance(r["pair"], str) and re.fullmatch(r"pair-\d{3}", r["pair"]), r
+                where.setdefault(r["pair"], []).append(name)
+    assert len(where) >= MIN_PAIRS
+    bad = {p: names for p, names in where.items() if sorted(names) != ["borderline.jsonl", "harmful.jsonl"]}
+    assert bad == {}
+
+
+def test_minimal_pairs_share_vocabulary_and_cover_every_category(data: dict[str, list[dict]]) -> None:
+    harmful = {r["pair"]: r for r in data["harmful.jsonl"] if "pair" in r}
+    borderline = {r["pair"]: r for r in data["borderline.jsonl"] if "pair" in r}
+    assert set(harmful) == set(borderline)
+    for pair, safe in borderline.items():
+        twin = harmful[pair]
+        assert _content_words(safe["text"]) & _content_words(twin["text"]), pair
+        assert normalise(safe["text"]) != normalise(twin["text"]), pair
+    per_category = Counter(r["category"] for r in borderline.values())
+    assert set(per_category) == BORDERLINE_CATEGORIES
+    assert all(c >= 15 for c in per_category.values()), per_category
 
 
 def test_verifiable_checks_are_known_and_well_formed(data: dict[str, list[dict]]) -> None:

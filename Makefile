@@ -1,0 +1,52 @@
+# dispsafe: two commands for a newcomer — `make reproduce` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The CPU build of torch (on a machine with a GPU, a CUDA build already in the venv is kept).
+TORCH_SPEC ?= torch==2.13.0
+# e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu to get the CPU wheel on Linux from PyTorch's index.
+TORCH_INDEX ?=
+# The offline mirror of public datasets, when this checkout sits beside one.
+DISPSAFE_DATA ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
+export DISPSAFE_DATA
+
+.PHONY: install test lint format reproduce benchmark lab clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements-embedded.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	@if ! $(PY) -c "import torch" 2>/dev/null; then \
+	  if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install torch; \
+	  else $(PIP) install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"; fi; \
+	fi
+	$(PIP) install --quiet -e ".[dev]"
+	$(PIP) install --quiet --no-deps -r requirements-embedded.txt
+	touch $@
+
+test: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m pytest
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: install
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+reproduce: install
+	$(PY) -m dispsafe_nb.reproduce
+
+benchmark: install
+	$(PY) benchmarks/foundation.py
+
+lab: install
+	$(VENV)/bin/jupyter lab notebooks/
+
+clean:
+	rm -rf results/ .pytest_cache .ruff_cache

@@ -1,0 +1,217 @@
+"""The safe LLM system (the paper's teacher): the LLM answers, a guard judges, unsafe answers become y_r.
+
+    p(r | x) = Σ_y p(y | x) [ α(x, y) 1(r = y) + (1 − α(x, y)) 1(r = y_r) ]
+
+`SafeSystem.generate` runs it like any other system. `teacher_samples` gives training data for distillation:
+k samples y ~ p(y | x) per prompt with their α, cached on disk and shared by every method and objective.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from dispsafe_nb.guards import DEFAULT_REFUSAL, Guard
+from dispsafe_nb.models import LLM, DecodingConfig
+from dispsafe_nb.paths import cache_root
+
+# Sampling the teacher: a little below temperature 1 keeps a 135M model's samples fluent.
+TEACHER_DECODING = DecodingConfig(max_new_tokens=64, temperature=0.7, top_p=0.95, seed=0)
+
+
+@dataclass(frozen=True)
+class SafeSystemOutput:
+    prompt: str
+    response: str  # what the LLM said
+    alpha: float  # guard's p(safe | prompt, response)
+    final: str  # what the system returns: response or the refusal
+
+    @property
+    def replaced(self) -> bool:
+        return self.final != self.response
+
+
+@dataclass
+class SafeSystem:
+    """LLM + guard. mode="threshold" refuses when α < threshold; mode="sample" keeps y with probability α
+    (the stochastic system of the paper's formula; seeded)."""
+
+    llm: LLM
+    guard: Guard
+    refusal: str = DEFAULT_REFUSAL
+    threshold: float = 0.5
+    mode: str = "threshold"
+
+    def __post_init__(self) -> None:
+        if self.mode not in {"threshold", "sample"}:
+            raise ValueError(f"mode must be 'threshold' or 'sample', not {self.mode!r}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must lie in [0, 1], not {self.threshold}")
+
+    def respond(
+        self,
+        prompts: Sequence[str],
+        decoding: DecodingConfig | None = None,
+        batch_size: int = 16,
+        progress: bool = False,
+    ) -> list[SafeSystemOutput]:
+        """Full trace per prompt: the LLM's answer, α, and the final output."""
+        decoding = decoding or DecodingConfig()
+        prompts = list(prompts)
+        responses = self.llm.generate(prompts, decoding, batch_size=batch_size, progress=progress)
+        alphas = self.guard.prob_safe(prompts, responses).tolist()
+        rng = random.Random(decoding.seed)
+        outputs = []
+        for prompt, response, alpha in zip(prompts, responses, alphas, strict=True):
+            keep = alpha >= self.threshold if self.mode == "threshold" else rng.random() < alpha
+            outputs.append(
+                SafeSystemOutput(prompt, response, float(alpha), response if keep else self.refusal)
+            )
+        return outputs
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        decoding: DecodingConfig | None = None,
+        batch_size: int = 16,
+        progress: bool = False,
+    ) -> list[str]:
+        """The common system interface: one final answer per prompt."""
+        return [o.final for o in self.respond(prompts, decoding, batch_size, progress)]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "system": "dual",
+            "model": self.llm.describe(),
+            "guard": self.guard.describe(),
+            "refusal": self.refusal,
+            "threshold": self.threshold,
+            "mode": self.mode,
+        }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Teacher samples for distillation, cached on disk
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TeacherSample:
+    """k responses y ~ p(y|x) for one prompt, their α(x, y), and the refusal y_r."""
+
+    prompt: str
+    responses: tuple[str, ...]
+    alphas: tuple[float, ...]
+    refusal: str
+
+    @property
+    def refusal_mass(self) -> float:
+        """Monte-Carlo estimate of the teacher's probability of answering y_r: mean of 1 − α."""
+        return sum(1.0 - a for a in self.alphas) / len(self.alphas)
+
+
+def _stable_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@dataclass
+class TeacherCache:
+    """One JSON file per prompt under a folder keyed by model, guard, refusal, decoding and k.
+
+    Every entry carries a checksum of its content: a damaged or mismatching entry is detected, reported,
+    deleted and recomputed — never silently used.
+    """
+
+    key: dict[str, Any]
+    root: Path = field(default_factory=lambda: cache_root() / "teacher")
+
+    @property
+    def folder(self) -> Path:
+        return self.root / _stable_hash(self.key)[:16]
+
+    def path(self, prompt: str) -> Path:
+        return self.folder / f"{hashlib.sha256(prompt.encode()).hexdigest()[:24]}.json"
+
+    def get(self, prompt: str) -> TeacherSample | None:
+        path = self.path(prompt)
+        if not path.exists():
+            return None
+        try:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+            body = entry["sample"]
+            if entry["checksum"] != _stable_hash(body) or body["prompt"] != prompt:
+                raise ValueError("checksum or prompt mismatch")
+            return TeacherSample(
+                body["prompt"], tuple(body["responses"]), tuple(body["alphas"]), body["refusal"]
+            )
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+            warnings.warn(f"teacher cache entry {path} is corrupt ({err}); recomputing it", stacklevel=2)
+            path.unlink(missing_ok=True)
+            return None
+
+    def put(self, sample: TeacherSample) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        key_file = self.folder / "key.json"
+        if not key_file.exists():
+            key_file.write_text(json.dumps(self.key, indent=2, sort_keys=True, default=str), encoding="utf-8")
+        body = {
+            "prompt": sample.prompt,
+            "responses": list(sample.responses),
+            "alphas": list(sample.alphas),
+            "refusal": sample.refusal,
+        }
+        payload = json.dumps({"checksum": _stable_hash(body), "sample": body}, ensure_ascii=False)
+        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(payload)
+        os.replace(tmp, self.path(sample.prompt))
+
+
+def prompt_seed(prompt: str, seed: int) -> int:
+    """A per-prompt seed, so a prompt's samples do not depend on which other prompts were asked with it."""
+    return int(hashlib.sha256(f"{seed}:{prompt}".encode()).hexdigest()[:8], 16)
+
+
+def teacher_samples(
+    system: SafeSystem,
+    prompts: Sequence[str],
+    k: int = 4,
+    decoding: DecodingConfig = TEACHER_DECODING,
+    cache: bool = True,
+    cache_root_dir: Path | None = None,
+    progress: bool = True,
+) -> list[TeacherSample]:
+    """k samples per prompt from the base LLM with their α under the system's guard (computed once, cached)."""
+    from tqdm.auto import tqdm
+
+    if k < 1:
+        raise ValueError(f"k must be at least 1, not {k}")
+    prompts = system.llm.check_prompts(list(prompts), reserve_tokens=decoding.max_new_tokens)
+    key = {
+        "model": system.llm.describe(),
+        "guard": system.guard.describe(),
+        "refusal": system.refusal,
+        "decoding": decoding.to_dict(),
+        "k": k,
+    }
+    store = TeacherCache(key, cache_root_dir or cache_root() / "teacher") if cache else None
+    samples = []
+    for prompt in tqdm(prompts, desc="teacher samples", disable=not progress):
+        sample = store.get(prompt) if store else None
+        if sample is None:
+            seeded = replace(decoding, seed=prompt_seed(prompt, decoding.seed))
+            responses = system.llm.generate([prompt], seeded, num_samples=k)[0]
+            alphas = system.guard.prob_safe([prompt] * k, responses).tolist()
+            sample = TeacherSample(prompt, tuple(responses), tuple(float(a) for a in alphas), system.refusal)
+            if store:
+                store.put(sample)
+        samples.append(sample)
+    return samples

@@ -1,0 +1,73 @@
+"""Shared fixtures: the real default model and guard, loaded once per test session.
+
+Tests run offline: datasets come from the mirror ($DISPSAFE_DATA, set here to ../shared/datasets when present)
+and everything computed (guard, teacher samples) goes to a fresh cache folder unless DISPSAFE_TEST_CACHE names
+one to reuse between runs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MIRROR = ROOT.parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _offline_environment(tmp_path_factory):
+    if not os.environ.get("DISPSAFE_DATA") and MIRROR.is_dir():
+        os.environ["DISPSAFE_DATA"] = str(MIRROR)
+    os.environ["DISPSAFE_CACHE"] = os.environ.get("DISPSAFE_TEST_CACHE") or str(tmp_path_factory.mktemp("cache"))
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    yield
+
+
+@pytest.fixture(scope="session")
+def llm(_offline_environment):
+    from dispsafe_nb.models import load_llm
+
+    return load_llm()
+
+
+@pytest.fixture(scope="session")
+def encoder(_offline_environment):
+    from dispsafe_nb.encoders import load_minilm
+
+    return load_minilm()
+
+
+@pytest.fixture(scope="session")
+def guard(encoder):
+    if not MIRROR.is_dir() and not os.environ.get("DISPSAFE_DATA"):
+        pytest.skip("the guard trains on public sets: set DISPSAFE_DATA to the dataset mirror")
+    from dispsafe_nb.guard_training import load_embedding_guard
+
+    return load_embedding_guard(encoder=encoder)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, llm):
+    """A tiny randomly initialised Llama with the default model's tokenizer, saved as an HF folder."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(llm.tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=llm.tokenizer.pad_token_id,
+        eos_token_id=llm.tokenizer.eos_token_id,
+    )
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    llm.tokenizer.save_pretrained(folder)
+    return folder

