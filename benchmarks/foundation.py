@@ -77,7 +77,9 @@ def main() -> None:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as fh:
         json.dump(results, fh, indent=2, sort_keys=True, default=str)
-    summary = {k: {m: round(v, 3) for m, v in s.items() if isinstance(v, float)} for k, s in results["sets"].items()}
+    summary = {
+        k: {m: round(v, 3) for m, v in s.items() if isinstance(v, float)} for k, s in results["sets"].items()
+    }
     print(json.dumps(summary, indent=2))
     print("guard:", {k: guard.report.get(k) for k in ("contrast_auroc", "xstest_safe_flag_rate")})
     print("wrote", args.out)

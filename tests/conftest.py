@@ -20,7 +20,9 @@ MIRROR = ROOT.parent / "shared" / "datasets"
 def _offline_environment(tmp_path_factory):
     if not os.environ.get("DISPSAFE_DATA") and MIRROR.is_dir():
         os.environ["DISPSAFE_DATA"] = str(MIRROR)
-    os.environ["DISPSAFE_CACHE"] = os.environ.get("DISPSAFE_TEST_CACHE") or str(tmp_path_factory.mktemp("cache"))
+    os.environ["DISPSAFE_CACHE"] = os.environ.get("DISPSAFE_TEST_CACHE") or str(
+        tmp_path_factory.mktemp("cache")
+    )
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ.setdefault("TQDM_DISABLE", "1")
     yield

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +59,8 @@ def test_notebooks_are_committed_without_outputs():
         nb = json.loads(path.read_text())
         for cell in nb["cells"]:
             if cell["cell_type"] == "code":
-                assert not cell.get("outputs"), f"{path.name} has stored outputs: clear them before committing"
+                assert not cell.get("outputs"), (
+                    f"{path.name} has stored outputs: clear them before committing"
+                )
                 assert cell.get("execution_count") is None, f"{path.name} has execution counts"
         assert nb["metadata"]["kernelspec"]["name"] == "python3", f"{path.name} must use the python3 kernel"

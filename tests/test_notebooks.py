@@ -1,0 +1,57 @@
+"""Every notebook runs headlessly through papermill in smoke mode; we assert on the numbers it emits."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from dispsafe_nb.notebook import load_metrics
+from dispsafe_nb.reproduce import notebooks, run_notebook
+
+pytestmark = [pytest.mark.slow, pytest.mark.notebook]
+
+# What each notebook must emit in smoke mode (name -> check). A notebook without an entry fails the suite:
+# every notebook must be asserted on.
+CHECKS = {
+    "01_tv_bound": lambda m: (
+        m["max_bound_violation"] <= 1e-9
+        and m["max_pinsker_violation"] <= 1e-9
+        and m["max_sequence_bound_violation"] <= 1e-9
+        and m["kl_chain_rule_error"] <= 1e-9
+    ),
+    "02_safe_system": lambda m: (
+        m["dual"]["advbench_test"]["refusal_rate"] > m["base"]["advbench_test"]["refusal_rate"]
+        and 0.0 <= m["dual"]["xstest_safe"]["refusal_rate"] <= 1.0
+        and m["dual_cost_ratio"] > 1.0
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def smoke_env(tmp_path_factory):
+    out = tmp_path_factory.mktemp("notebooks")
+    old = {k: os.environ.get(k) for k in ("DISPSAFE_RESULTS", "DISPSAFE_FIGURES")}
+    os.environ["DISPSAFE_RESULTS"] = str(out / "results")
+    os.environ["DISPSAFE_FIGURES"] = str(out / "figures")
+    yield out
+    for key, value in old.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def test_every_notebook_has_a_check():
+    names = {p.stem for p in notebooks()}
+    assert names, "no notebooks found"
+    assert names <= set(CHECKS), f"notebooks without assertions: {sorted(names - set(CHECKS))}"
+
+
+@pytest.mark.parametrize("path", notebooks(), ids=lambda p: p.stem)
+def test_notebook_runs_in_smoke_mode(path, smoke_env):
+    run_notebook(path, smoke_env / "executed", {"SMOKE": True})
+    record = load_metrics(path.stem)
+    assert record["config"].get("SMOKE") is True, "the notebook must record its parameters in its config"
+    assert CHECKS[path.stem](record["metrics"]), record["metrics"]
+    assert list((smoke_env / "figures").glob(f"{path.stem[:2]}_*.html")), "the notebook saved no figure"
