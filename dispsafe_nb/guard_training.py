@@ -37,7 +37,7 @@ class GuardTrainingConfig:
     batch_size: int = 32
     # Borderline-safe prompts are the hard negatives (XSTest-style); weighting them up keeps the guard from
     # flagging them.
-    borderline_weight: float = 3.0
+    borderline_weight: float = 6.0
     harmful_sets: tuple[str, ...] = ("bundled_harmful", "advbench", "toxigen")
     benign_sets: tuple[str, ...] = (
         "bundled_benign",

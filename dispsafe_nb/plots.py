@@ -540,7 +540,7 @@ def alpha_samples_figure(labels: Sequence[str], samples: Sequence[Any]) -> go.Fi
             name="estimated p(y_r | x)",
             marker={
                 "color": "rgba(31,119,180,0.25)",
-                "line": {"color": "#1f77b4", "width": 1, "dash": "dash"},
+                "line": {"color": "#1f77b4", "width": 1.5},
             },
         )
     )

@@ -1,0 +1,256 @@
+"""Distil the safe system into a soft prompt: `distill(...)` with TV-DiSP or KL-DiSP.
+
+Each training example is one teacher sample (x, y, α(x, y)) plus the refusal y_r; the loss compares the student's
+sequence log-probabilities of y and y_r with the teacher's two-point distribution α δ_y + (1 − α) δ_{y_r}.
+Adam (ε = 1e-7, as the paper), gradient accumulation, a progress bar with the live loss, a history with a
+validation estimate of the distillation gap, periodic checkpoints and exact resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from dispsafe_nb import data
+from dispsafe_nb.artifacts import load_artifact, save_artifact
+from dispsafe_nb.methods import DEFAULT_INIT_TEXT, SoftPrompt, init_soft_prompt
+from dispsafe_nb.models import LLM
+from dispsafe_nb.objectives import kl_disp_loss, sequence_logprobs, tv_disp_loss
+from dispsafe_nb.safe_system import TeacherSample
+
+OBJECTIVES = {"tv": tv_disp_loss, "kl": kl_disp_loss}
+CHECKPOINT_KIND = "distill_checkpoint"
+
+
+@dataclass
+class DistillConfig:
+    """Hyperparameters of one distillation run (saved with the artifact). Paper settings in comments."""
+
+    objective: str = "tv"  # "tv" (TV-DiSP) or "kl" (KL-DiSP)
+    n_tokens: int = 20  # paper: 100 (ablation 10-200)
+    init: str = "text"
+    init_text: str = DEFAULT_INIT_TEXT
+    lr: float = 3e-3  # paper: 6e-4 ... 3e-3
+    steps: int = 60  # paper: about 200 iterations
+    batch_size: int = 8  # paper: effective batch 32
+    grad_accum: int = 1
+    reduction: str = "sum"  # "sum": sequence log-prob (the maths); "mean": per-token (length-normalised)
+    seed: int = 0
+    eval_every: int = 10
+    checkpoint_every: int = 0  # 0: no periodic checkpoints
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {self.objective!r}; known: {', '.join(OBJECTIVES)}")
+        if self.reduction not in {"sum", "mean"}:
+            raise ValueError(f"reduction must be 'sum' or 'mean', not {self.reduction!r}")
+        for name in ("n_tokens", "steps", "batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training example: a prompt, one teacher sample y with its α, and the refusal."""
+
+    prompt: str
+    response: str
+    alpha: float
+    refusal: str
+
+
+def examples_from_samples(samples: Sequence[TeacherSample]) -> list[Example]:
+    """Flatten teacher samples into (x, y, α, y_r) examples."""
+    return [
+        Example(s.prompt, y, float(a), s.refusal)
+        for s in samples
+        for y, a in zip(s.responses, s.alphas, strict=True)
+    ]
+
+
+def data_hash(examples: Sequence[Example]) -> str:
+    """A short hash of the training data, stored with the artifact."""
+    blob = json.dumps([asdict(e) for e in examples], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def training_mix(
+    n_harmful: int = 48, n_benign: int = 48, n_borderline: int = 32, seed: int = 0
+) -> list[data.PromptRecord]:
+    """The default distillation prompts, from train splits only: harmful (bundled + AdvBench), benign
+    (bundled + Alpaca) and borderline-safe (bundled). Evaluation-only sets are refused by `training_prompts`."""
+    half = max(1, n_harmful // 2)
+    records = data.training_prompts(["bundled_harmful"], limit_per_set=half, seed=seed)
+    records += data.training_prompts(["advbench"], limit_per_set=n_harmful - half, seed=seed)
+    records += data.training_prompts(["bundled_benign"], limit_per_set=max(1, n_benign // 2), seed=seed)
+    records += data.training_prompts(["alpaca"], limit_per_set=n_benign - n_benign // 2, seed=seed)
+    records += data.training_prompts(["bundled_borderline"], limit_per_set=n_borderline, seed=seed)
+    data.assert_trainable(records)
+    return records
+
+
+@dataclass
+class History:
+    """What happened during training, step by step (JSON-able)."""
+
+    step: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    mean_alpha: list[float] = field(default_factory=list)
+    val_step: list[int] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_refusal_gap: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, list]:
+        return asdict(self)
+
+
+def _loss(
+    llm: LLM, soft: SoftPrompt, batch: Sequence[Example], cfg: DistillConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    prompts = [e.prompt for e in batch]
+    logq_y = sequence_logprobs(
+        llm, prompts, [e.response for e in batch], reduction=cfg.reduction, method=soft
+    )
+    logq_r = sequence_logprobs(llm, prompts, [e.refusal for e in batch], reduction=cfg.reduction, method=soft)
+    alpha = torch.tensor([e.alpha for e in batch], device=logq_y.device)
+    same = torch.tensor([e.response.strip() == e.refusal.strip() for e in batch], device=logq_y.device)
+    return OBJECTIVES[cfg.objective](logq_y, logq_r, alpha, same).mean(), logq_r, alpha
+
+
+@torch.no_grad()
+def validation_gap(
+    llm: LLM, soft: SoftPrompt, samples: Sequence[TeacherSample], cfg: DistillConfig
+) -> tuple[float, float]:
+    """(mean loss, mean |p̂(y_r|x) − q(y_r|x)|) on validation samples.
+
+    The second is a Monte-Carlo *lower bound* on the mean TV(p, q): TV ≥ |p(A) − q(A)| for the event A = {y_r}.
+    """
+    examples = examples_from_samples(samples)
+    loss, _, _ = _loss(llm, soft, examples, cfg)
+    prompts = [s.prompt for s in samples]
+    logq_r = sequence_logprobs(llm, prompts, [s.refusal for s in samples], reduction="sum", method=soft)
+    p_r = torch.tensor([s.refusal_mass for s in samples], device=logq_r.device)
+    return float(loss), float((p_r - logq_r.exp()).abs().mean())
+
+
+def _batch_indices(n: int, cfg: DistillConfig, step: int, micro: int) -> list[int]:
+    # A generator per (seed, step, micro-batch): resuming at any step draws the same batches.
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 97 + micro)
+    return torch.randint(0, n, (cfg.batch_size,), generator=gen).tolist()
+
+
+def save_checkpoint(
+    folder: str | Path,
+    soft: SoftPrompt,
+    opt: torch.optim.Adam,
+    step: int,
+    history: History,
+    cfg: DistillConfig,
+) -> Path:
+    """W, Adam's moments and step, the history and config: everything needed to resume exactly."""
+    state = opt.state[soft.W]
+    tensors = {"W": soft.W, "exp_avg": state["exp_avg"], "exp_avg_sq": state["exp_avg_sq"]}
+    meta = {
+        "step": step,
+        "adam_step": float(state["step"]),
+        "history": history.to_dict(),
+        "config": asdict(cfg),
+    }
+    return save_artifact(folder, CHECKPOINT_KIND, tensors, meta)
+
+
+def distill(
+    llm: LLM,
+    train_samples: Sequence[TeacherSample],
+    cfg: DistillConfig | None = None,
+    val_samples: Sequence[TeacherSample] = (),
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> tuple[SoftPrompt, History]:
+    """Train a soft prompt on teacher samples; returns it (with its training config as metadata) and the history.
+
+    With `checkpoint_dir` and `checkpoint_every`, a checkpoint is written periodically and at the end;
+    `resume=True` continues from the checkpoint there (same batches, same optimiser state).
+    """
+    from tqdm.auto import tqdm
+
+    cfg = cfg or DistillConfig()
+    examples = examples_from_samples(train_samples)
+    if not examples:
+        raise ValueError("no training examples: pass teacher samples for at least one prompt")
+    torch.manual_seed(cfg.seed)
+    soft = init_soft_prompt(llm, cfg.n_tokens, cfg.init, cfg.init_text, cfg.seed)
+    opt = torch.optim.Adam(soft.trainable_parameters(), lr=cfg.lr, eps=1e-7)
+    history, start = History(), 0
+    if resume:
+        if checkpoint_dir is None:
+            raise ValueError("resume=True needs a checkpoint_dir")
+        start, history = _restore(checkpoint_dir, soft, opt, cfg)
+    bar = tqdm(
+        range(start, cfg.steps),
+        desc=f"{cfg.objective}-disp",
+        disable=not progress,
+        initial=start,
+        total=cfg.steps,
+    )
+    for step in bar:
+        opt.zero_grad()
+        total, alphas = 0.0, []
+        for micro in range(cfg.grad_accum):
+            batch = [examples[i] for i in _batch_indices(len(examples), cfg, step, micro)]
+            loss, _, alpha = _loss(llm, soft, batch, cfg)
+            (loss / cfg.grad_accum).backward()
+            total += loss.item() / cfg.grad_accum
+            alphas += alpha.tolist()
+        opt.step()
+        history.step.append(step + 1)
+        history.loss.append(total)
+        history.mean_alpha.append(sum(alphas) / len(alphas))
+        postfix = {"loss": f"{total:.3f}"}
+        if val_samples and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
+            val_loss, gap = validation_gap(llm, soft, val_samples, cfg)
+            history.val_step.append(step + 1)
+            history.val_loss.append(val_loss)
+            history.val_refusal_gap.append(gap)
+            postfix["val"] = f"{val_loss:.3f}"
+        bar.set_postfix(postfix)
+        if not math.isfinite(total):
+            raise FloatingPointError(f"loss became {total} at step {step + 1}; lower the learning rate")
+        due = cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0
+        if checkpoint_dir is not None and (due or step + 1 == cfg.steps):
+            save_checkpoint(checkpoint_dir, soft, opt, step + 1, history, cfg)
+    soft.metadata.update(
+        {
+            "objective": cfg.objective,
+            "distill_config": asdict(cfg),
+            "training_data_hash": data_hash(examples),
+            "n_train_prompts": len(train_samples),
+            "n_train_examples": len(examples),
+            "final_loss": history.loss[-1] if history.loss else None,
+        }
+    )
+    return soft, history
+
+
+def _restore(
+    folder: str | Path, soft: SoftPrompt, opt: torch.optim.Adam, cfg: DistillConfig
+) -> tuple[int, History]:
+    tensors, meta = load_artifact(folder, CHECKPOINT_KIND)
+    if meta["config"] != asdict(cfg):
+        changed = sorted(k for k, v in asdict(cfg).items() if meta["config"].get(k) != v)
+        raise ValueError(f"checkpoint in {folder} was written with another config (differs in {changed})")
+    with torch.no_grad():
+        soft.W.copy_(tensors["W"].to(soft.W.device))
+    opt.state[soft.W] = {
+        "step": torch.tensor(meta["adam_step"]),
+        "exp_avg": tensors["exp_avg"].to(soft.W.device),
+        "exp_avg_sq": tensors["exp_avg_sq"].to(soft.W.device),
+    }
+    return int(meta["step"]), History(**meta["history"])
