@@ -200,3 +200,49 @@ def records_table(records: Sequence[EvalRecord]) -> pd.DataFrame:
         for r in records
     ]
     return pd.DataFrame(rows)
+
+
+def evaluate_base_and_dual(
+    system: Any,
+    benchmarks: Sequence[str],
+    limit: int | None = None,
+    decoding: DecodingConfig | None = None,
+    judge: RefusalJudge | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> tuple[list[EvalRecord], dict[str, float]]:
+    """Evaluate the base LLM and the dual system from one generation pass (the dual system's answers are the
+    base answers passed through its guard), plus wall-clock time spent generating vs. guarding."""
+    import time
+
+    decoding = decoding or DecodingConfig(max_new_tokens=64, seed=seed)
+    judge = judge or RefusalJudge(refusal_text=system.refusal)
+    records: list[EvalRecord] = []
+    timing = {"generate_s": 0.0, "guard_s": 0.0, "n": 0}
+    for bench in benchmarks:
+        prompts = benchmark_records(bench, limit, seed)
+        texts = [r.text for r in prompts]
+        t0 = time.perf_counter()
+        answers = system.llm.generate(texts, decoding, batch_size=batch_size, progress=progress)
+        t1 = time.perf_counter()
+        alphas = system.guard.prob_safe(texts, answers).tolist()
+        timing["generate_s"] += t1 - t0
+        timing["guard_s"] += time.perf_counter() - t1
+        timing["n"] += len(texts)
+        finals = [
+            a if al >= system.threshold else system.refusal for a, al in zip(answers, alphas, strict=True)
+        ]
+        base_config = {
+            "system": system.llm.describe(),
+            "judge": judge.describe(),
+            "benchmark": asdict(benchmark(bench)),
+            "limit": limit,
+            "decoding": decoding.to_dict(),
+            "seed": seed,
+            "package_version": dispsafe_nb.__version__,
+        }
+        records.append(score_responses("base", bench, prompts, answers, judge, config=base_config))
+        dual_config = {**base_config, "system": system.describe()}
+        records.append(score_responses("dual", bench, prompts, finals, judge, config=dual_config))
+    return records, timing

@@ -598,3 +598,66 @@ def category_bars(per_category: dict[str, float], title: str) -> go.Figure:
         title=title, yaxis={"title": "refusal rate", "range": [0, 1.05]}, xaxis={"title": "category"}
     )
     return fig
+
+
+def training_curves(histories: Mapping[str, Any]) -> go.Figure:
+    """Training loss (thin) and validation loss (markers) per run; `histories` maps a name to a `train.History`."""
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=("loss", "validation: |p̂(y_r|x) − q(y_r|x)| (a TV lower bound)")
+    )
+    for name, history in histories.items():
+        color = _SYSTEM_COLORS.get(name)
+        fig.add_trace(
+            go.Scatter(
+                x=history.step,
+                y=history.loss,
+                mode="lines",
+                name=f"{name} train",
+                line={"color": color, "width": 1},
+            ),
+            row=1,
+            col=1,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=history.val_step,
+                y=history.val_loss,
+                mode="lines+markers",
+                name=f"{name} val",
+                line={"color": color, "width": 3},
+            ),
+            row=1,
+            col=1,
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=history.val_step,
+                y=history.val_refusal_gap,
+                mode="lines+markers",
+                name=f"{name} refusal gap",
+                line={"color": color, "dash": "dot"},
+            ),
+            row=1,
+            col=2,
+        )
+    fig.update_xaxes(title_text="step")
+    fig.update_layout(title="Distilling the safe system into a soft prompt")
+    return fig
+
+
+def alpha_histogram(alphas_by_kind: Mapping[str, Sequence[float]]) -> go.Figure:
+    """Overlaid histograms of the guard's α on teacher samples, one per prompt kind."""
+    fig = go.Figure()
+    for kind, alphas in alphas_by_kind.items():
+        fig.add_trace(
+            go.Histogram(
+                x=list(alphas), name=kind, opacity=0.6, xbins={"start": 0, "end": 1.0001, "size": 0.05}
+            )
+        )
+    fig.update_layout(
+        barmode="overlay",
+        title="Teacher data: the guard's α(x, y) on sampled answers",
+        xaxis={"title": "α(x, y) = p(safe | x, y)"},
+        yaxis={"title": "samples"},
+    )
+    return fig

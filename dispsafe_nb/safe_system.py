@@ -208,7 +208,8 @@ def teacher_samples(
         sample = store.get(prompt) if store else None
         if sample is None:
             seeded = replace(decoding, seed=prompt_seed(prompt, decoding.seed))
-            responses = system.llm.generate([prompt], seeded, num_samples=k)[0]
+            out = system.llm.generate([prompt], seeded, num_samples=k)
+            responses = [out[0]] if k == 1 else out[0]  # generate() nests only when k > 1
             alphas = system.guard.prob_safe([prompt] * k, responses).tolist()
             sample = TeacherSample(prompt, tuple(responses), tuple(float(a) for a in alphas), system.refusal)
             if store:

@@ -81,17 +81,24 @@ def data_hash(examples: Sequence[Example]) -> str:
 
 
 def training_mix(
-    n_harmful: int = 48, n_benign: int = 48, n_borderline: int = 32, seed: int = 0
+    n_harmful: int = 48, n_benign: int = 48, n_borderline: int = 32, seed: int = 0, split: str = "train"
 ) -> list[data.PromptRecord]:
-    """The default distillation prompts, from train splits only: harmful (bundled + AdvBench), benign
-    (bundled + Alpaca) and borderline-safe (bundled). Evaluation-only sets are refused by `training_prompts`."""
-    half = max(1, n_harmful // 2)
-    records = data.training_prompts(["bundled_harmful"], limit_per_set=half, seed=seed)
-    records += data.training_prompts(["advbench"], limit_per_set=n_harmful - half, seed=seed)
-    records += data.training_prompts(["bundled_benign"], limit_per_set=max(1, n_benign // 2), seed=seed)
-    records += data.training_prompts(["alpaca"], limit_per_set=n_benign - n_benign // 2, seed=seed)
-    records += data.training_prompts(["bundled_borderline"], limit_per_set=n_borderline, seed=seed)
-    data.assert_trainable(records)
+    """The default distillation prompts: harmful (bundled + AdvBench), benign (bundled + Alpaca) and
+    borderline-safe (bundled), from the train split (or "val" for validation). Evaluation-only sets and the
+    test split are refused by `data.training_prompts`."""
+    plan = [
+        ("bundled_harmful", max(1, n_harmful // 2)),
+        ("advbench", n_harmful - max(1, n_harmful // 2)),
+        ("bundled_benign", max(1, n_benign // 2)),
+        ("alpaca", n_benign - max(1, n_benign // 2)),
+        ("bundled_borderline", n_borderline),
+    ]
+    records = []
+    for name, n in plan:
+        if n > 0:
+            records += data.training_prompts([name], split=split, limit_per_set=n, seed=seed)
+    if split == "train":
+        data.assert_trainable(records)
     return records
 
 

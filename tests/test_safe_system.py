@@ -106,6 +106,11 @@ def test_cache_is_keyed_by_decoding_settings(system):
     assert a.path("x") != a.path("y")
 
 
+def test_a_single_sample_per_prompt_is_one_whole_answer(system):
+    (sample,) = teacher_samples(system, PROMPTS[2:3], k=1, decoding=FAST, cache=False, progress=False)
+    assert len(sample.responses) == 1 and len(sample.responses[0]) > 1
+
+
 def test_k_must_be_positive(system):
     with pytest.raises(ValueError, match="at least 1"):
         teacher_samples(system, PROMPTS[:1], k=0)
