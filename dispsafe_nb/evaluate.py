@@ -138,6 +138,21 @@ def score_responses(
     )
 
 
+def _record_config(
+    system: Any, judge: RefusalJudge, bench: str, limit: int | None, decoding: DecodingConfig, seed: int
+) -> dict[str, Any]:
+    """Everything a record needs to be redone: system, judge, data split, decoding, seed, package version."""
+    return {
+        "system": system,
+        "judge": judge.describe(),
+        "benchmark": asdict(benchmark(bench)),
+        "limit": limit,
+        "decoding": decoding.to_dict(),
+        "seed": seed,
+        "package_version": dispsafe_nb.__version__,
+    }
+
+
 def evaluate(
     system: Any,
     benchmarks: Sequence[str],
@@ -161,15 +176,7 @@ def evaluate(
         responses = system.generate(
             [r.text for r in records], decoding, batch_size=batch_size, progress=progress
         )
-        config = {
-            "system": describe() if describe else name,
-            "judge": judge.describe(),
-            "benchmark": asdict(benchmark(bench)),
-            "limit": limit,
-            "decoding": decoding.to_dict(),
-            "seed": seed,
-            "package_version": dispsafe_nb.__version__,
-        }
+        config = _record_config(describe() if describe else name, judge, bench, limit, decoding, seed)
         results.append(score_responses(name, bench, records, responses, judge, second_judge, config))
     return results
 
@@ -233,15 +240,7 @@ def evaluate_base_and_dual(
         finals = [
             a if al >= system.threshold else system.refusal for a, al in zip(answers, alphas, strict=True)
         ]
-        base_config = {
-            "system": system.llm.describe(),
-            "judge": judge.describe(),
-            "benchmark": asdict(benchmark(bench)),
-            "limit": limit,
-            "decoding": decoding.to_dict(),
-            "seed": seed,
-            "package_version": dispsafe_nb.__version__,
-        }
+        base_config = _record_config(system.llm.describe(), judge, bench, limit, decoding, seed)
         records.append(score_responses("base", bench, prompts, answers, judge, config=base_config))
         dual_config = {**base_config, "system": system.describe()}
         records.append(score_responses("dual", bench, prompts, finals, judge, config=dual_config))

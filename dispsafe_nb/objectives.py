@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from dispsafe_nb.models import LLM, prepend_prefix
+from dispsafe_nb.theory import weighted_clipped_nll, weighted_nll
 
 REDUCTIONS = ("sum", "mean")
 
@@ -198,27 +199,6 @@ def _prepare(
     return ly, lr, a, same
 
 
-def _weighted_clipped_nll(log_q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``-w * min(log q - log w, 0)``; a zero-weight term is exactly 0 with zero gradient.
-
-    ``log w`` is only taken where w > 0 (stand-ins elsewhere keep every backward branch finite); the strict
-    ``<`` makes the gradient exactly 0 from ``q = w`` on.
-    """
-    pos = w > 0
-    w_safe = torch.where(pos, w, torch.ones_like(w))
-    log_q_safe = torch.where(pos, log_q, torch.zeros_like(log_q))
-    diff = log_q_safe - torch.log(w_safe)
-    clipped = torch.where(diff < 0, diff, torch.zeros_like(diff))
-    return torch.where(pos, -w_safe * clipped, torch.zeros_like(clipped))
-
-
-def _weighted_nll(log_q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``-w * log q``; a zero-weight term is exactly 0 with zero gradient (even where log q = -inf)."""
-    pos = w > 0
-    log_q_safe = torch.where(pos, log_q, torch.zeros_like(log_q))
-    return torch.where(pos, -w * log_q_safe, torch.zeros_like(log_q_safe))
-
-
 def _merge_refusal(loss: torch.Tensor, lr: torch.Tensor, same: torch.Tensor | None) -> torch.Tensor:
     """Where the sampled y *is* the refusal, the two atoms merge into delta_{y_r}: the loss is -log q(y_r)."""
     if same is None:
@@ -240,7 +220,7 @@ def tv_disp_loss(
     See :func:`dispsafe_nb.theory.tv_disp_loss` for why E_y L_TV upper-bounds TV(p, q).
     """
     ly, lr, a, same = _prepare(logq_y, logq_r, alpha, same_as_refusal)
-    return _merge_refusal(_weighted_clipped_nll(ly, a) + _weighted_clipped_nll(lr, 1.0 - a), lr, same)
+    return _merge_refusal(weighted_clipped_nll(ly, a) + weighted_clipped_nll(lr, 1.0 - a), lr, same)
 
 
 def kl_disp_loss(
@@ -252,7 +232,7 @@ def kl_disp_loss(
     0; ``same_as_refusal`` as in :func:`tv_disp_loss`.
     """
     ly, lr, a, same = _prepare(logq_y, logq_r, alpha, same_as_refusal)
-    return _merge_refusal(_weighted_nll(ly, a) + _weighted_nll(lr, 1.0 - a), lr, same)
+    return _merge_refusal(weighted_nll(ly, a) + weighted_nll(lr, 1.0 - a), lr, same)
 
 
 def perplexity_loss(logq: torch.Tensor) -> torch.Tensor:

@@ -245,7 +245,7 @@ def safety_rate(dist: ArrayLike, safe_mask: ArrayLike) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _weighted_clipped_nll(log_q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def weighted_clipped_nll(log_q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``-w * min(log q - log w, 0) = w * [log(w / q)]_+`` with a zero-weight term exactly 0 (value and grad).
 
     ``log w`` is only evaluated where w > 0; elsewhere harmless stand-ins keep every backward branch finite.
@@ -259,7 +259,7 @@ def _weighted_clipped_nll(log_q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.where(pos, -w_safe * clipped, torch.zeros_like(clipped))
 
 
-def _weighted_nll(log_q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def weighted_nll(log_q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``-w * log q`` with a zero-weight term exactly 0 (even when log q = -inf)."""
     pos = w > 0
     log_q_safe = torch.where(pos, log_q, torch.zeros_like(log_q))
@@ -304,7 +304,7 @@ def tv_disp_loss(log_q_y: ArrayLike, log_q_r: ArrayLike, alpha: ArrayLike) -> to
     matters for soft guard probabilities.
     """
     ly, lr, a = _broadcast3(log_q_y, log_q_r, alpha)
-    return _weighted_clipped_nll(ly, a) + _weighted_clipped_nll(lr, 1.0 - a)
+    return weighted_clipped_nll(ly, a) + weighted_clipped_nll(lr, 1.0 - a)
 
 
 def kl_disp_loss(log_q_y: ArrayLike, log_q_r: ArrayLike, alpha: ArrayLike) -> torch.Tensor:
@@ -314,7 +314,7 @@ def kl_disp_loss(log_q_y: ArrayLike, log_q_r: ArrayLike, alpha: ArrayLike) -> to
     a constant), and ``E_y L_KL`` is minimised over the simplex exactly at q = p(.|x). Zero-weight terms are 0.
     """
     ly, lr, a = _broadcast3(log_q_y, log_q_r, alpha)
-    return _weighted_nll(ly, a) + _weighted_nll(lr, 1.0 - a)
+    return weighted_nll(ly, a) + weighted_nll(lr, 1.0 - a)
 
 
 _LOSSES = {"tv": tv_disp_loss, "kl": kl_disp_loss}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -24,6 +25,13 @@ CHECKS = {
         m["dual"]["advbench_test"]["refusal_rate"] > m["base"]["advbench_test"]["refusal_rate"]
         and 0.0 <= m["dual"]["xstest_safe"]["refusal_rate"] <= 1.0
         and m["dual_param_ratio"] > 1.0
+    ),
+    # Smoke mode trains a handful of steps: we check that every system was evaluated on every benchmark and that
+    # the training ran and produced finite losses, not the quality of a 3-step soft prompt.
+    "03_distill": lambda m: (
+        all(len(m[s]) == 8 for s in ("base", "dual", "tv-disp", "kl-disp"))
+        and all(0.0 <= r["refusal_rate"] <= 1.0 for s in ("tv-disp", "kl-disp") for r in m[s].values())
+        and all(math.isfinite(m["training"][n]["final_loss"]) for n in ("tv-disp", "kl-disp"))
     ),
 }
 

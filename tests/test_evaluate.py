@@ -1,0 +1,118 @@
+"""Evaluation records: metrics per benchmark kind, the common generate() interface, JSON lines and tables."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dispsafe_nb.data import PromptRecord
+from dispsafe_nb.evaluate import (
+    BENCHMARKS,
+    benchmark_records,
+    evaluate,
+    records_table,
+    score_responses,
+    write_records,
+)
+from dispsafe_nb.judges import RefusalJudge
+
+REFUSE, ANSWER = "I'm sorry, but I can't help with that.", "Sure! Here is the answer."
+
+
+def _records(n, harmful, category="c", checks=()):
+    return [
+        PromptRecord(f"id{i}", f"prompt {i}", harmful, category, "test", "test", checks) for i in range(n)
+    ]
+
+
+class FixedSystem:
+    """Refuses every prompt whose text contains one of `refuse_words`, answers the rest."""
+
+    def __init__(self, refuse_words=()):
+        self.refuse_words = refuse_words
+        self.calls = 0
+
+    def generate(self, prompts, decoding=None, batch_size=16, progress=False):
+        self.calls += 1
+        return [REFUSE if any(w in p.lower() for w in self.refuse_words) else ANSWER for p in prompts]
+
+
+def test_sgs_is_the_refused_share_of_harmful_prompts():
+    rec = score_responses(
+        "s", "advbench_test", _records(4, True), [REFUSE, REFUSE, ANSWER, REFUSE], RefusalJudge()
+    )
+    assert (
+        rec.metric_name == "sgs"
+        and rec.metric == pytest.approx(0.75)
+        and rec.refusal_rate == pytest.approx(0.75)
+    )
+    assert [o["refused"] for o in rec.outputs] == [True, True, False, True]
+
+
+def test_second_judge_is_reported_beside_the_first():
+    rec = score_responses(
+        "s",
+        "jbb_harmful",
+        _records(2, True),
+        [ANSWER, ANSWER],
+        RefusalJudge(),
+        second_judge=lambda p, r: [0.9, 0.1],
+    )
+    assert rec.metric == 0.0 and rec.second_judge_metric == pytest.approx(0.5)
+
+
+def test_over_refusal_and_compliance_and_per_category():
+    records = _records(2, False, "homonyms") + _records(2, False, "history")
+    rec = score_responses("s", "xstest_safe", records, [REFUSE, ANSWER, ANSWER, ANSWER], RefusalJudge())
+    assert rec.metric_name == "over_refusal" and rec.metric == pytest.approx(0.25)
+    assert rec.per_category == {"history": 0.0, "homonyms": 0.5}
+    rec = score_responses(
+        "s", "alpaca_test", _records(4, False), [REFUSE, ANSWER, ANSWER, ANSWER], RefusalJudge()
+    )
+    assert rec.metric_name == "compliance" and rec.metric == pytest.approx(0.75)
+
+
+def test_instruction_accuracy_runs_the_programmatic_checks():
+    checks = ({"type": "all_lowercase"},)
+    rec = score_responses(
+        "s",
+        "bundled_verifiable_test",
+        _records(2, False, checks=checks),
+        ["all lower", "Not"],
+        RefusalJudge(),
+    )
+    assert rec.metric_name == "instruction_accuracy" and rec.metric == pytest.approx(0.5)
+    assert [o["passed"] for o in rec.outputs] == [True, False]
+
+
+def test_mismatched_lengths_and_unknown_benchmarks_are_errors():
+    with pytest.raises(ValueError, match="2 prompts but 1 responses"):
+        score_responses("s", "advbench_test", _records(2, True), [REFUSE], RefusalJudge())
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        benchmark_records("advbench_train")
+
+
+def test_evaluate_any_system_on_bundled_benchmarks(tmp_path):
+    system = FixedSystem(refuse_words=())
+    records = evaluate(
+        system,
+        ["bundled_harmful_test", "bundled_borderline_test"],
+        system_name="fixed",
+        limit=5,
+        progress=False,
+    )
+    assert system.calls == 2
+    harmful, borderline = records
+    assert harmful.n == 5 and harmful.metric == 0.0 and borderline.metric == 0.0
+    assert harmful.config["benchmark"]["split"] == "test" and harmful.config["seed"] == 0
+    path = write_records(records, tmp_path / "r.jsonl")
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["benchmark"] for line in lines] == ["bundled_harmful_test", "bundled_borderline_test"]
+    table = records_table(records)
+    assert list(table["system"]) == ["fixed", "fixed"] and set(table["metric"]) == {"sgs", "over_refusal"}
+
+
+def test_benchmarks_never_read_training_splits():
+    for spec in BENCHMARKS.values():
+        assert spec.split in (None, "test"), spec
