@@ -72,7 +72,7 @@ class EvalRecord:
     benchmark: str
     kind: str
     n: int
-    refusal_rate: float
+    refusal_rate: float | None
     metric_name: str
     metric: float
     per_category: dict[str, float] = field(default_factory=dict)
@@ -245,3 +245,24 @@ def evaluate_base_and_dual(
         dual_config = {**base_config, "system": system.describe()}
         records.append(score_responses("dual", bench, prompts, finals, judge, config=dual_config))
     return records, timing
+
+
+def fidelity_record(system_name: str, llm: Any, method: Any, base_record: EvalRecord) -> EvalRecord:
+    """Fidelity on a benign benchmark: mean per-token KL(base || system) along the base model's own answers
+    (taken from `base_record`, the base model's record on that benchmark); 0 means the method changes nothing."""
+    from dispsafe_nb.objectives import fidelity_kl
+
+    pairs = [(o["prompt"], o["response"]) for o in base_record.outputs if o["response"].strip()]
+    if not pairs:
+        raise ValueError(f"the base model gave no non-empty answers on {base_record.benchmark}")
+    kl = fidelity_kl(llm, [p for p, _ in pairs], [r for _, r in pairs], method)
+    return EvalRecord(
+        system_name,
+        base_record.benchmark,
+        "fidelity",
+        len(pairs),
+        None,
+        "fidelity_kl",
+        float(kl.mean()),
+        config={**base_record.config, "system": system_name, "measure": "mean per-token KL(base || system)"},
+    )

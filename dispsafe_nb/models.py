@@ -198,9 +198,16 @@ class LLM:
         batch_size: int = 16,
         num_samples: int = 1,
         progress: bool = False,
+        per_prompt_seed: bool = False,
     ) -> list[str] | list[list[str]]:
-        """Answer each prompt. Returns one string per prompt, or `num_samples` strings per prompt when > 1."""
-        return generate_with_prefix(self, prompts, None, decoding, batch_size, num_samples, progress)
+        """Answer each prompt. Returns one string per prompt, or `num_samples` strings per prompt when > 1.
+
+        per_prompt_seed: sample every (prompt, sample index) row from its own random stream, seeded by the prompt
+        text and `decoding.seed`, so a prompt's samples do not depend on which prompts share its batch.
+        """
+        return generate_with_prefix(
+            self, prompts, None, decoding, batch_size, num_samples, progress, per_prompt_seed=per_prompt_seed
+        )
 
 
 def generate_with_prefix(
@@ -211,11 +218,14 @@ def generate_with_prefix(
     batch_size: int = 16,
     num_samples: int = 1,
     progress: bool = False,
+    *,
+    per_prompt_seed: bool = False,
 ) -> list[str] | list[list[str]]:
     """Generate with optional prefix embeddings (N x d, e.g. a soft prompt) placed before the chat text.
 
     Rows are laid out [pad ... pad | prefix | chat tokens]: left padding keeps the prefix glued to its prompt,
-    and the attention mask covers the prefix. Sampling is seeded per call so results are reproducible.
+    and the attention mask covers the prefix. Sampling is seeded per call so results are reproducible; with
+    `per_prompt_seed`, per (prompt, sample) row instead (see `LLM.generate`).
     """
     from tqdm.auto import tqdm
 
@@ -232,7 +242,10 @@ def generate_with_prefix(
         for start in tqdm(batches, desc="generate", disable=not progress):
             chunk = prompts[start : start + batch_size]
             batch = llm.encode_chat(chunk, validate=False)
-            out = _generate_batch(llm, batch, prefix, decoding, num_samples)
+            seeds = None
+            if per_prompt_seed and not decoding.greedy:
+                seeds = [row_seed(p, decoding.seed, j) for p in chunk for j in range(num_samples)]
+            out = _generate_batch(llm, batch, prefix, decoding, num_samples, seeds)
             texts = llm.tokenizer.batch_decode(out, skip_special_tokens=True)
             for i in range(len(chunk)):
                 answers.append([t.strip() for t in texts[i * num_samples : (i + 1) * num_samples]])
@@ -245,6 +258,7 @@ def _generate_batch(
     prefix: torch.Tensor | None,
     decoding: DecodingConfig,
     num_samples: int,
+    row_seeds: list[int] | None = None,
 ) -> torch.Tensor:
     """Run `model.generate` on one encoded batch; returns only the new tokens."""
     kwargs: dict[str, Any] = {
@@ -255,15 +269,57 @@ def _generate_batch(
     }
     if decoding.greedy:
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    elif row_seeds is not None:
+        # Our processor draws each row's token from its own generator and leaves only that token possible;
+        # greedy decoding then picks it. generate()'s shared RNG is never used.
+        from transformers import LogitsProcessorList
+
+        sampler = RowSeededSampler(row_seeds, decoding.temperature, decoding.top_p)
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        kwargs["logits_processor"] = LogitsProcessorList([sampler])
     else:
         kwargs.update(do_sample=True, temperature=decoding.temperature, top_p=decoding.top_p, top_k=0)
     ids, mask = batch["input_ids"], batch["attention_mask"]
+    if row_seeds is not None and num_samples > 1:
+        # greedy generate() refuses num_return_sequences > 1: repeat the rows ourselves (same order)
+        ids, mask = ids.repeat_interleave(num_samples, 0), mask.repeat_interleave(num_samples, 0)
+        kwargs["num_return_sequences"] = 1
     if prefix is None:
         out = llm.model.generate(input_ids=ids, attention_mask=mask, **kwargs)
         return out[:, ids.shape[1] :]
     embeds, mask = prepend_prefix(llm, ids, mask, prefix)
     # With inputs_embeds only, generate() returns just the new tokens.
     return llm.model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+
+
+def row_seed(prompt: str, seed: int, sample: int) -> int:
+    """The seed of one (prompt, sample index) row: stable across runs, batches and machines."""
+    import hashlib
+
+    return int(hashlib.sha256(f"{seed}:{sample}:{prompt}".encode()).hexdigest()[:12], 16)
+
+
+class RowSeededSampler:
+    """A logits processor that samples every row from its own `torch.Generator` (temperature, nucleus top-p)
+    and returns logits that allow only the sampled token."""
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float = 1.0):
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if scores.shape[0] != len(self.generators):
+            raise ValueError(f"{scores.shape[0]} rows but {len(self.generators)} row seeds")
+        probs = torch.softmax(scores.float().cpu() / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            outside = sorted_p.cumsum(-1) - sorted_p > self.top_p  # keep the smallest set reaching top_p
+            sorted_p[outside] = 0.0
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        chosen = [int(torch.multinomial(probs[i], 1, generator=g)) for i, g in enumerate(self.generators)]
+        out = torch.full_like(scores, float("-inf"))
+        out[torch.arange(len(chosen)), torch.tensor(chosen)] = 0.0
+        return out
 
 
 def prepend_prefix(

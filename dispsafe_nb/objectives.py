@@ -104,7 +104,31 @@ def sequence_logprobs(
             for s in range(0, len(prompts), batch_size)
         ]
         return torch.cat(chunks)
+    log_probs, targets, row_of, n_resp = _response_log_softmax(
+        llm, prompts, responses, prefix, append_eos, method
+    )
+    token_logp = log_probs.gather(-1, targets[:, None])[:, 0]
+    out = torch.zeros(len(prompts), dtype=token_logp.dtype, device=token_logp.device).index_add(
+        0, row_of, token_logp
+    )
+    if reduction == "mean":
+        out = out / n_resp.to(out.dtype)
+    return out
 
+
+def _response_log_softmax(
+    llm: LLM,
+    prompts: list[str],
+    responses: list[str],
+    prefix: torch.Tensor | None,
+    append_eos: bool,
+    method: Any | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-softmax over the vocabulary at the positions that predict response tokens only.
+
+    Returns (log_probs [n_tokens, V], target ids [n_tokens], row index of each token [n_tokens],
+    number of response tokens per row [B]); tokens are ordered row by row, left to right.
+    """
     tok = llm.tokenizer
     resp_ids = []
     for i, response in enumerate(responses):
@@ -158,12 +182,33 @@ def sequence_logprobs(
     cap = _final_logit_softcap(llm.model)
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    token_logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, 1:][select][:, None])[:, 0]
     row_of = select.nonzero()[:, 0]
-    out = torch.zeros(len(rows), dtype=token_logp.dtype, device=device).index_add(0, row_of, token_logp)
-    if reduction == "mean":
-        out = out / n_resp.to(out.dtype)
-    return out
+    return torch.log_softmax(logits, dim=-1), targets[:, 1:][select], row_of, n_resp
+
+
+@torch.no_grad()
+def fidelity_kl(
+    llm: LLM, prompts: Sequence[str], responses: Sequence[str], method: Any, batch_size: int = 8
+) -> torch.Tensor:
+    """Mean per-token KL(base || system) along given responses, one value per pair (0 = unchanged).
+
+    The usefulness measure of the evaluation: on the base model's own (greedy) answers to benign prompts, how far
+    does the method move the next-token distribution? Both distributions see the same tokens, so positions align.
+    """
+    prompts, responses = list(prompts), list(responses)
+    if len(prompts) != len(responses):
+        raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
+    out = []
+    for s in range(0, len(prompts), batch_size):
+        p_chunk, r_chunk = prompts[s : s + batch_size], responses[s : s + batch_size]
+        base, _, row_of, n_resp = _response_log_softmax(llm, p_chunk, r_chunk, None, True, None)
+        system, _, _, _ = _response_log_softmax(llm, p_chunk, r_chunk, None, True, method)
+        kl_tok = (base.exp() * (base - system)).sum(-1)
+        per_row = torch.zeros(len(p_chunk), dtype=kl_tok.dtype, device=kl_tok.device).index_add(
+            0, row_of, kl_tok
+        )
+        out.append((per_row / n_resp.to(per_row.dtype)).cpu())
+    return torch.cat(out)
 
 
 def _n_prefix(prefix: torch.Tensor | None, method: Any | None) -> int:

@@ -15,7 +15,7 @@ import random
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -188,12 +188,15 @@ def teacher_samples(
     cache: bool = True,
     cache_root_dir: Path | None = None,
     progress: bool = True,
+    batch_size: int = 8,
 ) -> list[TeacherSample]:
     """k samples per prompt from the base LLM with their α under the system's guard (computed once, cached)."""
     from tqdm.auto import tqdm
 
     if k < 1:
         raise ValueError(f"k must be at least 1, not {k}")
+    if decoding.greedy and k > 1:
+        raise ValueError("greedy decoding gives one answer per prompt: use k=1 or a temperature above 0")
     prompts = system.llm.check_prompts(list(prompts), reserve_tokens=decoding.max_new_tokens)
     key = {
         "model": system.llm.describe(),
@@ -201,18 +204,22 @@ def teacher_samples(
         "refusal": system.refusal,
         "decoding": decoding.to_dict(),
         "k": k,
+        "sampler": "row-seeded-v1",  # how samples are drawn; part of the key so other schemes never mix in
     }
     store = TeacherCache(key, cache_root_dir or cache_root() / "teacher") if cache else None
-    samples = []
-    for prompt in tqdm(prompts, desc="teacher samples", disable=not progress):
-        sample = store.get(prompt) if store else None
-        if sample is None:
-            seeded = replace(decoding, seed=prompt_seed(prompt, decoding.seed))
-            out = system.llm.generate([prompt], seeded, num_samples=k)
-            responses = [out[0]] if k == 1 else out[0]  # generate() nests only when k > 1
+    cached = {p: store.get(p) for p in prompts} if store else {}
+    missing = list(dict.fromkeys(p for p in prompts if cached.get(p) is None))
+    # Batched generation, but every (prompt, sample) row draws from its own seeded stream: a prompt's samples
+    # never depend on which other prompts were asked with it.
+    for start in tqdm(range(0, len(missing), batch_size), desc="teacher samples", disable=not progress):
+        chunk = missing[start : start + batch_size]
+        out = system.llm.generate(chunk, decoding, batch_size=batch_size, num_samples=k, per_prompt_seed=True)
+        for prompt, responses in zip(chunk, out, strict=True):
+            responses = [responses] if k == 1 else responses  # generate() nests only when k > 1
             alphas = system.guard.prob_safe([prompt] * k, responses).tolist()
             sample = TeacherSample(prompt, tuple(responses), tuple(float(a) for a in alphas), system.refusal)
+            cached[prompt] = sample
             if store:
                 store.put(sample)
-        samples.append(sample)
+    samples = [cached[p] for p in prompts]
     return samples

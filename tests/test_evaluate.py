@@ -116,3 +116,20 @@ def test_evaluate_any_system_on_bundled_benchmarks(tmp_path):
 def test_benchmarks_never_read_training_splits():
     for spec in BENCHMARKS.values():
         assert spec.split in (None, "test"), spec
+
+
+def test_fidelity_record_averages_the_per_answer_kl(monkeypatch):
+    import dispsafe_nb.objectives as objectives
+    from dispsafe_nb.evaluate import fidelity_record
+
+    base = score_responses("base", "alpaca_test", _records(3, False), [ANSWER, "", ANSWER], RefusalJudge())
+    seen = {}
+
+    def fake_kl(llm, prompts, responses, method):
+        seen["n"] = len(prompts)
+        return __import__("torch").tensor([0.1, 0.3])
+
+    monkeypatch.setattr(objectives, "fidelity_kl", fake_kl)
+    rec = fidelity_record("tv-disp", None, None, base)
+    assert seen["n"] == 2, "empty answers carry no tokens to compare"
+    assert rec.metric_name == "fidelity_kl" and rec.metric == pytest.approx(0.2) and rec.refusal_rate is None

@@ -157,3 +157,34 @@ def test_hf_folder_loads_in_nf4_through_bitsandbytes(tiny_llama_dir):
     # 4-bit weights perturb the output a little, not wholesale.
     cos = torch.nn.functional.cosine_similarity(logits_full.flatten(), logits_nf4.flatten(), dim=0)
     assert cos > 0.9
+
+
+def test_per_prompt_seeded_sampling_ignores_batch_mates(llm):
+    decoding = DecodingConfig(max_new_tokens=10, temperature=0.8, top_p=0.95, seed=4)
+    together = llm.generate(PROMPTS[:3], decoding, num_samples=2, per_prompt_seed=True)
+    alone = llm.generate(PROMPTS[1:2], decoding, num_samples=2, per_prompt_seed=True)
+    assert together[1] == alone[0]
+    assert together == llm.generate(PROMPTS[:3], decoding, num_samples=2, per_prompt_seed=True)
+    other_seed = llm.generate(
+        PROMPTS[1:2],
+        DecodingConfig(max_new_tokens=10, temperature=0.8, seed=5),
+        num_samples=2,
+        per_prompt_seed=True,
+    )
+    assert other_seed != alone
+
+
+def test_row_seeded_sampler_respects_top_p():
+    from dispsafe_nb.models import RowSeededSampler
+
+    scores = torch.log(torch.tensor([[0.6, 0.3, 0.1], [0.6, 0.3, 0.1]]))
+    picks = set()
+    sampler = RowSeededSampler(list(range(2)), temperature=1.0, top_p=0.5)
+    for _ in range(50):
+        out = sampler(None, scores)
+        picks |= set(out.argmax(-1).tolist())
+        assert torch.isinf(out).sum() == 4  # one allowed token per row
+    assert picks == {0}, "top_p=0.5 keeps only the most likely token here"
+    sampler = RowSeededSampler([0], temperature=1.0, top_p=1.0)
+    seen = {int(sampler(None, scores[:1]).argmax()) for _ in range(200)}
+    assert seen == {0, 1, 2}

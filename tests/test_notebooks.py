@@ -20,6 +20,9 @@ CHECKS = {
         and m["max_pinsker_violation"] <= 1e-9
         and m["max_sequence_bound_violation"] <= 1e-9
         and m["kl_chain_rule_error"] <= 1e-9
+        # the real-model check is Monte-Carlo: smoke mode only shows it ran end to end
+        and 0.0 <= m["real_bound_holds_fraction"] <= 1.0
+        and 0.0 <= m["real_mean_tv"] <= 1.0
     ),
     "02_safe_system": lambda m: (
         m["dual"]["advbench_test"]["refusal_rate"] > m["base"]["advbench_test"]["refusal_rate"]
@@ -32,6 +35,7 @@ CHECKS = {
         all(len(m[s]) == 8 for s in ("base", "dual", "tv-disp", "kl-disp"))
         and all(0.0 <= r["refusal_rate"] <= 1.0 for s in ("tv-disp", "kl-disp") for r in m[s].values())
         and all(math.isfinite(m["training"][n]["final_loss"]) for n in ("tv-disp", "kl-disp"))
+        and all(m["fidelity_kl"][n] >= 0.0 for n in ("tv-disp", "kl-disp"))
     ),
 }
 

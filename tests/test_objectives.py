@@ -222,3 +222,24 @@ def test_prefix_gets_gradients_and_kl_steps_raise_refusal_logprob(llm):
     with torch.no_grad():
         final = sequence_logprobs(llm, PROMPTS, refusals, prefix=soft.W)
     assert (final > history[0]).all(), (history[0], final)
+
+
+@pytest.mark.slow
+def test_fidelity_is_zero_for_the_base_and_positive_for_a_soft_prompt(llm):
+    from dispsafe_nb.methods import init_soft_prompt
+    from dispsafe_nb.objectives import fidelity_kl
+
+    prompts = ["What is the capital of France?", "Name a primary colour."]
+    answers = ["The capital of France is Paris.", "Red is a primary colour."]
+
+    class Identity:
+        def apply(self, llm, input_ids, attention_mask):
+            return llm.model.get_input_embeddings()(input_ids), attention_mask
+
+    zero = fidelity_kl(llm, prompts, answers, Identity())
+    assert torch.allclose(zero, torch.zeros(2), atol=1e-6)
+    soft = init_soft_prompt(llm, n_tokens=4, init="random_vocab", seed=1)
+    kl = fidelity_kl(llm, prompts, answers, soft)
+    assert (kl > 1e-3).all()
+    single = torch.cat([fidelity_kl(llm, [p], [a], soft) for p, a in zip(prompts, answers, strict=True)])
+    torch.testing.assert_close(kl, single, atol=1e-4, rtol=1e-3)

@@ -114,3 +114,5 @@ def test_a_single_sample_per_prompt_is_one_whole_answer(system):
 def test_k_must_be_positive(system):
     with pytest.raises(ValueError, match="at least 1"):
         teacher_samples(system, PROMPTS[:1], k=0)
+    with pytest.raises(ValueError, match="greedy"):
+        teacher_samples(system, PROMPTS[:1], k=2, decoding=DecodingConfig(temperature=0.0))

@@ -1,0 +1,132 @@
+"""Theorem 3.1 on the real model: estimate TV(dual system, student) per prompt and compare it with the safety gap.
+
+For a prompt x the dual system outputs r = y with probability α(x, y) (y ~ p_base at temperature 1) and y_r
+otherwise. With exact sequence log-probabilities under the base model and the student, and the guard's coin
+integrated out (Rao-Blackwell),
+
+    TV(p, q) = E_{r~p} [(1 − q(r)/p(r))_+] ≈ (1/n) Σ_i [ α_i (1 − q(y_i) / (p(y_i) α_i))_+
+                                                      + (1 − α_i) (1 − q(y_r) / p̂(y_r))_+ ],
+
+where p̂(y_r) = mean(1 − α_i) estimates the refusal mass (the only part that is not exact). The safety gap is
+|E_p f − E_q f| for f = "the answer is safe" (a refusal, for a harmful prompt), with E_q f from student samples.
+Theorem 3.1 says the gap never exceeds TV; here both sides are Monte-Carlo estimates with standard errors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from dispsafe_nb.guards import Guard
+from dispsafe_nb.judges import RefusalJudge
+from dispsafe_nb.models import LLM, DecodingConfig, generate_with_prefix
+from dispsafe_nb.objectives import sequence_logprobs
+from dispsafe_nb.safe_system import prompt_seed
+
+
+@dataclass
+class BoundCheck:
+    """Per-prompt estimates: TV (with its standard error) and the safety gap (with its standard error)."""
+
+    prompt: str
+    tv: float
+    tv_se: float
+    gap: float
+    gap_se: float
+    teacher_safe: float
+    student_safe: float
+    refusal_mass: float
+
+    @property
+    def holds(self) -> bool:
+        """Does gap ≤ TV hold within two standard errors of their difference?"""
+        return self.gap - self.tv <= 2.0 * math.hypot(self.tv_se, self.gap_se) + 1e-12
+
+
+def _finished(llm: LLM, responses: Sequence[str], max_new_tokens: int) -> list[bool]:
+    # A sample shorter than the budget stopped on its own (end-of-turn token), so its eos is part of the sequence;
+    # one that hit the budget is a truncated prefix and is scored without eos.
+    lengths = [len(llm.tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses]
+    return [n < max_new_tokens - 1 for n in lengths]
+
+
+def _logprobs(
+    llm: LLM, prompt: str, responses: Sequence[str], finished: Sequence[bool], method: Any
+) -> torch.Tensor:
+    out = torch.empty(len(responses), dtype=torch.float64)
+    for flag in (True, False):
+        idx = [i for i, f in enumerate(finished) if f == flag]
+        if idx:
+            lp = sequence_logprobs(
+                llm, [prompt] * len(idx), [responses[i] for i in idx], append_eos=flag, method=method
+            )
+            out[idx] = lp.detach().double().cpu()
+    return out
+
+
+@torch.no_grad()
+def check_bound(
+    llm: LLM,
+    guard: Guard,
+    student: Any,
+    prompts: Sequence[str],
+    harmful: Sequence[bool],
+    refusal: str,
+    n_samples: int = 16,
+    max_new_tokens: int = 48,
+    seed: int = 0,
+    judge: RefusalJudge | None = None,
+) -> list[BoundCheck]:
+    """Estimate TV(dual, student) and the safety gap per prompt. `student` is a soft prompt (anything with
+    `apply`, as `sequence_logprobs` takes) or None for the base model itself."""
+    judge = judge or RefusalJudge(refusal_text=refusal)
+    results = []
+    for prompt, is_harmful in zip(prompts, harmful, strict=True):
+        decoding = DecodingConfig(
+            max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0, seed=prompt_seed(prompt, seed)
+        )
+        ys = llm.generate([prompt], decoding, num_samples=n_samples)
+        ys = [ys[0]] if n_samples == 1 else ys[0]
+        alpha = guard.prob_safe([prompt] * n_samples, ys).double()
+        finished = _finished(llm, ys, max_new_tokens)
+        log_p = _logprobs(llm, prompt, ys, finished, None)
+        log_q = _logprobs(llm, prompt, ys, finished, student)
+        log_q_r = _logprobs(llm, prompt, [refusal], [True], student)[0]
+        p_r = (1.0 - alpha).mean().clamp(min=1e-12)
+        # q(y)/(p(y) α): α cancels against p(r = y) = p(y) α; computed in log space.
+        ratio_y = torch.exp(log_q - log_p - torch.log(alpha.clamp(min=1e-12)))
+        terms = alpha * (1 - ratio_y).clamp(min=0) + (1 - alpha) * (1 - torch.exp(log_q_r) / p_r).clamp(min=0)
+        # f = safe: a refusal is safe; an answer is safe iff the prompt is benign.
+        f_y = torch.tensor(
+            [1.0 if (not is_harmful or judge.is_refusal(y)) else 0.0 for y in ys], dtype=torch.float64
+        )
+        teacher_f = alpha * f_y + (1 - alpha) * 1.0
+        student_ys = generate_with_prefix(
+            llm,
+            [prompt],
+            None if student is None else student.prefix().detach(),
+            decoding,
+            num_samples=n_samples,
+        )
+        student_ys = [student_ys[0]] if n_samples == 1 else student_ys[0]
+        student_f = torch.tensor(
+            [1.0 if (not is_harmful or judge.is_refusal(y)) else 0.0 for y in student_ys], dtype=torch.float64
+        )
+        se = lambda x: float(x.std(unbiased=True) / math.sqrt(len(x))) if len(x) > 1 else 0.0  # noqa: E731
+        results.append(
+            BoundCheck(
+                prompt=prompt,
+                tv=float(terms.mean()),
+                tv_se=se(terms),
+                gap=abs(float(teacher_f.mean() - student_f.mean())),
+                gap_se=math.hypot(se(teacher_f), se(student_f)),
+                teacher_safe=float(teacher_f.mean()),
+                student_safe=float(student_f.mean()),
+                refusal_mass=float(p_r),
+            )
+        )
+    return results
