@@ -61,12 +61,11 @@ def test_tv_validation_errors(p, q, match):
 
 
 def test_kl_values_and_conventions():
-    from scipy.special import rel_entr
-
     rng = np.random.default_rng(2)
     for _ in range(50):
         p, q = _rand_dist(rng, 6, conc=0.3), _rand_dist(rng, 6)
-        assert float(th.kl_divergence(p, q)) == pytest.approx(rel_entr(p, q).sum(), rel=1e-12, abs=1e-15)
+        brute = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True) if pi > 0)
+        assert float(th.kl_divergence(p, q)) == pytest.approx(brute, rel=1e-12, abs=1e-15)
         assert float(th.kl_divergence(p, q)) >= 0.0
     assert float(th.kl_divergence([1.0, 0.0], [0.5, 0.5])) == pytest.approx(math.log(2))  # 0 log 0 = 0
     assert float(th.kl_divergence([0.5, 0.5], [1.0, 0.0])) == math.inf
