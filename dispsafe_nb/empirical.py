@@ -23,7 +23,7 @@ import torch
 
 from dispsafe_nb.guards import Guard
 from dispsafe_nb.judges import RefusalJudge
-from dispsafe_nb.models import LLM, DecodingConfig, generate_with_prefix
+from dispsafe_nb.models import LLM, DecodingConfig, generate_with_prefix, samples_per_prompt
 from dispsafe_nb.objectives import sequence_logprobs
 from dispsafe_nb.safe_system import prompt_seed
 
@@ -89,8 +89,7 @@ def check_bound(
         decoding = DecodingConfig(
             max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0, seed=prompt_seed(prompt, seed)
         )
-        ys = llm.generate([prompt], decoding, num_samples=n_samples)
-        ys = [ys[0]] if n_samples == 1 else ys[0]
+        ys = samples_per_prompt(llm.generate([prompt], decoding, num_samples=n_samples), n_samples)[0]
         alpha = guard.prob_safe([prompt] * n_samples, ys).double()
         finished = _finished(llm, ys, max_new_tokens)
         log_p = _logprobs(llm, prompt, ys, finished, None)
@@ -112,7 +111,7 @@ def check_bound(
             decoding,
             num_samples=n_samples,
         )
-        student_ys = [student_ys[0]] if n_samples == 1 else student_ys[0]
+        student_ys = samples_per_prompt(student_ys, n_samples)[0]
         student_f = torch.tensor(
             [1.0 if (not is_harmful or judge.is_refusal(y)) else 0.0 for y in student_ys], dtype=torch.float64
         )

@@ -209,7 +209,5 @@ def load_llama_guard(
     """Load a Llama-Guard model (needs hub access or a local folder)."""
     from dispsafe_nb.models import load_llm
 
-    llm = load_llm(name, quantization=quantization)
-    if llm.tokenizer.pad_token is None:
-        llm.tokenizer.pad_token = llm.tokenizer.eos_token
+    llm = load_llm(name, quantization=quantization)  # sets a pad token when the tokenizer has none
     return LlamaGuard(llm.model, llm.tokenizer, name)

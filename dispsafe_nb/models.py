@@ -252,6 +252,11 @@ def generate_with_prefix(
     return [a[0] for a in answers] if num_samples == 1 else answers
 
 
+def samples_per_prompt(answers: list[str] | list[list[str]], num_samples: int) -> list[list[str]]:
+    """`generate()` output as one list of samples per prompt (it returns flat strings when num_samples == 1)."""
+    return [[a] for a in answers] if num_samples == 1 else answers
+
+
 def _generate_batch(
     llm: LLM,
     batch: dict[str, torch.Tensor],

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dispsafe_nb.guards import DEFAULT_REFUSAL, Guard
-from dispsafe_nb.models import LLM, DecodingConfig
+from dispsafe_nb.models import LLM, DecodingConfig, samples_per_prompt
 from dispsafe_nb.paths import cache_root
 
 # Sampling the teacher: a little below temperature 1 keeps a 135M model's samples fluent.
@@ -214,8 +214,7 @@ def teacher_samples(
     for start in tqdm(range(0, len(missing), batch_size), desc="teacher samples", disable=not progress):
         chunk = missing[start : start + batch_size]
         out = system.llm.generate(chunk, decoding, batch_size=batch_size, num_samples=k, per_prompt_seed=True)
-        for prompt, responses in zip(chunk, out, strict=True):
-            responses = [responses] if k == 1 else responses  # generate() nests only when k > 1
+        for prompt, responses in zip(chunk, samples_per_prompt(out, k), strict=True):
             alphas = system.guard.prob_safe([prompt] * k, responses).tolist()
             sample = TeacherSample(prompt, tuple(responses), tuple(float(a) for a in alphas), system.refusal)
             cached[prompt] = sample
