@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 DISPSAFE_DATA ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
 export DISPSAFE_DATA
 
-.PHONY: install test lint format reproduce benchmark lab clean
+.PHONY: install test lint format reproduce benchmark benchmark-distill lab clean
 
 install: $(VENV)/.installed
 
@@ -44,6 +44,9 @@ reproduce: install
 
 benchmark: install
 	$(PY) benchmarks/foundation.py
+
+benchmark-distill: install
+	$(PY) benchmarks/distill.py
 
 lab: install
 	$(VENV)/bin/jupyter lab notebooks/

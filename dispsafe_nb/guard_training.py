@@ -246,3 +246,17 @@ def load_embedding_guard(
     guard = train_embedding_guard(cfg, encoder, progress)
     guard.save(folder)
     return guard
+
+
+# The evaluation's second judge: trained on the same train splits as the teacher but with another seed (another
+# alpaca/toxigen sample and head init), a small MLP head instead of a linear one, and a frozen encoder. It is
+# not independent of the teacher (same encoder family, same refusal/compliant texts) -- an honest limit of an
+# offline study; with hub access, pass a GuardJudge around Llama-Guard instead.
+JUDGE_GUARD_CONFIG = GuardTrainingConfig(seed=1, hidden=64, finetune_epochs=0)
+
+
+def load_judge_guard(
+    retrain: bool = False, encoder: SentenceEncoder | None = None, progress: bool = True
+) -> EmbeddingGuard:
+    """The second (non-teacher) guard for evaluation, trained once and cached like the teacher."""
+    return load_embedding_guard(JUDGE_GUARD_CONFIG, retrain=retrain, encoder=encoder, progress=progress)

@@ -36,11 +36,16 @@ class DistillConfig:
     n_tokens: int = 20  # paper: 100 (ablation 10-200)
     init: str = "text"
     init_text: str = DEFAULT_INIT_TEXT
-    lr: float = 3e-3  # paper: 6e-4 ... 3e-3
+    # paper: 6e-4 ... 3e-3 over about 200 iterations at effective batch 32 on 1-3B models. With ~60 small steps
+    # on a 135M model 3e-3 barely moves the prompt (AdvBench SGS 17 % after 30 steps); 3e-2 does.
+    lr: float = 3e-2
     steps: int = 60  # paper: about 200 iterations
-    batch_size: int = 8  # paper: effective batch 32
+    batch_size: int = 4  # paper: effective batch 32
     grad_accum: int = 1
-    reduction: str = "sum"  # "sum": sequence log-prob (the maths); "mean": per-token (length-normalised)
+    # "mean": per-token (length-normalised) log-probs. "sum" (the sequence log-prob, the maths of Eq. 4) lets the
+    # 48-token sampled answers swamp the 12-token refusal and leaves the TV clip idle (log q(y) << log a), so
+    # TV- and KL-DiSP train identically; with "mean" the clip engages and the two differ as in the paper.
+    reduction: str = "mean"
     seed: int = 0
     eval_every: int = 10
     checkpoint_every: int = 0  # 0: no periodic checkpoints

@@ -52,6 +52,16 @@ def guard(encoder):
 
 
 @pytest.fixture(scope="session")
+def judge_guard(encoder):
+    """The evaluation's second judge (another seed, MLP head, frozen encoder)."""
+    if not MIRROR.is_dir() and not os.environ.get("DISPSAFE_DATA"):
+        pytest.skip("the judge guard trains on public sets: set DISPSAFE_DATA to the dataset mirror")
+    from dispsafe_nb.guard_training import load_judge_guard
+
+    return load_judge_guard(encoder=encoder)
+
+
+@pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory, llm):
     """A tiny randomly initialised Llama with the default model's tokenizer, saved as an HF folder."""
     import torch

@@ -133,3 +133,56 @@ def test_fidelity_record_averages_the_per_answer_kl(monkeypatch):
     rec = fidelity_record("tv-disp", None, None, base)
     assert seen["n"] == 2, "empty answers carry no tokens to compare"
     assert rec.metric_name == "fidelity_kl" and rec.metric == pytest.approx(0.2) and rec.refusal_rate is None
+
+
+class _ConstGuard:
+    def __init__(self, alpha, key):
+        self.alpha, self.key = alpha, key
+
+    def prob_safe(self, prompts, responses):
+        import torch
+
+        return torch.full((len(prompts),), self.alpha)
+
+    def describe(self):
+        return {"guard": "const", "key": self.key}
+
+
+def test_guard_judge_applies_its_threshold_and_is_described_in_the_record():
+    from dispsafe_nb.judges import GuardJudge
+
+    for threshold, expected in ((0.5, 1.0), (0.7, 0.0)):
+        judge = GuardJudge(_ConstGuard(0.6, "j"), threshold=threshold)
+        rec = score_responses("s", "jbb_harmful", _records(3, True), [ANSWER] * 3, RefusalJudge(), judge)
+        assert rec.second_judge_metric == pytest.approx(expected)
+    with pytest.raises(ValueError, match="strictly between"):
+        GuardJudge(_ConstGuard(0.6, "j"), threshold=1.0)
+
+
+def test_the_teacher_guard_is_refused_as_second_judge():
+    from types import SimpleNamespace
+
+    from dispsafe_nb.evaluate import evaluate_base_and_dual
+    from dispsafe_nb.judges import GuardJudge
+
+    teacher = _ConstGuard(0.9, "teacher")
+    system = SimpleNamespace(guard=teacher, refusal=REFUSE)
+    with pytest.raises(ValueError, match="own guard"):
+        evaluate_base_and_dual(
+            system, ["advbench_test"], second_judge=GuardJudge(_ConstGuard(0.1, "teacher"))
+        )
+
+
+def test_evaluate_records_the_second_judge(monkeypatch):
+    from dispsafe_nb import evaluate as ev
+    from dispsafe_nb.judges import GuardJudge
+
+    monkeypatch.setattr(ev, "benchmark_records", lambda name, limit, seed: _records(2, True))
+    judge = GuardJudge(_ConstGuard(0.2, "j"))
+    (rec,) = evaluate(FixedSystem(), ["advbench_test"], second_judge=judge, progress=False)
+    assert rec.second_judge_metric == 0.0 and rec.metric == 0.0
+    assert rec.config["second_judge"] == {
+        "judge": "guard-judge",
+        "threshold": 0.5,
+        "guard": judge.guard.describe(),
+    }

@@ -150,3 +150,17 @@ def test_llama_guard_rejects_words_sharing_a_first_token(tiny_guard):
     bad = LlamaGuard(tiny_guard.model, tiny_guard.tokenizer, safe_word="safe", unsafe_word="safe")
     with pytest.raises(ValueError, match="same token"):
         bad.prob_safe(["a"], ["b"])
+
+
+def test_judge_guard_is_another_guard_that_still_tells_refusals_from_compliance(judge_guard, guard):
+    from dispsafe_nb.judges import GuardJudge
+
+    judge = GuardJudge(judge_guard)
+    assert judge_guard.config["key"] != guard.config["key"]
+    assert judge_guard.prompt_encoder is judge_guard.response_encoder, "the judge keeps the encoder frozen"
+    assert judge.is_teacher(guard) is False and GuardJudge(guard).is_teacher(guard) is True
+    report = judge_guard.report
+    assert report["prompt_test"]["auroc"] >= 0.9, report["prompt_test"]
+    assert report["response_test"]["accuracy"] >= 0.9, report["response_test"]
+    alpha = judge(HARMFUL + HARMFUL, [COMPLY, COMPLY, REFUSE, REFUSE])
+    assert (alpha[:2] < 0.5).all() and (alpha[2:] > 0.5).all(), alpha

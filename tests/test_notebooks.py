@@ -28,6 +28,8 @@ CHECKS = {
         m["dual"]["advbench_test"]["refusal_rate"] > m["base"]["advbench_test"]["refusal_rate"]
         and 0.0 <= m["dual"]["xstest_safe"]["refusal_rate"] <= 1.0
         and m["dual_param_ratio"] > 1.0
+        # the second judge (not the teacher) sees the dual system's refusals as safe at least as often as the base
+        and m["dual"]["advbench_test"]["second_judge_sgs"] >= m["base"]["advbench_test"]["second_judge_sgs"]
     ),
     # Smoke mode trains a handful of steps: we check that every system was evaluated on every benchmark and that
     # the training ran and produced finite losses, not the quality of a 3-step soft prompt.
@@ -36,6 +38,12 @@ CHECKS = {
         and all(0.0 <= r["refusal_rate"] <= 1.0 for s in ("tv-disp", "kl-disp") for r in m[s].values())
         and all(math.isfinite(m["training"][n]["final_loss"]) for n in ("tv-disp", "kl-disp"))
         and all(m["fidelity_kl"][n] >= 0.0 for n in ("tv-disp", "kl-disp"))
+        and all(
+            0.0 <= r["second_judge_sgs"] <= 1.0
+            for s in ("base", "dual", "tv-disp", "kl-disp")
+            for b, r in m[s].items()
+            if b in ("advbench_test", "jbb_harmful", "bundled_harmful_test")
+        )
     ),
 }
 
