@@ -2,8 +2,9 @@
 
 Trains both students with notebook 03's default settings, evaluates base, dual, TV-DiSP and KL-DiSP on the
 target benchmarks, and writes results/distill_benchmark.json: every metric (string judge and the second,
-non-teacher guard judge), the targets of issue #3 with met/missed, the full config and timings.
-Run: `make benchmark-distill` (about 25 minutes on 2 CPU cores), or e.g. `--limit 30` for a quick look.
+non-teacher guard judge), issue #3's targets with met/missed, the full config and timings; every answer with its
+judgements goes to results/distill_benchmark.records.jsonl.
+Run: `make benchmark-distill` (about 20 minutes on 2 CPU cores), or e.g. `--limit 30` for a quick look.
 """
 
 from __future__ import annotations
@@ -13,11 +14,18 @@ import json
 import platform
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 
 import dispsafe_nb
-from dispsafe_nb.evaluate import evaluate, evaluate_base_and_dual, fidelity_record, records_table
+from dispsafe_nb.evaluate import (
+    evaluate,
+    evaluate_base_and_dual,
+    fidelity_record,
+    records_table,
+    write_records,
+)
 from dispsafe_nb.guard_training import load_embedding_guard, load_judge_guard
 from dispsafe_nb.judges import GuardJudge
 from dispsafe_nb.models import DecodingConfig, load_llm
@@ -120,13 +128,13 @@ def main() -> None:
 
     table = records_table(records)
     metrics: dict = {}
-    for row in table.itertuples():
-        metrics.setdefault(row.system, {})[row.benchmark] = {
-            "metric": row.metric,
-            "value": row.value,
-            "refusal_rate": row.refusal_rate,
-            "second_judge_sgs": row.second_judge,
-            "n": row.n,
+    for r in records:
+        metrics.setdefault(r.system, {})[r.benchmark] = {
+            "metric": r.metric_name,
+            "value": r.metric,
+            "refusal_rate": r.refusal_rate,
+            "second_judge_sgs": r.second_judge_metric,  # None off the harmful sets
+            "n": r.n,
         }
     results = {
         "metrics": metrics,
@@ -161,10 +169,14 @@ def main() -> None:
     }
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as fh:
-        json.dump(results, fh, indent=2, sort_keys=True, default=str)
+        json.dump(results, fh, indent=2, sort_keys=True, default=str, allow_nan=False)
+    # Every answer with its judgements, one JSON line per (system, benchmark), beside the summary.
+    answers = Path(args.out).with_suffix(".records.jsonl")
+    answers.unlink(missing_ok=True)
+    write_records(records, answers)
     print(table.pivot(index=["benchmark", "metric"], columns="system", values="value").round(3).to_string())
     print(json.dumps(results["targets"], indent=1))
-    print("wrote", args.out)
+    print("wrote", args.out, "and", answers)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from dispsafe_nb.safe_system import TeacherSample
 
 OBJECTIVES = {"tv": tv_disp_loss, "kl": kl_disp_loss}
 CHECKPOINT_KIND = "distill_checkpoint"
+LR_SCHEDULES = ("linear", "constant")
 
 
 @dataclass
@@ -46,6 +47,9 @@ class DistillConfig:
     # 48-token sampled answers swamp the 12-token refusal and leaves the TV clip idle (log q(y) << log a), so
     # TV- and KL-DiSP train identically; with "mean" the clip engages and the two differ as in the paper.
     reduction: str = "mean"
+    # "constant": lr throughout (the paper does not state its schedule); "linear": decays linearly to 0. In one
+    # benchmark-sized run each, linear decay did not change the safety/usefulness trade-off beyond run-to-run noise.
+    lr_schedule: str = "constant"
     seed: int = 0
     eval_every: int = 10
     checkpoint_every: int = 0  # 0: no periodic checkpoints
@@ -55,6 +59,8 @@ class DistillConfig:
             raise ValueError(f"unknown objective {self.objective!r}; known: {', '.join(OBJECTIVES)}")
         if self.reduction not in {"sum", "mean"}:
             raise ValueError(f"reduction must be 'sum' or 'mean', not {self.reduction!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, not {self.lr_schedule!r}")
         for name in ("n_tokens", "steps", "batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
@@ -151,6 +157,13 @@ def validation_gap(
     return float(loss), float((p_r - logq_r.exp()).abs().mean())
 
 
+def learning_rate(cfg: DistillConfig, step: int) -> float:
+    """The learning rate of (0-based) `step` under the config's schedule."""
+    if cfg.lr_schedule == "linear":
+        return cfg.lr * (1.0 - step / cfg.steps)
+    return cfg.lr
+
+
 def _batch_indices(n: int, cfg: DistillConfig, step: int, micro: int) -> list[int]:
     # A generator per (seed, step, micro-batch): resuming at any step draws the same batches.
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 97 + micro)
@@ -213,6 +226,8 @@ def distill(
         total=cfg.steps,
     )
     for step in bar:
+        for group in opt.param_groups:  # a pure function of the step: resuming needs no scheduler state
+            group["lr"] = learning_rate(cfg, step)
         opt.zero_grad()
         total, alphas = 0.0, []
         for micro in range(cfg.grad_accum):

@@ -28,11 +28,21 @@ SAMPLES = [
         ({"reduction": "max"}, "reduction"),
         ({"steps": 0}, "steps"),
         ({"batch_size": 0}, "batch_size"),
+        ({"lr_schedule": "cosine"}, "lr_schedule"),
     ],
 )
 def test_bad_config_is_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DistillConfig(**kwargs)
+
+
+def test_learning_rate_schedules():
+    from dispsafe_nb.train import learning_rate
+
+    linear = DistillConfig(lr=0.1, steps=4, lr_schedule="linear")
+    assert [learning_rate(linear, s) for s in range(4)] == pytest.approx([0.1, 0.075, 0.05, 0.025])
+    constant = DistillConfig(lr=0.1, steps=4)
+    assert [learning_rate(constant, s) for s in range(4)] == [0.1] * 4
 
 
 def test_training_mix_uses_train_splits_of_trainable_sets_only():
@@ -76,7 +86,11 @@ def test_kl_distillation_raises_the_refusal_on_unsafe_prompts(llm):
 
 @pytest.mark.slow
 def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(llm, tmp_path):
-    cfg = DistillConfig(objective="tv", n_tokens=3, steps=4, batch_size=2, lr=5e-3, checkpoint_every=2)
+    # Constant lr: the 2-step run below stands in for an interrupted 4-step one, which a decaying schedule
+    # (a function of the total steps) would not allow.
+    cfg = DistillConfig(
+        objective="tv", n_tokens=3, steps=4, batch_size=2, lr=5e-3, checkpoint_every=2, lr_schedule="constant"
+    )
     straight, _ = distill(llm, SAMPLES, cfg, progress=False)
     # Stop after 2 steps (the checkpoint is written at step 2), then resume to 4.
     distill(llm, SAMPLES, replace(cfg, steps=2), checkpoint_dir=tmp_path / "ck", progress=False)
