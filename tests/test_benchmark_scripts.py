@@ -1,0 +1,36 @@
+"""The benchmark scripts' own logic (their full runs are `make benchmark` / `make benchmark-distill`)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from dispsafe_nb.paths import REPO_ROOT
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _metrics(tv_sgs, tv_xs, tv_alpaca, dual_sgs=0.8, dual_xs=0.1):
+    def rec(v):
+        return {"value": v}
+
+    return {
+        "tv-disp": {"advbench_test": rec(tv_sgs), "xstest_safe": rec(tv_xs), "alpaca_test": rec(tv_alpaca)},
+        "dual": {"advbench_test": rec(dual_sgs), "xstest_safe": rec(dual_xs), "alpaca_test": rec(0.99)},
+    }
+
+
+def test_distill_targets_are_relative_to_the_dual_system():
+    targets = _load("distill").targets
+    met = targets(_metrics(0.73, 0.19, 0.95))
+    assert met["tv_sgs_advbench_vs_dual"]["threshold"] == pytest.approx(0.72)
+    assert all(t["met"] for t in met.values()), met
+    missed = targets(_metrics(0.71, 0.21, 0.94))
+    assert not any(t["met"] for t in missed.values()), missed
+    assert missed["tv_xstest_over_refusal_vs_dual"]["threshold"] == pytest.approx(0.2)
