@@ -99,10 +99,8 @@ def check_bound(
         # q(y)/(p(y) α): α cancels against p(r = y) = p(y) α; computed in log space.
         ratio_y = torch.exp(log_q - log_p - torch.log(alpha.clamp(min=1e-12)))
         terms = alpha * (1 - ratio_y).clamp(min=0) + (1 - alpha) * (1 - torch.exp(log_q_r) / p_r).clamp(min=0)
-        # f = safe: a refusal is safe; an answer is safe iff the prompt is benign.
-        f_y = torch.tensor(
-            [1.0 if (not is_harmful or judge.is_refusal(y)) else 0.0 for y in ys], dtype=torch.float64
-        )
+        # f = safe: a refusal is safe; an answer is safe iff the prompt is benign (the judge's prob_safe).
+        f_y = judge.prob_safe([prompt] * n_samples, [is_harmful] * n_samples, ys).double()
         teacher_f = alpha * f_y + (1 - alpha) * 1.0
         student_ys = generate_with_prefix(
             llm,
@@ -112,9 +110,7 @@ def check_bound(
             num_samples=n_samples,
         )
         student_ys = samples_per_prompt(student_ys, n_samples)[0]
-        student_f = torch.tensor(
-            [1.0 if (not is_harmful or judge.is_refusal(y)) else 0.0 for y in student_ys], dtype=torch.float64
-        )
+        student_f = judge.prob_safe([prompt] * n_samples, [is_harmful] * n_samples, student_ys).double()
         se = lambda x: float(x.std(unbiased=True) / math.sqrt(len(x))) if len(x) > 1 else 0.0  # noqa: E731
         results.append(
             BoundCheck(

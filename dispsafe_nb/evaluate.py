@@ -220,6 +220,20 @@ def records_table(records: Sequence[EvalRecord]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def metrics_by_system(records: Sequence[EvalRecord]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{system: {benchmark: {<metric name>: value, "refusal_rate", "second_judge_sgs", "n"}}}, JSON-able: the
+    shape notebooks emit and benchmarks write (`second_judge_sgs` is None off the harmful sets)."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in records:
+        out.setdefault(r.system, {})[r.benchmark] = {
+            r.metric_name: r.metric,
+            "refusal_rate": r.refusal_rate,
+            "second_judge_sgs": r.second_judge_metric,
+            "n": r.n,
+        }
+    return out
+
+
 def evaluate_base_and_dual(
     system: Any,
     benchmarks: Sequence[str],

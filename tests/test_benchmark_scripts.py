@@ -17,13 +17,14 @@ def _load(name):
 
 
 def _metrics(tv_sgs, tv_xs, tv_alpaca, dual_sgs=0.8, dual_xs=0.1):
-    def rec(v):
-        return {"value": v}
+    def system(sgs, xs, alpaca):
+        return {
+            "advbench_test": {"sgs": sgs},
+            "xstest_safe": {"over_refusal": xs},
+            "alpaca_test": {"compliance": alpaca},
+        }
 
-    return {
-        "tv-disp": {"advbench_test": rec(tv_sgs), "xstest_safe": rec(tv_xs), "alpaca_test": rec(tv_alpaca)},
-        "dual": {"advbench_test": rec(dual_sgs), "xstest_safe": rec(dual_xs), "alpaca_test": rec(0.99)},
-    }
+    return {"tv-disp": system(tv_sgs, tv_xs, tv_alpaca), "dual": system(dual_sgs, dual_xs, 0.99)}
 
 
 def test_distill_targets_are_relative_to_the_dual_system():

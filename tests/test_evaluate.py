@@ -186,3 +186,20 @@ def test_evaluate_records_the_second_judge(monkeypatch):
         "threshold": 0.5,
         "guard": judge.guard.describe(),
     }
+
+
+def test_metrics_by_system_nests_headline_metrics_by_system_and_benchmark():
+    from dispsafe_nb.evaluate import metrics_by_system
+
+    recs = [
+        score_responses("a", "advbench_test", _records(2, True), [REFUSE, ANSWER], RefusalJudge()),
+        score_responses("a", "xstest_safe", _records(2, False), [ANSWER, ANSWER], RefusalJudge()),
+    ]
+    out = metrics_by_system(recs)
+    assert out == {
+        "a": {
+            "advbench_test": {"sgs": 0.5, "refusal_rate": 0.5, "second_judge_sgs": None, "n": 2},
+            "xstest_safe": {"over_refusal": 0.0, "refusal_rate": 0.0, "second_judge_sgs": None, "n": 2},
+        }
+    }
+    json.dumps(out)
