@@ -6,8 +6,9 @@ Data flows one way: files -> :class:`PromptRecord` lists -> notebooks, training,
 * Public sets are resolved file by file (:func:`resolve_file`): the offline mirror ``$DISPSAFE_DATA``, then the
   cache ``$DISPSAFE_CACHE/datasets``, then a download from a pinned upstream commit, always checked by sha256.
 * Splits come from a hash of the normalised text (:func:`assign_split`), so one prompt lands in one split in
-  every dataset that contains it. Evaluation-only sets are always ``"test"`` and can never feed training
-  (:func:`training_prompts`, :func:`assert_trainable`).
+  every dataset that contains it, whatever seed a caller samples with (seeds only choose subsets). Evaluation-only
+  sets are always ``"test"`` and can never feed training (:func:`training_prompts`, :func:`assert_trainable`);
+  training texts that (nearly) contain an evaluated prompt are dropped (:func:`decontaminate`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import tempfile
 import unicodedata
 import urllib.request
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -35,12 +37,17 @@ from typing import Any
 
 import pandas as pd
 
+from dispsafe_nb.near_duplicates import NEAR_DUPLICATE_THRESHOLD, NearDuplicateIndex
 from dispsafe_nb.paths import REPO_ROOT, cache_root
 
 logger = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 DEFAULT_FRACTIONS: tuple[float, float, float] = (0.7, 0.15, 0.15)
+# The one split assignment of the project. v1 hashed the caller's sampling seed into the split, so two callers with
+# different seeds (the judge guard with seed 1, evaluation with seed 0) saw different test sets and leaked prompts
+# into each other's training data. Artifacts record this version; one trained under another refuses to load.
+SPLIT_VERSION = "v2-seedless"
 DEFAULT_BUNDLED_DIR = REPO_ROOT / "data" / "bundled"
 DOWNLOAD_TIMEOUT_S = 30.0
 # ToxiGen scaffolds hold short fragments only when a line is malformed; real statements are >= 20 chars.
@@ -127,21 +134,28 @@ def _check_fractions(fractions: Sequence[float]) -> None:
         )
 
 
-def assign_split(text: str, seed: int = 0, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> str:
-    """Split of a prompt from a stable hash of its normalised text.
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """A seed must be a plain int (not a bool, float or string): it picks subsets and must mean one thing."""
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"{name} must be an int, got {seed!r} ({type(seed).__name__})")
+    return seed
+
+
+def assign_split(text: str, *, fractions: Sequence[float] = DEFAULT_FRACTIONS) -> str:
+    """Split of a prompt from a stable hash of its normalised text, the same for every caller and every seed.
 
     Hashing the *normalised* text (not an id) is what keeps a prompt that several datasets share (JBB reuses
-    AdvBench items, for instance) in the same split everywhere.
+    AdvBench items, for instance) in the same split everywhere. No seed enters the hash (`SPLIT_VERSION`).
     """
     fractions = tuple(float(f) for f in fractions)
     _check_fractions(fractions)
-    return _split_cached(text, seed, fractions)
+    return _split_cached(text, fractions)
 
 
 @functools.lru_cache(maxsize=1 << 18)
-def _split_cached(text: str, seed: int, fractions: tuple[float, ...]) -> str:
-    # Cached: Alpaca alone is 31k texts, and notebooks reload the same sets with the same seed.
-    digest = hashlib.sha256(f"{seed}:{normalize_text(text)}".encode()).digest()
+def _split_cached(text: str, fractions: tuple[float, ...]) -> str:
+    # Cached: Alpaca alone is 31k texts, and notebooks reload the same sets often.
+    digest = hashlib.sha256(f"dispsafe-split:{SPLIT_VERSION}:{normalize_text(text)}".encode()).digest()
     u = int.from_bytes(digest[:8], "big") / 2**64
     cumulative = 0.0
     for split, fraction in zip(SPLITS, fractions, strict=True):
@@ -158,6 +172,7 @@ def _check_split(split: str | None) -> None:
 
 def _sample(records: Sequence[PromptRecord], limit: int | None, seed: int) -> list[PromptRecord]:
     """At most `limit` records, chosen with `seed`, in their original order."""
+    check_seed(seed)
     if limit is None or limit >= len(records):
         return list(records)
     if limit < 0:
@@ -801,7 +816,7 @@ def _bundled_parser(kind: str) -> Callable[[Path], tuple[PromptRecord, ...]]:
 _BUNDLED_PARSERS = {kind: _bundled_parser(kind) for kind in BUNDLED_KINDS}
 
 
-def load_response_texts(kind: str, split: str | None = None, seed: int = 0) -> list[str]:
+def load_response_texts(kind: str, split: str | None = None) -> list[str]:
     """Bundled response texts: kind "refusal" (refusals.jsonl) or "compliant" (compliant_openings.jsonl)."""
     if kind not in RESPONSE_FILES:
         raise _unknown_name_error("response kind", kind, RESPONSE_FILES)
@@ -811,17 +826,17 @@ def load_response_texts(kind: str, split: str | None = None, seed: int = 0) -> l
     empty = sum(1 for t in texts if not t)
     if empty:
         _warn(f"{path}: dropped {empty} empty response text(s)")
-    return [t for t in texts if t and (split is None or assign_split(t, seed) == split)]
+    return [t for t in texts if t and (split is None or assign_split(t) == split)]
 
 
-def load_refusal_texts(split: str | None = None, seed: int = 0) -> list[str]:
+def load_refusal_texts(split: str | None = None) -> list[str]:
     """Bundled refusal texts (y_r candidates)."""
-    return load_response_texts("refusal", split, seed)
+    return load_response_texts("refusal", split)
 
 
-def load_compliant_texts(split: str | None = None, seed: int = 0) -> list[str]:
+def load_compliant_texts(split: str | None = None) -> list[str]:
     """Bundled compliant response openings."""
-    return load_response_texts("compliant", split, seed)
+    return load_response_texts("compliant", split)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -927,7 +942,7 @@ def dataset_spec(name: str) -> DatasetSpec:
     return DATASETS[name]
 
 
-def _with_splits(records: Iterable[PromptRecord], seed: int, eval_only: bool) -> list[PromptRecord]:
+def _with_splits(records: Iterable[PromptRecord], eval_only: bool) -> list[PromptRecord]:
     # dataclasses.replace is ~3x slower than a direct constructor call; Alpaca has 31k records.
     return [
         PromptRecord(
@@ -936,7 +951,7 @@ def _with_splits(records: Iterable[PromptRecord], seed: int, eval_only: bool) ->
             r.is_harmful,
             r.category,
             r.source,
-            "test" if eval_only else _split_cached(r.text, seed, DEFAULT_FRACTIONS),
+            "test" if eval_only else _split_cached(r.text, DEFAULT_FRACTIONS),
             r.checks,
             r.target,
         )
@@ -947,15 +962,18 @@ def _with_splits(records: Iterable[PromptRecord], seed: int, eval_only: bool) ->
 def load_dataset(
     name: str, split: str | None = None, limit: int | None = None, seed: int = 0, *, download: bool = True
 ) -> list[PromptRecord]:
-    """Records of a named dataset, optionally one split and at most `limit` (sampled with `seed`)."""
+    """Records of a named dataset, optionally one split and at most `limit` (sampled with `seed`).
+
+    The split of a record never depends on `seed`: the seed only chooses which `limit` records are returned."""
     spec = dataset_spec(name)
+    check_seed(seed)
     _check_split(split)
     eval_only = name in EVAL_ONLY
     if eval_only and split not in (None, "test"):
         raise EvalOnlyError(
             f"{name!r} is evaluation-only: all its records are in the 'test' split; asked for {split!r}"
         )
-    records = _with_splits(spec.load(download), seed, eval_only)
+    records = _with_splits(spec.load(download), eval_only)
     if split is not None:
         records = [r for r in records if r.split == split]
     return _sample(records, limit, seed)
@@ -977,19 +995,102 @@ def eval_only_texts(download: bool = False) -> dict[str, set[str]]:
     return texts
 
 
+def evaluated_texts(download: bool = False) -> dict[str, set[str]]:
+    """Every prompt this project may evaluate on, by set: the evaluation-only sets available here, plus the
+    test split of every trainable set (``"<name>:test"``). Training texts are decontaminated against all of it."""
+    texts = eval_only_texts(download)
+    for name in sorted(TRAINABLE):
+        try:
+            texts[f"{name}:test"] = {
+                normalize_text(r.text) for r in load_dataset(name, split="test", download=download)
+            }
+        except (DatasetNotAvailableError, FileNotFoundError):
+            logger.info("decontamination: %s is not available locally, skipped", name)
+    return texts
+
+
+@dataclass
+class Decontaminator:
+    """Drops training texts that contain an evaluated prompt, exactly or nearly (`near_duplicates`).
+
+    `report()` says which evaluated sets could be checked here (an evaluation-only set that is not on disk cannot
+    be); every artifact and result records it."""
+
+    texts: dict[str, set[str]]
+    threshold: float = NEAR_DUPLICATE_THRESHOLD
+
+    def __post_init__(self) -> None:
+        self._exact = {t: n for n, ts in self.texts.items() for t in ts}
+        self._near = NearDuplicateIndex(self.texts, self.threshold)
+
+    def leaks(self, text: str) -> set[str]:
+        """Names of the evaluated sets that `text` leaks (empty when clean)."""
+        exact = self._exact.get(normalize_text(text))
+        return ({exact} if exact else set()) | self._near.leaks(text)
+
+    def report(self) -> dict[str, Any]:
+        unavailable = sorted((EVAL_ONLY - _VIEWS) - set(self.texts))
+        return {
+            "split_version": SPLIT_VERSION,
+            "checked": sorted(self.texts),
+            "unavailable_eval_only": unavailable,
+            "near_duplicate": f"containment >= {self.threshold} of an evaluated prompt's distinct words",
+        }
+
+
+@functools.lru_cache(maxsize=4)
+def _decontaminator_cached(mirror: str, bundled: str, download: bool) -> Decontaminator:
+    # Keyed by where the data comes from: tests point DISPSAFE_DATA / DISPSAFE_BUNDLED elsewhere.
+    return Decontaminator(evaluated_texts(download))
+
+
+def default_decontaminator(download: bool = False) -> Decontaminator:
+    """The decontaminator for the data visible now (built once per data location; ~seconds for Alpaca)."""
+    folder = bundled_dir()
+    # The bundled files' sizes and times are part of the key: editing one rebuilds the index.
+    stamp = sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in folder.glob("*.jsonl"))
+    return _decontaminator_cached(str(mirror_dir()), f"{folder}:{stamp}", download)
+
+
+def decontamination_report() -> dict[str, Any]:
+    """Which evaluated sets decontamination could check here, the split version and the near-duplicate rule."""
+    return default_decontaminator().report()
+
+
 def decontaminate(
-    records: Sequence[PromptRecord], eval_texts: dict[str, set[str]] | None = None
+    records: Sequence[PromptRecord],
+    eval_texts: dict[str, set[str]] | Decontaminator | None = None,
 ) -> list[PromptRecord]:
-    """Drop records whose normalised text appears in any evaluation-only set, warning with the counts."""
-    eval_texts = eval_only_texts() if eval_texts is None else eval_texts
-    union = set().union(*eval_texts.values()) if eval_texts else set()
-    kept = [r for r in records if normalize_text(r.text) not in union]
+    """Drop records that (nearly) contain an evaluated prompt, warning with the counts per evaluated set."""
+    if eval_texts is None:
+        checker = default_decontaminator()
+    elif isinstance(eval_texts, Decontaminator):
+        checker = eval_texts
+    else:
+        checker = Decontaminator(eval_texts)
+    kept, hits = [], Counter()
+    for r in records:
+        leaked = checker.leaks(r.text)
+        if leaked:
+            hits.update(leaked)
+        else:
+            kept.append(r)
     dropped = len(records) - len(kept)
     if dropped:
-        hits = {n: sum(normalize_text(r.text) in t for r in records) for n, t in eval_texts.items()}
-        detail = ", ".join(f"{n}: {c}" for n, c in sorted(hits.items()) if c)
+        detail = ", ".join(f"{n}: {c}" for n, c in sorted(hits.items()))
         _warn(
-            f"decontamination dropped {dropped} training prompt(s) that appear in evaluation-only sets ({detail})"
+            f"decontamination dropped {dropped} training text(s) that contain an evaluated prompt ({detail})"
+        )
+    return kept
+
+
+def decontaminate_texts(texts: Sequence[str], checker: Decontaminator | None = None) -> list[str]:
+    """The texts (e.g. a guard's response examples) that contain no evaluated prompt."""
+    checker = checker or default_decontaminator()
+    kept = [t for t in texts if not checker.leaks(t)]
+    if len(kept) < len(texts):
+        _warn(
+            f"decontamination dropped {len(texts) - len(kept)} training text(s) that contain an evaluated prompt"
         )
     return kept
 
@@ -1017,11 +1118,12 @@ def training_prompts(
         raise EvalOnlyError(
             f"evaluation-only dataset(s) {bad} cannot be used for training; trainable: {sorted(TRAINABLE)}"
         )
-    eval_texts = eval_only_texts()
+    check_seed(seed)
+    checker = default_decontaminator()
     out: list[PromptRecord] = []
     for name in names:
         # Decontaminate before sampling, so `limit_per_set` still yields that many records when it can.
-        records = decontaminate(load_dataset(name, split, None, seed, download=download), eval_texts)
+        records = decontaminate(load_dataset(name, split, None, seed, download=download), checker)
         out += _sample(records, limit_per_set, seed)
     return out
 

@@ -23,7 +23,7 @@ import torch
 
 from dispsafe_nb.guards import Guard
 from dispsafe_nb.judges import RefusalJudge
-from dispsafe_nb.models import LLM, DecodingConfig, generate_with_prefix, samples_per_prompt
+from dispsafe_nb.models import LLM, DecodingConfig, Generation, generate_with_prefix, samples_per_prompt
 from dispsafe_nb.objectives import sequence_logprobs
 from dispsafe_nb.safe_system import prompt_seed
 
@@ -47,25 +47,17 @@ class BoundCheck:
         return self.gap - self.tv <= 2.0 * math.hypot(self.tv_se, self.gap_se) + 1e-12
 
 
-def _finished(llm: LLM, responses: Sequence[str], max_new_tokens: int) -> list[bool]:
-    # A sample shorter than the budget stopped on its own (end-of-turn token), so its eos is part of the sequence;
-    # one that hit the budget is a truncated prefix and is scored without eos.
-    lengths = [len(llm.tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses]
-    return [n < max_new_tokens - 1 for n in lengths]
-
-
-def _logprobs(
-    llm: LLM, prompt: str, responses: Sequence[str], finished: Sequence[bool], method: Any
-) -> torch.Tensor:
-    out = torch.empty(len(responses), dtype=torch.float64)
-    for flag in (True, False):
-        idx = [i for i, f in enumerate(finished) if f == flag]
-        if idx:
-            lp = sequence_logprobs(
-                llm, [prompt] * len(idx), [responses[i] for i in idx], append_eos=flag, method=method
-            )
-            out[idx] = lp.detach().double().cpu()
-    return out
+def _logprobs(llm: LLM, prompt: str, samples: Sequence[Generation], method: Any) -> torch.Tensor:
+    """log p(y | x) of exactly the sampled ids; a finished sample with its eos, a truncated one as a prefix."""
+    lp = sequence_logprobs(
+        llm,
+        [prompt] * len(samples),
+        None,
+        append_eos=[g.finished for g in samples],
+        method=method,
+        response_ids=[g.token_ids for g in samples],
+    )
+    return lp.detach().double().cpu()
 
 
 @torch.no_grad()
@@ -89,12 +81,12 @@ def check_bound(
         decoding = DecodingConfig(
             max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0, seed=prompt_seed(prompt, seed)
         )
-        ys = samples_per_prompt(llm.generate([prompt], decoding, num_samples=n_samples), n_samples)[0]
+        gens = llm.generate_detailed([prompt], decoding, num_samples=n_samples)[0]
+        ys = [g.text for g in gens]
         alpha = guard.prob_safe([prompt] * n_samples, ys).double()
-        finished = _finished(llm, ys, max_new_tokens)
-        log_p = _logprobs(llm, prompt, ys, finished, None)
-        log_q = _logprobs(llm, prompt, ys, finished, student)
-        log_q_r = _logprobs(llm, prompt, [refusal], [True], student)[0]
+        log_p = _logprobs(llm, prompt, gens, None)
+        log_q = _logprobs(llm, prompt, gens, student)
+        log_q_r = sequence_logprobs(llm, [prompt], [refusal], method=student)[0].detach().double().cpu()
         p_r = (1.0 - alpha).mean().clamp(min=1e-12)
         # q(y)/(p(y) α): α cancels against p(r = y) = p(y) α; computed in log space.
         ratio_y = torch.exp(log_q - log_p - torch.log(alpha.clamp(min=1e-12)))

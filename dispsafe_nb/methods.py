@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from dispsafe_nb.artifacts import ArtifactError, load_artifact, save_artifact
+from dispsafe_nb.data import SPLIT_VERSION
 from dispsafe_nb.models import LLM, DecodingConfig, generate_with_prefix, prepend_prefix
 
 SOFT_PROMPT_KIND = "soft_prompt"
@@ -155,6 +156,13 @@ class SoftPrompt(nn.Module):
             if strict:
                 raise ArtifactError(message + "; pass strict=False to load it anyway")
             warnings.warn(message, stacklevel=2)
+        trained_split = config.get("split_version")
+        if "training_data_hash" in config and trained_split != SPLIT_VERSION:
+            raise ArtifactError(
+                f"soft prompt at {folder} was trained under split version {trained_split or 'v1 (seeded)'}, "
+                f"not {SPLIT_VERSION}: its training data may hold prompts that are evaluated now (split "
+                "leakage). Retrain it with this version of dispsafe_nb."
+            )
         own = {"method", "model_name", "hidden_size", "n_tokens", "init", "init_text", "init_seed"}
         own |= {"n_parameters", "dtype", "kind"}
         soft = cls(
@@ -223,8 +231,10 @@ class SoftPromptSystem:
         progress: bool = False,
         *,
         num_samples: int = 1,
+        per_prompt_seed: bool = False,
     ) -> list[str] | list[list[str]]:
-        """One answer per prompt (``num_samples`` > 1: that many per prompt), greedy by default."""
+        """One answer per prompt (``num_samples`` > 1: that many per prompt), greedy by default;
+        ``per_prompt_seed`` samples every (prompt, sample) row from its own seeded stream."""
         with torch.no_grad():
             return generate_with_prefix(
                 self.llm,
@@ -234,6 +244,7 @@ class SoftPromptSystem:
                 batch_size=batch_size,
                 num_samples=num_samples,
                 progress=progress,
+                per_prompt_seed=per_prompt_seed,
             )
 
     def describe(self) -> dict[str, Any]:

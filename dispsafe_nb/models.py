@@ -94,6 +94,19 @@ def embedded_model_folder(name: str = DEFAULT_MODEL) -> Path:
     return folder
 
 
+@dataclass(frozen=True)
+class Generation:
+    """One generated answer exactly as sampled: its text, its token ids (without the end-of-turn token) and
+    whether it finished on its own (`finished`) or was cut at `max_new_tokens` (a prefix, scored without eos).
+
+    Scoring the ids, not a re-tokenisation of the text, is what makes log q(y) the probability of *this* sample:
+    decoding then re-encoding does not always give back the same ids."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    finished: bool
+
+
 @dataclass
 class LLM:
     """A causal LM with its tokenizer: the base system, answering `generate(prompts)`."""
@@ -209,6 +222,29 @@ class LLM:
             self, prompts, None, decoding, batch_size, num_samples, progress, per_prompt_seed=per_prompt_seed
         )
 
+    @torch.no_grad()
+    def generate_detailed(
+        self,
+        prompts: Sequence[str],
+        decoding: DecodingConfig | None = None,
+        batch_size: int = 16,
+        num_samples: int = 1,
+        progress: bool = False,
+        per_prompt_seed: bool = False,
+    ) -> list[list[Generation]]:
+        """Like `generate`, but `num_samples` `Generation`s (text, token ids, finished) per prompt."""
+        return generate_with_prefix(
+            self,
+            prompts,
+            None,
+            decoding,
+            batch_size,
+            num_samples,
+            progress,
+            per_prompt_seed=per_prompt_seed,
+            details=True,
+        )
+
 
 def generate_with_prefix(
     llm: LLM,
@@ -220,12 +256,14 @@ def generate_with_prefix(
     progress: bool = False,
     *,
     per_prompt_seed: bool = False,
-) -> list[str] | list[list[str]]:
+    details: bool = False,
+) -> list[str] | list[list[str]] | list[list[Generation]]:
     """Generate with optional prefix embeddings (N x d, e.g. a soft prompt) placed before the chat text.
 
     Rows are laid out [pad ... pad | prefix | chat tokens]: left padding keeps the prefix glued to its prompt,
     and the attention mask covers the prefix. Sampling is seeded per call so results are reproducible; with
-    `per_prompt_seed`, per (prompt, sample) row instead (see `LLM.generate`).
+    `per_prompt_seed`, per (prompt, sample) row instead (see `LLM.generate`). With `details`, returns
+    `num_samples` `Generation`s per prompt (always nested), with the sampled token ids and finish flags.
     """
     from tqdm.auto import tqdm
 
@@ -235,7 +273,7 @@ def generate_with_prefix(
     prompts = list(prompts)
     n_prefix = 0 if prefix is None else int(prefix.shape[0])
     prompts = llm.check_prompts(prompts, reserve_tokens=decoding.max_new_tokens + n_prefix)
-    answers: list[list[str]] = []
+    answers: list[list[Any]] = []
     batches = range(0, len(prompts), batch_size)
     with torch.random.fork_rng(devices=[llm.device] if llm.device.type == "cuda" else []):
         torch.manual_seed(decoding.seed)
@@ -246,10 +284,36 @@ def generate_with_prefix(
             if per_prompt_seed and not decoding.greedy:
                 seeds = [row_seed(p, decoding.seed, j) for p in chunk for j in range(num_samples)]
             out = _generate_batch(llm, batch, prefix, decoding, num_samples, seeds)
+            rows = split_generated(llm, out) if details else None
             texts = llm.tokenizer.batch_decode(out, skip_special_tokens=True)
             for i in range(len(chunk)):
-                answers.append([t.strip() for t in texts[i * num_samples : (i + 1) * num_samples]])
+                span = slice(i * num_samples, (i + 1) * num_samples)
+                if details:
+                    answers.append(
+                        [
+                            Generation(t.strip(), ids, fin)
+                            for t, (ids, fin) in zip(texts[span], rows[span], strict=True)
+                        ]
+                    )
+                else:
+                    answers.append([t.strip() for t in texts[span]])
+    if details:
+        return answers
     return [a[0] for a in answers] if num_samples == 1 else answers
+
+
+def split_generated(llm: LLM, new_tokens: torch.Tensor) -> list[tuple[tuple[int, ...], bool]]:
+    """(token ids before the first end-of-turn token, whether there was one) for each generated row.
+
+    generate() stops a row at eos and pads it afterwards; a row without eos ran to max_new_tokens (truncated)."""
+    eos = llm.tokenizer.eos_token_id
+    out = []
+    for row in new_tokens.tolist():
+        if eos in row:
+            out.append((tuple(row[: row.index(eos)]), True))
+        else:
+            out.append((tuple(row), False))
+    return out
 
 
 def samples_per_prompt(answers: list[str] | list[list[str]], num_samples: int) -> list[list[str]]:

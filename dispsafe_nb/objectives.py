@@ -51,12 +51,13 @@ def _final_logit_softcap(model: Any) -> float | None:
 def sequence_logprobs(
     llm: LLM,
     prompts: Sequence[str],
-    responses: Sequence[str],
+    responses: Sequence[str] | None,
     prefix: torch.Tensor | None = None,
     reduction: str = "sum",
-    append_eos: bool = True,
+    append_eos: bool | Sequence[bool] = True,
     method: Any | None = None,
     batch_size: int | None = None,
+    response_ids: Sequence[Sequence[int]] | None = None,
 ) -> torch.Tensor:
     """Teacher-forced ``log q(response | prompt [, prefix])`` under the chat template, one value per pair.
 
@@ -64,7 +65,10 @@ def sequence_logprobs(
     chat-templated exactly as for generation (ending where the assistant starts to speak), the response is
     tokenized on its own (no special tokens) and, with ``append_eos``, followed by the tokenizer's eos token
     (``<|im_end|>`` for SmolLM2, the token generation stops on), so that a *finished* answer is scored, not
-    just its prefix. Positions come from the attention mask's cumulative sum, so left padding does not shift
+    just its prefix. ``append_eos`` may be one flag per row: a sample cut at ``max_new_tokens`` is scored as
+    the prefix it is (no eos). ``response_ids``: score these token ids (e.g. exactly what generate() sampled,
+    `models.Generation.token_ids`) instead of tokenizing ``responses`` (then ``responses`` may be None).
+    Positions come from the attention mask's cumulative sum, so left padding does not shift
     them and a batched row scores exactly as the same row alone.
 
     prefix: optional N x d embeddings (a soft prompt's ``W``) inserted after the padding, as in
@@ -81,9 +85,8 @@ def sequence_logprobs(
     """
     if isinstance(prompts, str) or isinstance(responses, str):
         raise TypeError("pass lists of prompts and responses, not single strings")
-    prompts, responses = list(prompts), list(responses)
-    if len(prompts) != len(responses):
-        raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
+    prompts = list(prompts)
+    resp_ids = response_token_ids(llm, responses, response_ids, append_eos, len(prompts))
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, not {reduction!r}")
     if prefix is not None and method is not None:
@@ -95,18 +98,17 @@ def sequence_logprobs(
             sequence_logprobs(
                 llm,
                 prompts[s : s + batch_size],
-                responses[s : s + batch_size],
+                None,
                 prefix,
                 reduction,
-                append_eos,
+                False,  # the ids below already end in eos where they should
                 method,
+                response_ids=resp_ids[s : s + batch_size],
             )
             for s in range(0, len(prompts), batch_size)
         ]
         return torch.cat(chunks)
-    log_probs, targets, row_of, n_resp = _response_log_softmax(
-        llm, prompts, responses, prefix, append_eos, method
-    )
+    log_probs, targets, row_of, n_resp = _response_log_softmax(llm, prompts, resp_ids, prefix, method)
     token_logp = log_probs.gather(-1, targets[:, None])[:, 0]
     out = torch.zeros(len(prompts), dtype=token_logp.dtype, device=token_logp.device).index_add(
         0, row_of, token_logp
@@ -116,30 +118,54 @@ def sequence_logprobs(
     return out
 
 
+def response_token_ids(
+    llm: LLM,
+    responses: Sequence[str] | None,
+    response_ids: Sequence[Sequence[int]] | None,
+    append_eos: bool | Sequence[bool],
+    n_rows: int,
+) -> list[list[int]]:
+    """The token ids to score per row: given ids, or the tokenized responses; eos appended where flagged."""
+    tok = llm.tokenizer
+    if response_ids is not None:
+        if responses is not None and len(list(responses)) != len(response_ids):
+            raise ValueError(f"got {len(responses)} responses but {len(response_ids)} id lists")
+        rows = [[int(t) for t in ids] for ids in response_ids]
+    else:
+        if responses is None:
+            raise ValueError("pass responses (texts) or response_ids")
+        rows = []
+        for i, response in enumerate(responses):
+            if not isinstance(response, str):
+                raise TypeError(f"response {i} is a {type(response).__name__}, not a str")
+            rows.append(list(tok(response, add_special_tokens=False)["input_ids"]))
+    if len(rows) != n_rows:
+        raise ValueError(f"got {n_rows} prompts but {len(rows)} responses")
+    flags = [bool(append_eos)] * n_rows if isinstance(append_eos, bool) else [bool(f) for f in append_eos]
+    if len(flags) != n_rows:
+        raise ValueError(f"got {n_rows} prompts but {len(flags)} append_eos flags")
+    for i, (ids, flag) in enumerate(zip(rows, flags, strict=True)):
+        if flag:
+            ids.append(tok.eos_token_id)
+        if not ids:
+            raise ValueError(f"response {i} is empty and append_eos=False: there is no token to score")
+    return rows
+
+
 def _response_log_softmax(
     llm: LLM,
     prompts: list[str],
-    responses: list[str],
+    resp_ids: list[list[int]],
     prefix: torch.Tensor | None,
-    append_eos: bool,
     method: Any | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Log-softmax over the vocabulary at the positions that predict response tokens only.
 
-    Returns (log_probs [n_tokens, V], target ids [n_tokens], row index of each token [n_tokens],
-    number of response tokens per row [B]); tokens are ordered row by row, left to right.
+    `resp_ids`: the token ids to score per row (eos included where it should be). Returns (log_probs
+    [n_tokens, V], target ids [n_tokens], row index of each token [n_tokens], number of response tokens per
+    row [B]); tokens are ordered row by row, left to right.
     """
     tok = llm.tokenizer
-    resp_ids = []
-    for i, response in enumerate(responses):
-        if not isinstance(response, str):
-            raise TypeError(f"response {i} is a {type(response).__name__}, not a str")
-        ids = list(tok(response, add_special_tokens=False)["input_ids"])
-        if append_eos:
-            ids.append(tok.eos_token_id)
-        if not ids:
-            raise ValueError(f"response {i} is empty and append_eos=False: there is no token to score")
-        resp_ids.append(ids)
     n_prefix = _n_prefix(prefix, method)
     prompts = llm.check_prompts(prompts, reserve_tokens=n_prefix + max(len(r) for r in resp_ids))
     prompt_ids = [list(tok(llm.chat_text(p), add_special_tokens=False)["input_ids"]) for p in prompts]
@@ -201,8 +227,9 @@ def fidelity_kl(
     out = []
     for s in range(0, len(prompts), batch_size):
         p_chunk, r_chunk = prompts[s : s + batch_size], responses[s : s + batch_size]
-        base, _, row_of, n_resp = _response_log_softmax(llm, p_chunk, r_chunk, None, True, None)
-        system, _, _, _ = _response_log_softmax(llm, p_chunk, r_chunk, None, True, method)
+        ids = response_token_ids(llm, r_chunk, None, True, len(p_chunk))
+        base, _, row_of, n_resp = _response_log_softmax(llm, p_chunk, ids, None, None)
+        system, _, _, _ = _response_log_softmax(llm, p_chunk, ids, None, method)
         kl_tok = (base.exp() * (base - system)).sum(-1)
         per_row = torch.zeros(len(p_chunk), dtype=kl_tok.dtype, device=kl_tok.device).index_add(
             0, row_of, kl_tok
@@ -251,8 +278,23 @@ def _merge_refusal(loss: torch.Tensor, lr: torch.Tensor, same: torch.Tensor | No
     return torch.where(same, -lr, loss)
 
 
+def _weights(w: Any | None, like: torch.Tensor) -> torch.Tensor:
+    """Per-term weights (1 when None): constants that scale a term, never its clip threshold."""
+    if w is None:
+        return torch.ones_like(like)
+    w = torch.as_tensor(w, device=like.device).detach().to(like.dtype)
+    if not torch.isfinite(w).all() or (w < 0).any():
+        raise ValueError("term weights must be finite and >= 0")
+    return w.broadcast_to(like.shape)
+
+
 def tv_disp_loss(
-    logq_y: torch.Tensor, logq_r: torch.Tensor, alpha: Any, same_as_refusal: Any | None = None
+    logq_y: torch.Tensor,
+    logq_r: torch.Tensor,
+    alpha: Any,
+    same_as_refusal: Any | None = None,
+    weight_y: Any | None = None,
+    weight_r: Any | None = None,
 ) -> torch.Tensor:
     """TV-DiSP (paper Eq. 4), per example:
     ``L_TV = -a min(log q(y) - log a, 0) - (1 - a) min(log q(y_r) - log(1 - a), 0)``.
@@ -263,21 +305,36 @@ def tv_disp_loss(
     term is exactly 0 with zero gradient. ``same_as_refusal`` (bool, per example): the sampled y equals the
     refusal string, so the teacher's two atoms merge and the loss is ``-log q(y_r)`` (weight 1).
     See :func:`dispsafe_nb.theory.tv_disp_loss` for why E_y L_TV upper-bounds TV(p, q).
+
+    ``weight_y`` / ``weight_r`` (optional, per example) scale each term, e.g. 1 / its token count when whole-
+    sequence log-probs of very different lengths must be balanced for optimisation. They never move the clip:
+    with sequence log-probs the thresholds stay ``log a`` and ``log(1 - a)`` (Eq. 4), unlike a per-token mean
+    of the log-probs, which turns them into ``a^T`` and ``(1 - a)^T``.
     """
     ly, lr, a, same = _prepare(logq_y, logq_r, alpha, same_as_refusal)
-    return _merge_refusal(weighted_clipped_nll(ly, a) + weighted_clipped_nll(lr, 1.0 - a), lr, same)
+    wy, wr = _weights(weight_y, ly), _weights(weight_r, lr)
+    loss = wy * weighted_clipped_nll(ly, a) + wr * weighted_clipped_nll(lr, 1.0 - a)
+    return _merge_refusal(loss, wr * lr, same)
 
 
 def kl_disp_loss(
-    logq_y: torch.Tensor, logq_r: torch.Tensor, alpha: Any, same_as_refusal: Any | None = None
+    logq_y: torch.Tensor,
+    logq_r: torch.Tensor,
+    alpha: Any,
+    same_as_refusal: Any | None = None,
+    weight_y: Any | None = None,
+    weight_r: Any | None = None,
 ) -> torch.Tensor:
     """KL-DiSP, per example: the alpha-weighted NLL ``L_KL = -a log q(y) - (1 - a) log q(y_r)``.
 
     Forward KL(p || q) on the two-point teacher up to the constant entropy of a. Zero-weight terms are exactly
-    0; ``same_as_refusal`` as in :func:`tv_disp_loss`.
+    0; ``same_as_refusal`` and the weights as in :func:`tv_disp_loss` (note: unlike TV's clip, KL's optimum
+    moves with the weights: ``q(y_r) ∝ w_r (1 - a)``).
     """
     ly, lr, a, same = _prepare(logq_y, logq_r, alpha, same_as_refusal)
-    return _merge_refusal(weighted_nll(ly, a) + weighted_nll(lr, 1.0 - a), lr, same)
+    wy, wr = _weights(weight_y, ly), _weights(weight_r, lr)
+    loss = wy * weighted_nll(ly, a) + wr * weighted_nll(lr, 1.0 - a)
+    return _merge_refusal(loss, wr * lr, same)
 
 
 def perplexity_loss(logq: torch.Tensor) -> torch.Tensor:

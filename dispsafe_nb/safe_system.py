@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dispsafe_nb.guards import DEFAULT_REFUSAL, Guard
-from dispsafe_nb.models import LLM, DecodingConfig, samples_per_prompt
+from dispsafe_nb.models import LLM, DecodingConfig
 from dispsafe_nb.paths import cache_root
 
 # Sampling the teacher: a little below temperature 1 keeps a 135M model's samples fluent.
@@ -103,19 +103,60 @@ class SafeSystem:
 # ---------------------------------------------------------------------------------------------------------
 
 
+# Version of the teacher-cache entry format. v1 stored texts only; v2 adds the sampled token ids and finish
+# flags. An entry of another version is never read as this one: it is recomputed.
+TEACHER_CACHE_FORMAT = 2
+
+
+class TeacherSampleError(ValueError):
+    """A teacher sample cannot be trained on as given (e.g. it lacks the sampled token ids)."""
+
+
 @dataclass(frozen=True)
 class TeacherSample:
-    """k responses y ~ p(y|x) for one prompt, their α(x, y), and the refusal y_r."""
+    """k responses y ~ p(y|x) for one prompt, their α(x, y), and the refusal y_r.
+
+    `response_ids` are the token ids generate() sampled (without the end-of-turn token) and `finished` says
+    whether each answer ended on its own; training and the bound check score exactly those ids, and a truncated
+    answer as a prefix (no eos). Samples built from texts alone (None) cannot be trained on."""
 
     prompt: str
     responses: tuple[str, ...]
     alphas: tuple[float, ...]
     refusal: str
+    response_ids: tuple[tuple[int, ...], ...] | None = None
+    finished: tuple[bool, ...] | None = None
+
+    def __post_init__(self) -> None:
+        k = len(self.responses)
+        if len(self.alphas) != k:
+            raise ValueError(f"{k} responses but {len(self.alphas)} alphas for prompt {self.prompt[:60]!r}")
+        if (self.response_ids is None) != (self.finished is None):
+            raise ValueError("give both response_ids and finished, or neither")
+        if self.response_ids is not None and not (len(self.response_ids) == len(self.finished) == k):
+            raise ValueError(
+                f"{k} responses but {len(self.response_ids)} id lists / {len(self.finished)} flags"
+            )
+
+    @property
+    def has_ids(self) -> bool:
+        return self.response_ids is not None
 
     @property
     def refusal_mass(self) -> float:
         """Monte-Carlo estimate of the teacher's probability of answering y_r: mean of 1 − α."""
         return sum(1.0 - a for a in self.alphas) / len(self.alphas)
+
+
+def sample_from_texts(
+    llm: LLM, prompt: str, responses: Sequence[str], alphas: Sequence[float], refusal: str = DEFAULT_REFUSAL
+) -> TeacherSample:
+    """A teacher sample from answers written as text (e.g. in a test or an exercise): each answer is tokenized
+    by the model's tokenizer and treated as finished. Samples from `teacher_samples` keep what was sampled."""
+    ids = tuple(tuple(llm.tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses)
+    return TeacherSample(
+        prompt, tuple(responses), tuple(float(a) for a in alphas), refusal, ids, (True,) * len(responses)
+    )
 
 
 def _stable_hash(obj: Any) -> str:
@@ -146,11 +187,24 @@ class TeacherCache:
             return None
         try:
             entry = json.loads(path.read_text(encoding="utf-8"))
+            if entry.get("format") != TEACHER_CACHE_FORMAT:
+                warnings.warn(
+                    f"teacher cache entry {path} has format {entry.get('format', 1)}, not {TEACHER_CACHE_FORMAT}; "
+                    "recomputing it",
+                    stacklevel=2,
+                )
+                path.unlink(missing_ok=True)
+                return None
             body = entry["sample"]
             if entry["checksum"] != _stable_hash(body) or body["prompt"] != prompt:
                 raise ValueError("checksum or prompt mismatch")
             return TeacherSample(
-                body["prompt"], tuple(body["responses"]), tuple(body["alphas"]), body["refusal"]
+                body["prompt"],
+                tuple(body["responses"]),
+                tuple(body["alphas"]),
+                body["refusal"],
+                tuple(tuple(int(t) for t in ids) for ids in body["response_ids"]),
+                tuple(bool(f) for f in body["finished"]),
             )
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
             warnings.warn(f"teacher cache entry {path} is corrupt ({err}); recomputing it", stacklevel=2)
@@ -162,13 +216,20 @@ class TeacherCache:
         key_file = self.folder / "key.json"
         if not key_file.exists():
             key_file.write_text(json.dumps(self.key, indent=2, sort_keys=True, default=str), encoding="utf-8")
+        if not sample.has_ids:
+            raise TeacherSampleError("only samples with their token ids and finish flags are cached")
         body = {
             "prompt": sample.prompt,
             "responses": list(sample.responses),
             "alphas": list(sample.alphas),
             "refusal": sample.refusal,
+            "response_ids": [list(ids) for ids in sample.response_ids],
+            "finished": list(sample.finished),
         }
-        payload = json.dumps({"checksum": _stable_hash(body), "sample": body}, ensure_ascii=False)
+        payload = json.dumps(
+            {"format": TEACHER_CACHE_FORMAT, "checksum": _stable_hash(body), "sample": body},
+            ensure_ascii=False,
+        )
         fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(payload)
@@ -205,6 +266,7 @@ def teacher_samples(
         "decoding": decoding.to_dict(),
         "k": k,
         "sampler": "row-seeded-v1",  # how samples are drawn; part of the key so other schemes never mix in
+        "format": TEACHER_CACHE_FORMAT,
     }
     store = TeacherCache(key, cache_root_dir or cache_root() / "teacher") if cache else None
     cached = {p: store.get(p) for p in prompts} if store else {}
@@ -213,10 +275,20 @@ def teacher_samples(
     # never depend on which other prompts were asked with it.
     for start in tqdm(range(0, len(missing), batch_size), desc="teacher samples", disable=not progress):
         chunk = missing[start : start + batch_size]
-        out = system.llm.generate(chunk, decoding, batch_size=batch_size, num_samples=k, per_prompt_seed=True)
-        for prompt, responses in zip(chunk, samples_per_prompt(out, k), strict=True):
+        out = system.llm.generate_detailed(
+            chunk, decoding, batch_size=batch_size, num_samples=k, per_prompt_seed=True
+        )
+        for prompt, gens in zip(chunk, out, strict=True):
+            responses = [g.text for g in gens]
             alphas = system.guard.prob_safe([prompt] * k, responses).tolist()
-            sample = TeacherSample(prompt, tuple(responses), tuple(float(a) for a in alphas), system.refusal)
+            sample = TeacherSample(
+                prompt,
+                tuple(responses),
+                tuple(float(a) for a in alphas),
+                system.refusal,
+                tuple(g.token_ids for g in gens),
+                tuple(g.finished for g in gens),
+            )
             cached[prompt] = sample
             if store:
                 store.put(sample)

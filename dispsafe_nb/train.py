@@ -21,12 +21,13 @@ from dispsafe_nb import data
 from dispsafe_nb.artifacts import load_artifact, save_artifact
 from dispsafe_nb.methods import DEFAULT_INIT_TEXT, SoftPrompt, init_soft_prompt
 from dispsafe_nb.models import LLM
-from dispsafe_nb.objectives import kl_disp_loss, sequence_logprobs, tv_disp_loss
-from dispsafe_nb.safe_system import TeacherSample
+from dispsafe_nb.objectives import kl_disp_loss, response_token_ids, sequence_logprobs, tv_disp_loss
+from dispsafe_nb.safe_system import TeacherSample, TeacherSampleError
 
 OBJECTIVES = {"tv": tv_disp_loss, "kl": kl_disp_loss}
 CHECKPOINT_KIND = "distill_checkpoint"
 LR_SCHEDULES = ("linear", "constant")
+WEIGHTINGS = ("none", "per_token")
 
 
 @dataclass
@@ -43,10 +44,13 @@ class DistillConfig:
     steps: int = 60  # paper: about 200 iterations
     batch_size: int = 4  # paper: effective batch 32
     grad_accum: int = 1
-    # "mean": per-token (length-normalised) log-probs. "sum" (the sequence log-prob, the maths of Eq. 4) lets the
-    # 48-token sampled answers swamp the 12-token refusal and leaves the TV clip idle (log q(y) << log a), so
-    # TV- and KL-DiSP train identically; with "mean" the clip engages and the two differ as in the paper.
-    reduction: str = "mean"
+    # "sum": whole-sequence log-probs, Eq. 4 as written (clip thresholds log a and log(1 - a)). "mean": per-token
+    # means, a named ablation only -- it moves the thresholds to a^T and (1 - a)^T (for a harmful prompt with
+    # a = 0.05 and a 13-token refusal, the refusal stops being pushed at q(y_r) ~ 0.51 instead of 0.95).
+    reduction: str = "sum"
+    # "none": Eq. 4's weights a and 1 - a. "per_token": each term's weight divided by its token count (balances a
+    # 48-token answer against a 13-token refusal for the optimiser; the clip thresholds stay where Eq. 4 puts them).
+    weighting: str = "none"
     # "constant": lr throughout (the paper does not state its schedule); "linear": decays linearly to 0. In one
     # benchmark-sized run each, linear decay did not change the safety/usefulness trade-off beyond run-to-run noise.
     lr_schedule: str = "constant"
@@ -59,6 +63,13 @@ class DistillConfig:
             raise ValueError(f"unknown objective {self.objective!r}; known: {', '.join(OBJECTIVES)}")
         if self.reduction not in {"sum", "mean"}:
             raise ValueError(f"reduction must be 'sum' or 'mean', not {self.reduction!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, not {self.weighting!r}")
+        if self.weighting != "none" and self.reduction != "sum":
+            raise ValueError(
+                "weighting='per_token' rescales whole-sequence terms: use it with reduction='sum'"
+            )
+        data.check_seed(self.seed)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, not {self.lr_schedule!r}")
         for name in ("n_tokens", "steps", "batch_size", "grad_accum"):
@@ -68,20 +79,29 @@ class DistillConfig:
 
 @dataclass(frozen=True)
 class Example:
-    """One training example: a prompt, one teacher sample y with its α, and the refusal."""
+    """One training example: a prompt, one teacher sample y (its text, the sampled token ids, whether it
+    finished) with its α, and the refusal."""
 
     prompt: str
     response: str
     alpha: float
     refusal: str
+    response_ids: tuple[int, ...] = ()
+    finished: bool = True
 
 
 def examples_from_samples(samples: Sequence[TeacherSample]) -> list[Example]:
-    """Flatten teacher samples into (x, y, α, y_r) examples."""
+    """Flatten teacher samples into (x, y, α, y_r) examples; every sample must carry its token ids."""
+    missing = [s.prompt for s in samples if not s.has_ids]
+    if missing:
+        raise TeacherSampleError(
+            f"{len(missing)} teacher sample(s) lack the sampled token ids (first: {missing[0][:60]!r}); "
+            "build them with safe_system.teacher_samples(), which keeps the ids and finish flags generate() gave"
+        )
     return [
-        Example(s.prompt, y, float(a), s.refusal)
+        Example(s.prompt, y, float(a), s.refusal, tuple(ids), bool(fin))
         for s in samples
-        for y, a in zip(s.responses, s.alphas, strict=True)
+        for y, a, ids, fin in zip(s.responses, s.alphas, s.response_ids, s.finished, strict=True)
     ]
 
 
@@ -123,22 +143,60 @@ class History:
     val_step: list[int] = field(default_factory=list)
     val_loss: list[float] = field(default_factory=list)
     val_refusal_gap: list[float] = field(default_factory=list)
+    # Fractions of the batch whose TV clip is engaged (term switched off) on y and on y_r: the mechanism that
+    # separates TV from KL, logged rather than asserted. Computed for KL too (it ignores them).
+    clipped_y: list[float] = field(default_factory=list)
+    clipped_r: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, list]:
         return asdict(self)
 
 
-def _loss(
-    llm: LLM, soft: SoftPrompt, batch: Sequence[Example], cfg: DistillConfig
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+@dataclass
+class BatchLoss:
+    """The mean loss of a batch and what it was made of."""
+
+    loss: torch.Tensor
+    logq_y: torch.Tensor
+    logq_r: torch.Tensor
+    alpha: torch.Tensor
+
+    def clipped(self) -> tuple[float, float]:
+        """Fractions of examples whose y term / y_r term the TV clip has switched off (q ≥ teacher mass).
+        With reduction='mean' these compare per-token means with log a, i.e. the ablation's thresholds."""
+        with torch.no_grad():
+            a = self.alpha.to(self.logq_y.dtype)
+            on_y = (a > 0) & (self.logq_y >= torch.log(a.clamp(min=1e-30)))
+            on_r = (a < 1) & (self.logq_r >= torch.log((1 - a).clamp(min=1e-30)))
+            return float(on_y.float().mean()), float(on_r.float().mean())
+
+
+def _loss(llm: LLM, soft: SoftPrompt, batch: Sequence[Example], cfg: DistillConfig) -> BatchLoss:
+    """Eq. 4 (or KL-DiSP) on a batch: the sampled ids are scored exactly, a truncated sample without eos."""
     prompts = [e.prompt for e in batch]
+    if any(not e.response_ids and not e.finished for e in batch):
+        # An empty *finished* answer is just eos; an unfinished one without ids has nothing to score.
+        raise TeacherSampleError("an example has no token ids; build examples with examples_from_samples()")
+    ids_y = [list(e.response_ids) for e in batch]
+    finished = [e.finished for e in batch]
     logq_y = sequence_logprobs(
-        llm, prompts, [e.response for e in batch], reduction=cfg.reduction, method=soft
+        llm, prompts, None, reduction=cfg.reduction, append_eos=finished, method=soft, response_ids=ids_y
     )
-    logq_r = sequence_logprobs(llm, prompts, [e.refusal for e in batch], reduction=cfg.reduction, method=soft)
-    alpha = torch.tensor([e.alpha for e in batch], device=logq_y.device)
-    same = torch.tensor([e.response.strip() == e.refusal.strip() for e in batch], device=logq_y.device)
-    return OBJECTIVES[cfg.objective](logq_y, logq_r, alpha, same).mean(), logq_r, alpha
+    refusal_ids = response_token_ids(llm, [e.refusal for e in batch], None, True, len(batch))
+    logq_r = sequence_logprobs(
+        llm, prompts, None, reduction=cfg.reduction, append_eos=False, method=soft, response_ids=refusal_ids
+    )
+    device = logq_y.device
+    alpha = torch.tensor([e.alpha for e in batch], device=device)
+    same = torch.tensor([e.response.strip() == e.refusal.strip() for e in batch], device=device)
+    weights: dict[str, torch.Tensor] = {}
+    if cfg.weighting == "per_token":
+        weights["weight_y"] = 1.0 / torch.tensor(
+            [len(i) + f for i, f in zip(ids_y, finished, strict=True)], device=device
+        )
+        weights["weight_r"] = 1.0 / torch.tensor([len(i) for i in refusal_ids], device=device)
+    loss = OBJECTIVES[cfg.objective](logq_y, logq_r, alpha, same, **weights).mean()
+    return BatchLoss(loss, logq_y, logq_r, alpha)
 
 
 @torch.no_grad()
@@ -150,7 +208,7 @@ def validation_gap(
     The second is a Monte-Carlo *lower bound* on the mean TV(p, q): TV ≥ |p(A) − q(A)| for the event A = {y_r}.
     """
     examples = examples_from_samples(samples)
-    loss, _, _ = _loss(llm, soft, examples, cfg)
+    loss = _loss(llm, soft, examples, cfg).loss
     prompts = [s.prompt for s in samples]
     logq_r = sequence_logprobs(llm, prompts, [s.refusal for s in samples], reduction="sum", method=soft)
     p_r = torch.tensor([s.refusal_mass for s in samples], device=logq_r.device)
@@ -229,17 +287,21 @@ def distill(
         for group in opt.param_groups:  # a pure function of the step: resuming needs no scheduler state
             group["lr"] = learning_rate(cfg, step)
         opt.zero_grad()
-        total, alphas = 0.0, []
+        total, alphas, clip_y, clip_r = 0.0, [], 0.0, 0.0
         for micro in range(cfg.grad_accum):
             batch = [examples[i] for i in _batch_indices(len(examples), cfg, step, micro)]
-            loss, _, alpha = _loss(llm, soft, batch, cfg)
-            (loss / cfg.grad_accum).backward()
-            total += loss.item() / cfg.grad_accum
-            alphas += alpha.tolist()
+            out = _loss(llm, soft, batch, cfg)
+            (out.loss / cfg.grad_accum).backward()
+            total += out.loss.item() / cfg.grad_accum
+            alphas += out.alpha.tolist()
+            cy, cr = out.clipped()
+            clip_y, clip_r = clip_y + cy / cfg.grad_accum, clip_r + cr / cfg.grad_accum
         opt.step()
         history.step.append(step + 1)
         history.loss.append(total)
         history.mean_alpha.append(sum(alphas) / len(alphas))
+        history.clipped_y.append(clip_y)
+        history.clipped_r.append(clip_r)
         postfix = {"loss": f"{total:.3f}"}
         if val_samples and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
             val_loss, gap = validation_gap(llm, soft, val_samples, cfg)
@@ -258,6 +320,8 @@ def distill(
             "objective": cfg.objective,
             "distill_config": asdict(cfg),
             "training_data_hash": data_hash(examples),
+            "split_version": data.SPLIT_VERSION,
+            "decontamination": data.decontamination_report(),
             "n_train_prompts": len(train_samples),
             "n_train_examples": len(examples),
             "final_loss": history.loss[-1] if history.loss else None,
