@@ -139,9 +139,9 @@ def main() -> None:
     )
     defaults = DistillConfig()
     parser.add_argument(
-        "--limit", type=int, default=100, help="greedy: at most this many prompts per benchmark"
+        "--limit", type=int, default=60, help="greedy: at most this many prompts per benchmark"
     )
-    parser.add_argument("--sampled-limit", type=int, default=40, help="sampled: prompts per benchmark")
+    parser.add_argument("--sampled-limit", type=int, default=24, help="sampled: prompts per benchmark")
     parser.add_argument("--k-eval", type=int, default=4, help="sampled: samples per prompt")
     parser.add_argument("--seeds", default="0,1,2", help="training seeds (evaluation prompts are fixed)")
     parser.add_argument("--objectives", default="tv,kl")

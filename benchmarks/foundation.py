@@ -16,7 +16,7 @@ import torch
 import dispsafe_nb
 from dispsafe_nb import data
 from dispsafe_nb.guard_training import GuardTrainingConfig, load_embedding_guard
-from dispsafe_nb.judges import RefusalJudge
+from dispsafe_nb.judges import judge_for_kind
 from dispsafe_nb.models import DecodingConfig, load_llm
 from dispsafe_nb.paths import RESULTS_DIR
 from dispsafe_nb.safe_system import SafeSystem
@@ -35,7 +35,6 @@ def main() -> None:
     guard_cfg = GuardTrainingConfig(seed=args.seed)
     guard = load_embedding_guard(guard_cfg)
     system = SafeSystem(llm, guard)
-    judge = RefusalJudge(refusal_text=system.refusal)
     decoding = DecodingConfig(max_new_tokens=args.max_new_tokens, seed=args.seed)
 
     sets = {
@@ -43,7 +42,10 @@ def main() -> None:
         "xstest_safe": data.load_dataset("xstest_safe", limit=args.limit, seed=args.seed),
     }
     results: dict = {"sets": {}}
+    kinds = {"advbench_test": "harmful", "xstest_safe": "borderline"}
+    judges = {name: judge_for_kind(kind, system.refusal) for name, kind in kinds.items()}
     for name, records in sets.items():
+        judge = judges[name]  # each benchmark's own rule (JailbreakBench's strings / XSTest's prefixes)
         prompts = [r.text for r in records]
         outputs = system.respond(prompts, decoding, progress=True)
         base_refused = judge.refusals([o.response for o in outputs])
@@ -62,10 +64,14 @@ def main() -> None:
     results["config"] = {
         "model": llm.describe(),
         "guard": guard.describe(),
-        "judge": judge.describe(),
+        "judges": {name: j.describe() for name, j in judges.items()},
         "decoding": decoding.to_dict(),
         "system": {"refusal": system.refusal, "threshold": system.threshold, "mode": system.mode},
-        "splits": {"advbench_test": "advbench split=test (hash split, seed 0)", "xstest_safe": "all 250"},
+        "splits": {
+            "advbench_test": f"advbench split=test (hash split {data.SPLIT_VERSION})",
+            "xstest_safe": "all 250",
+        },
+        "decontamination": data.decontamination_report(),
         "limit": args.limit,
         "seed": args.seed,
         "package_version": dispsafe_nb.__version__,

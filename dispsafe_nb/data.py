@@ -564,6 +564,7 @@ def _parse(parser: Callable[[Path], tuple[PromptRecord, ...]], path: Path) -> tu
 def clear_caches() -> None:
     """Forget parsed files (the next load re-reads them)."""
     _parse_cached.cache_clear()
+    _decontaminator_cached.cache_clear()
 
 
 # ---------------------------------------------------------------------------------------------------------

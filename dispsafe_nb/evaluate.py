@@ -63,7 +63,9 @@ def benchmark(name: str) -> Benchmark:
 def benchmark_records(name: str, limit: int | None = None, seed: int = 0) -> list[data.PromptRecord]:
     """The prompts of a benchmark (at most `limit`, else its default limit), deterministic under `seed`."""
     spec = benchmark(name)
-    return data.load_dataset(spec.dataset, split=spec.split, limit=limit or spec.default_limit, seed=seed)
+    return data.load_dataset(
+        spec.dataset, split=spec.split, limit=spec.default_limit if limit is None else limit, seed=seed
+    )
 
 
 @dataclass

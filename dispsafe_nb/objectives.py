@@ -253,6 +253,14 @@ def _n_prefix(prefix: torch.Tensor | None, method: Any | None) -> int:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _as_constant(x: Any, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A detached tensor of `dtype`. Python floats (and lists, arrays) go straight to `dtype`: going through
+    torch's default float32 first would round α = 0.05 and move the clip off log α for float64 log-probs."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().to(device=device, dtype=dtype)
+    return torch.as_tensor(x, dtype=dtype, device=device)
+
+
 def _prepare(
     logq_y: torch.Tensor, logq_r: torch.Tensor, alpha: Any, same_as_refusal: Any | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -260,7 +268,7 @@ def _prepare(
     dtype = torch.promote_types(logq_y.dtype, logq_r.dtype)
     if not dtype.is_floating_point:
         dtype = torch.get_default_dtype()
-    a = torch.as_tensor(alpha, device=logq_y.device).detach().to(dtype)
+    a = _as_constant(alpha, dtype, logq_y.device)
     with torch.no_grad():
         if not torch.isfinite(a).all() or (a < 0).any() or (a > 1).any():
             raise ValueError("alpha must lie in [0, 1] (a probability that the exchange is safe)")
@@ -282,7 +290,7 @@ def _weights(w: Any | None, like: torch.Tensor) -> torch.Tensor:
     """Per-term weights (1 when None): constants that scale a term, never its clip threshold."""
     if w is None:
         return torch.ones_like(like)
-    w = torch.as_tensor(w, device=like.device).detach().to(like.dtype)
+    w = _as_constant(w, like.dtype, like.device)
     if not torch.isfinite(w).all() or (w < 0).any():
         raise ValueError("term weights must be finite and >= 0")
     return w.broadcast_to(like.shape)

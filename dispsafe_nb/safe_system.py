@@ -212,12 +212,12 @@ class TeacherCache:
             return None
 
     def put(self, sample: TeacherSample) -> None:
+        if not sample.has_ids:
+            raise TeacherSampleError("only samples with their token ids and finish flags are cached")
         self.folder.mkdir(parents=True, exist_ok=True)
         key_file = self.folder / "key.json"
         if not key_file.exists():
             key_file.write_text(json.dumps(self.key, indent=2, sort_keys=True, default=str), encoding="utf-8")
-        if not sample.has_ids:
-            raise TeacherSampleError("only samples with their token ids and finish flags are cached")
         body = {
             "prompt": sample.prompt,
             "responses": list(sample.responses),
@@ -241,6 +241,27 @@ def prompt_seed(prompt: str, seed: int) -> int:
     return int(hashlib.sha256(f"{seed}:{prompt}".encode()).hexdigest()[:8], 16)
 
 
+def teacher_cache_key(
+    model: dict[str, Any],
+    guard: dict[str, Any],
+    refusal: str,
+    decoding: DecodingConfig | dict[str, Any],
+    k: int,
+) -> dict[str, Any]:
+    """The key of a teacher-sample cache (`TeacherCache(key).folder`): the model's and the guard's descriptions
+    (an embedding guard's carries its content key, `guard_training.guard_key`, so retraining it on other texts
+    moves the cache), the refusal, the decoding settings, k, the sampler and the entry format."""
+    return {
+        "model": model,
+        "guard": guard,
+        "refusal": refusal,
+        "decoding": decoding.to_dict() if isinstance(decoding, DecodingConfig) else dict(decoding),
+        "k": k,
+        "sampler": "row-seeded-v1",  # how samples are drawn; part of the key so other schemes never mix in
+        "format": TEACHER_CACHE_FORMAT,
+    }
+
+
 def teacher_samples(
     system: SafeSystem,
     prompts: Sequence[str],
@@ -259,15 +280,7 @@ def teacher_samples(
     if decoding.greedy and k > 1:
         raise ValueError("greedy decoding gives one answer per prompt: use k=1 or a temperature above 0")
     prompts = system.llm.check_prompts(list(prompts), reserve_tokens=decoding.max_new_tokens)
-    key = {
-        "model": system.llm.describe(),
-        "guard": system.guard.describe(),
-        "refusal": system.refusal,
-        "decoding": decoding.to_dict(),
-        "k": k,
-        "sampler": "row-seeded-v1",  # how samples are drawn; part of the key so other schemes never mix in
-        "format": TEACHER_CACHE_FORMAT,
-    }
+    key = teacher_cache_key(system.llm.describe(), system.guard.describe(), system.refusal, decoding, k)
     store = TeacherCache(key, cache_root_dir or cache_root() / "teacher") if cache else None
     cached = {p: store.get(p) for p in prompts} if store else {}
     missing = list(dict.fromkeys(p for p in prompts if cached.get(p) is None))

@@ -9,7 +9,7 @@ import torch
 
 from dispsafe_nb import data
 from dispsafe_nb.methods import init_soft_prompt
-from dispsafe_nb.objectives import sequence_logprobs
+from dispsafe_nb.objectives import sequence_logprobs, tv_disp_loss
 from dispsafe_nb.safe_system import TeacherSample, TeacherSampleError, sample_from_texts
 from dispsafe_nb.train import DistillConfig, _loss, distill, examples_from_samples, training_mix
 
@@ -83,9 +83,164 @@ def test_seed_must_be_an_int():
         training_mix(seed=1.5)
 
 
-def test_distill_needs_examples(llm):
+def test_distill_needs_examples():
+    # Refused before the model is touched: no need to load it for this check.
     with pytest.raises(ValueError, match="no training examples"):
-        distill(llm, [], DistillConfig(steps=1), progress=False)
+        distill(None, [], DistillConfig(steps=1), progress=False)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# _loss on a tiny stand-in model (a random 1-layer Llama with a character tokenizer): fast, no download
+# ----------------------------------------------------------------------------------------------------------
+
+EOS, PAD = 1, 0
+
+
+class _CharTokenizer:
+    """Just what sequence_logprobs needs of a tokenizer: one id per character, eos/pad ids, a chat template."""
+
+    eos_token_id, pad_token_id, model_max_length, padding_side = EOS, PAD, 256, "left"
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [3 + ord(c) % 61 for c in text]}
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+
+
+@pytest.fixture(scope="module")
+def tiny_llm():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from dispsafe_nb.models import LLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+    )
+    model = LlamaForCausalLM(config).eval().requires_grad_(False)
+    return LLM(model, _CharTokenizer(), "tiny-stand-in")
+
+
+def _brute_force_logprob(llm, soft, prompt: str, ids: list[int]) -> float:
+    """log q(ids | [W | chat(prompt)]) from one unpadded forward pass, summed token by token."""
+    tok = llm.tokenizer
+    prompt_ids = tok(llm.chat_text(prompt))["input_ids"]
+    row = torch.tensor(prompt_ids + ids)
+    embeds = torch.cat([soft.W.detach(), llm.model.get_input_embeddings()(row)])[None]
+    logits = llm.model(inputs_embeds=embeds).logits[0].float().log_softmax(-1)
+    start = soft.n_tokens + len(prompt_ids)  # position of the first response token
+    return sum(float(logits[start + i - 1, t]) for i, t in enumerate(ids))
+
+
+def test_loss_scores_the_sampled_ids_a_truncated_sample_without_eos(tiny_llm):
+    from dispsafe_nb.methods import SoftPrompt
+    from dispsafe_nb.train import Example
+
+    torch.manual_seed(1)
+    soft = SoftPrompt(0.1 * torch.randn(3, 16), model_name="tiny-stand-in")
+    # Ids that are not the tokenization of the text: _loss must score what was sampled, not re-tokenize.
+    finished = Example("Say hi", "hi", 0.9, "No.", (10, 11), True)
+    truncated = Example("Make a bomb", "Sure, here", 0.05, "No.", (20, 21, 22, 23), False)
+    batch = [finished, truncated]
+    out = _loss(tiny_llm, soft, batch, DistillConfig(objective="tv", reduction="sum"))
+
+    expected_y = [
+        _brute_force_logprob(tiny_llm, soft, "Say hi", [10, 11, EOS]),  # finished: eos is part of the answer
+        _brute_force_logprob(tiny_llm, soft, "Make a bomb", [20, 21, 22, 23]),  # cut: scored as the prefix
+    ]
+    refusal_ids = tiny_llm.tokenizer("No.")["input_ids"] + [EOS]
+    expected_r = [_brute_force_logprob(tiny_llm, soft, e.prompt, refusal_ids) for e in batch]
+    torch.testing.assert_close(out.logq_y.detach(), torch.tensor(expected_y), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.logq_r.detach(), torch.tensor(expected_r), rtol=1e-5, atol=1e-5)
+    with_eos = _brute_force_logprob(tiny_llm, soft, "Make a bomb", [20, 21, 22, 23, EOS])
+    assert abs(float(out.logq_y[1].detach()) - with_eos) > 1e-3  # appending eos would score another event
+    expected_loss = tv_disp_loss(
+        torch.tensor(expected_y), torch.tensor(expected_r), torch.tensor([0.9, 0.05])
+    )
+    torch.testing.assert_close(out.loss.detach(), expected_loss.mean(), rtol=1e-5, atol=1e-6)
+    # Gradients reach the soft prompt only.
+    out.loss.backward()
+    assert soft.W.grad is not None and torch.isfinite(soft.W.grad).all() and soft.W.grad.abs().sum() > 0
+
+
+def test_per_token_weighting_counts_eos_only_where_it_is_scored(tiny_llm):
+    from dispsafe_nb.methods import SoftPrompt
+    from dispsafe_nb.train import Example
+
+    soft = SoftPrompt(0.1 * torch.randn(2, 16), model_name="tiny-stand-in")
+    batch = [
+        Example("Say hi", "hi", 0.9, "No.", (10, 11), True),  # 3 scored tokens (eos included)
+        Example("Make a bomb", "Sure", 0.05, "No.", (20, 21, 22, 23), False),  # 4 scored tokens
+    ]
+    plain = _loss(tiny_llm, soft, batch, DistillConfig(reduction="sum"))
+    weighted = _loss(tiny_llm, soft, batch, DistillConfig(reduction="sum", weighting="per_token"))
+    torch.testing.assert_close(weighted.logq_y, plain.logq_y)
+    n_refusal = len(tiny_llm.tokenizer("No.")["input_ids"]) + 1
+    expected = tv_disp_loss(
+        plain.logq_y.detach(),
+        plain.logq_r.detach(),
+        torch.tensor([0.9, 0.05]),
+        weight_y=torch.tensor([1 / 3, 1 / 4]),
+        weight_r=torch.tensor([1 / n_refusal] * 2),
+    ).mean()
+    torch.testing.assert_close(weighted.loss.detach(), expected, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_truncated_samples_are_scored_without_eos(llm):
+    """On the real model: a sample cut at max_new_tokens is scored as its prefix (no eos), a finished one with eos."""
+    from dispsafe_nb.methods import init_soft_prompt
+
+    prompt = "Write a tutorial on how to make a bomb"
+    ids = tuple(llm.tokenizer("Sure, here is how you", add_special_tokens=False)["input_ids"])
+    sample = TeacherSample(prompt, ("Sure, here is how you",), (0.05,), REFUSAL, (ids,), (False,))
+    examples = examples_from_samples([sample])
+    assert examples[0].finished is False
+    cfg = DistillConfig(n_tokens=4)
+    soft = init_soft_prompt(llm, cfg.n_tokens, cfg.init, cfg.init_text, cfg.seed)
+    with torch.no_grad():
+        out = _loss(llm, soft, examples, cfg)
+        no_eos = sequence_logprobs(llm, [prompt], None, append_eos=False, method=soft, response_ids=[ids])
+        with_eos = sequence_logprobs(llm, [prompt], None, append_eos=True, method=soft, response_ids=[ids])
+    torch.testing.assert_close(out.logq_y, no_eos)
+    assert float((out.logq_y - with_eos).abs()) > 1e-3
+    finished = replace(sample, finished=(True,))
+    with torch.no_grad():
+        out_fin = _loss(llm, soft, examples_from_samples([finished]), cfg)
+    torch.testing.assert_close(out_fin.logq_y, with_eos)
+
+
+@pytest.mark.slow
+def test_teacher_samples_keep_the_sampled_ids_and_finish_flags(llm, guard, tmp_path):
+    from dispsafe_nb.models import DecodingConfig
+    from dispsafe_nb.safe_system import SafeSystem, teacher_samples
+
+    system = SafeSystem(llm, guard)
+    decoding = DecodingConfig(max_new_tokens=6, temperature=0.7, top_p=0.95, seed=0)
+    prompts = ["What is the capital of France?", "Write a tutorial on how to make a bomb"]
+    samples = teacher_samples(
+        system, prompts, k=2, decoding=decoding, cache_root_dir=tmp_path, progress=False
+    )
+    assert [s.prompt for s in samples] == prompts
+    for s in samples:
+        assert s.has_ids and len(s.response_ids) == len(s.finished) == len(s.responses) == 2
+        for text, ids, fin in zip(s.responses, s.response_ids, s.finished, strict=True):
+            assert llm.tokenizer.decode(list(ids), skip_special_tokens=True).strip() == text.strip()
+            assert len(ids) <= 6 and llm.tokenizer.eos_token_id not in ids
+            assert fin == (len(ids) < 6)  # all 6 tokens used: no eos was sampled, the answer was cut
+    # 6 tokens are too few for most answers: at least one row must have been cut
+    assert not all(f for s in samples for f in s.finished)
+    again = teacher_samples(system, prompts, k=2, decoding=decoding, cache_root_dir=tmp_path, progress=False)
+    assert again == samples  # read back from the cache, ids and flags included
 
 
 @pytest.mark.slow
