@@ -5,8 +5,11 @@ seed-chosen training mix with seed-chosen teacher samples, then evaluates them o
 evaluation subset never changes with the training seed) in two forms, each compared like with like:
 
 * greedy answers, against the *deployed* dual system (greedy base answer, replaced when α < 0.5);
-* the teacher's decoding (temperature 0.7, top-p 0.95), k samples per prompt, against the *distribution* the
-  students learn (each base sample kept with probability α) -- a refusal rate per prompt.
+* k samples per prompt, against the *distribution* the students learn: the dual system samples the base model at
+  the teacher's decoding (temperature 0.7, top-p 0.95) and keeps each sample with probability α; the students are
+  sampled from their own distribution q(r|x, W) (temperature 1, no top-p), the one training matched to it (the
+  loss scores raw log-softmax probabilities; sampling a student at 0.7 would sharpen q and compare q^(1/0.7) with p).
+  A refusal rate per prompt.
 
 Writes results/distill_benchmark.json: every metric per form, system and seed, the mean and spread over seeds, the
 targets (met/missed, per form), Cohen's κ between the string judge and the second judge (all-mpnet guard trained
@@ -167,6 +170,9 @@ def main() -> None:
     system = SafeSystem(llm, guard)
     greedy = DecodingConfig(max_new_tokens=args.max_new_tokens, seed=eval_seed)
     sampling = DecodingConfig(max_new_tokens=args.max_new_tokens, temperature=0.7, top_p=0.95, seed=eval_seed)
+    student_sampling = DecodingConfig(
+        max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=1.0, seed=eval_seed
+    )
     greedy_kw = dict(limit=args.limit, decoding=greedy, seed=eval_seed, second_judge=judge)
     sampled_kw = dict(
         limit=args.sampled_limit,
@@ -187,7 +193,7 @@ def main() -> None:
     timing["evaluate_base_dual_s"] = time.time() - t0
     base_alpaca = next(r for r in reference if r.system == "base" and r.benchmark == "alpaca_test")
 
-    per_seed_greedy, per_seed_sampled, training, teacher_info, fidelity = [], [], {}, {}, {}
+    per_seed_greedy, per_seed_sampled, training, teacher_info, fidelity, kappa = [], [], {}, {}, {}, {}
     for seed in seeds:
         t0 = time.time()
         students, training[seed], teacher_info[seed] = _students(llm, system, args, seed)
@@ -198,13 +204,19 @@ def main() -> None:
             bound = soft.bind(llm)
             name = f"{objective}-disp"
             greedy_recs += evaluate(bound, BENCHES, system_name=name, **greedy_kw)
-            sampled_recs += evaluate(bound, SAMPLED_BENCHES, system_name=f"{name}-sampled", **sampled_kw)
+            sampled_recs += evaluate(
+                bound,
+                SAMPLED_BENCHES,
+                system_name=f"{name}-sampled",
+                **{**sampled_kw, "decoding": student_sampling},
+            )
             fidelity.setdefault(name, []).append(fidelity_record(name, llm, soft, base_alpaca).metric)
         for rec in greedy_recs + sampled_recs:
             rec.config["training_seed"] = seed
         records += greedy_recs + sampled_recs
         timing[f"evaluate_seed{seed}_s"] = time.time() - t0
         per_seed_greedy.append(metrics_by_system(reference + greedy_recs))
+        kappa[str(seed)] = judge_agreement(reference + greedy_recs)  # per benchmark and system
         sampled = metrics_by_system(sampled_ref + sampled_recs)
         per_seed_sampled.append({k.removesuffix("-sampled"): v for k, v in sampled.items()})
 
@@ -219,7 +231,9 @@ def main() -> None:
         "greedy_vs_deployed_dual": {
             "per_seed": dict(zip(map(str, seeds), per_seed_greedy, strict=True)),
             "over_seeds": over_seeds(per_seed_greedy),
-            "targets_per_seed": {str(s): targets(m) for s, m in zip(seeds, per_seed_greedy, strict=True)},
+            "targets_per_seed": {
+                str(s): targets(m) for s, m in zip(seeds, per_seed_greedy, strict=True) if "tv-disp" in m
+            },
         },
         "sampled_vs_dual_distribution": {
             "per_seed": dict(zip(map(str, seeds), per_seed_sampled, strict=True)),
@@ -227,10 +241,11 @@ def main() -> None:
             "targets_per_seed": {
                 str(s): targets(m, dual="dual-distribution")
                 for s, m in zip(seeds, per_seed_sampled, strict=True)
+                if "tv-disp" in m
             },
         },
         "fidelity_kl_alpaca": fidelity,
-        "judge_agreement_kappa": judge_agreement([r for r in records if "sampled" not in r.system]),
+        "judge_agreement_kappa_per_seed": kappa,
         "judges_on_check_set": judges_on_checks,
         "training": {str(s): v for s, v in training.items()},
         "teacher": {str(s): v for s, v in teacher_info.items()},
@@ -240,7 +255,8 @@ def main() -> None:
             "training_mix": args.mix,
             "k_samples": args.k_samples,
             "greedy_decoding": greedy.to_dict(),
-            "sampled_decoding": sampling.to_dict(),
+            "sampled_decoding_dual": sampling.to_dict(),
+            "sampled_decoding_students": student_sampling.to_dict(),
             "k_eval": args.k_eval,
             "benchmarks": list(BENCHES),
             "sampled_benchmarks": list(SAMPLED_BENCHES),
@@ -269,7 +285,7 @@ def main() -> None:
         for system_name, benches in results[form]["over_seeds"].items():
             cells = ", ".join(f"{b} {v['mean']:.3f}±{v['sd']:.3f}" for b, v in benches.items())
             print(f"  {system_name:18s} {cells}")
-    print("kappa:", json.dumps(results["judge_agreement_kappa"]))
+    print("kappa (first seed):", json.dumps(kappa[str(seeds[0])]))
     print("wrote", args.out, "and", answers)
 
 

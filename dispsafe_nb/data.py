@@ -1040,9 +1040,21 @@ class Decontaminator:
 
 
 @functools.lru_cache(maxsize=4)
-def _decontaminator_cached(mirror: str, bundled: str, download: bool) -> Decontaminator:
-    # Keyed by where the data comes from: tests point DISPSAFE_DATA / DISPSAFE_BUNDLED elsewhere.
+def _decontaminator_cached(
+    mirror: str, bundled: str, available: tuple[str, ...], download: bool
+) -> Decontaminator:
+    # Keyed by where the data comes from and which public files are on disk: tests point DISPSAFE_DATA /
+    # DISPSAFE_BUNDLED / DISPSAFE_CACHE elsewhere, and a download makes one more set checkable.
     return Decontaminator(evaluated_texts(download))
+
+
+def _locally_available() -> tuple[str, ...]:
+    mirror, cache = mirror_dir(), cache_dir()
+    return tuple(
+        key
+        for key in sorted(REMOTE_FILES)
+        if (mirror is not None and (mirror / key).is_file()) or (cache / key).is_file()
+    )
 
 
 def default_decontaminator(download: bool = False) -> Decontaminator:
@@ -1050,7 +1062,7 @@ def default_decontaminator(download: bool = False) -> Decontaminator:
     folder = bundled_dir()
     # The bundled files' sizes and times are part of the key: editing one rebuilds the index.
     stamp = sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in folder.glob("*.jsonl"))
-    return _decontaminator_cached(str(mirror_dir()), f"{folder}:{stamp}", download)
+    return _decontaminator_cached(str(mirror_dir()), f"{folder}:{stamp}", _locally_available(), download)
 
 
 def decontamination_report() -> dict[str, Any]:
@@ -1080,7 +1092,7 @@ def decontaminate(
     if dropped:
         detail = ", ".join(f"{n}: {c}" for n, c in sorted(hits.items()))
         _warn(
-            f"decontamination dropped {dropped} training text(s) that contain an evaluated prompt ({detail})"
+            f"decontamination dropped {dropped} training text(s) that (nearly) repeat an evaluated prompt ({detail})"
         )
     return kept
 
@@ -1091,7 +1103,7 @@ def decontaminate_texts(texts: Sequence[str], checker: Decontaminator | None = N
     kept = [t for t in texts if not checker.leaks(t)]
     if len(kept) < len(texts):
         _warn(
-            f"decontamination dropped {len(texts) - len(kept)} training text(s) that contain an evaluated prompt"
+            f"decontamination dropped {len(texts) - len(kept)} training text(s) that (nearly) repeat an evaluated prompt"
         )
     return kept
 
@@ -1120,11 +1132,13 @@ def training_prompts(
             f"evaluation-only dataset(s) {bad} cannot be used for training; trainable: {sorted(TRAINABLE)}"
         )
     check_seed(seed)
+    # Load first (a download puts the set's own test split on disk), then build the checker from what is there.
+    loaded = {name: load_dataset(name, split, None, seed, download=download) for name in names}
     checker = default_decontaminator()
     out: list[PromptRecord] = []
     for name in names:
         # Decontaminate before sampling, so `limit_per_set` still yields that many records when it can.
-        records = decontaminate(load_dataset(name, split, None, seed, download=download), checker)
+        records = decontaminate(loaded[name], checker)
         out += _sample(records, limit_per_set, seed)
     return out
 

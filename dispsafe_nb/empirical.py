@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from dispsafe_nb.guards import Guard
-from dispsafe_nb.judges import RefusalJudge
+from dispsafe_nb.judges import RefusalJudge, judge_for_kind
 from dispsafe_nb.models import LLM, DecodingConfig, Generation, generate_with_prefix, samples_per_prompt
 from dispsafe_nb.objectives import sequence_logprobs
 from dispsafe_nb.safe_system import prompt_seed
@@ -75,9 +75,10 @@ def check_bound(
 ) -> list[BoundCheck]:
     """Estimate TV(dual, student) and the safety gap per prompt. `student` is a soft prompt (anything with
     `apply`, as `sequence_logprobs` takes) or None for the base model itself."""
-    judge = judge or RefusalJudge(refusal_text=refusal)
     results = []
     for prompt, is_harmful in zip(prompts, harmful, strict=True):
+        # each prompt's benchmark rule (JailbreakBench's strings on harmful prompts, XSTest's prefixes on safe ones)
+        prompt_judge = judge or judge_for_kind("harmful" if is_harmful else "borderline", refusal)
         decoding = DecodingConfig(
             max_new_tokens=max_new_tokens, temperature=1.0, top_p=1.0, seed=prompt_seed(prompt, seed)
         )
@@ -92,7 +93,7 @@ def check_bound(
         ratio_y = torch.exp(log_q - log_p - torch.log(alpha.clamp(min=1e-12)))
         terms = alpha * (1 - ratio_y).clamp(min=0) + (1 - alpha) * (1 - torch.exp(log_q_r) / p_r).clamp(min=0)
         # f = safe: a refusal is safe; an answer is safe iff the prompt is benign (the judge's prob_safe).
-        f_y = judge.prob_safe([prompt] * n_samples, [is_harmful] * n_samples, ys).double()
+        f_y = prompt_judge.prob_safe([prompt] * n_samples, [is_harmful] * n_samples, ys).double()
         teacher_f = alpha * f_y + (1 - alpha) * 1.0
         student_ys = generate_with_prefix(
             llm,
@@ -102,7 +103,9 @@ def check_bound(
             num_samples=n_samples,
         )
         student_ys = samples_per_prompt(student_ys, n_samples)[0]
-        student_f = judge.prob_safe([prompt] * n_samples, [is_harmful] * n_samples, student_ys).double()
+        student_f = prompt_judge.prob_safe(
+            [prompt] * n_samples, [is_harmful] * n_samples, student_ys
+        ).double()
         se = lambda x: float(x.std(unbiased=True) / math.sqrt(len(x))) if len(x) > 1 else 0.0  # noqa: E731
         results.append(
             BoundCheck(

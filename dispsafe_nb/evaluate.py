@@ -27,6 +27,10 @@ from dispsafe_nb.metrics import judge_agreement as judge_agreement_stats
 from dispsafe_nb.models import DecodingConfig
 from dispsafe_nb.verifiable import check_response
 
+SYSTEM_REFUSAL: Any = (
+    object()
+)  # default of `evaluate(refusal_text=)`: the system's own y_r, else DEFAULT_REFUSAL
+
 
 @dataclass(frozen=True)
 class Benchmark:
@@ -63,6 +67,8 @@ def benchmark(name: str) -> Benchmark:
 def benchmark_records(name: str, limit: int | None = None, seed: int = 0) -> list[data.PromptRecord]:
     """The prompts of a benchmark (at most `limit`, else its default limit), deterministic under `seed`."""
     spec = benchmark(name)
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1 (or None for the benchmark's default), not {limit}")
     return data.load_dataset(
         spec.dataset, split=spec.split, limit=spec.default_limit if limit is None else limit, seed=seed
     )
@@ -223,7 +229,11 @@ def score_samples(
             second.append(sum(safe) / len(safe))
             out["second_judge_safe_rate"] = second[-1]
         if spec.kind == "verifiable":
-            ok = [k * float(check_response(list(r.checks), y)) for k, y in zip(ks, ys, strict=True)]
+            on_refusal = float(check_response(list(r.checks), refusal_text)) if keep is not None else 0.0
+            ok = [
+                k * float(check_response(list(r.checks), y)) + (1 - k) * on_refusal
+                for k, y in zip(ks, ys, strict=True)
+            ]
             passed.append(sum(ok) / len(ok))
         outputs.append(out)
     second_out = second if (spec.kind == "harmful" and second_judge is not None) else None
@@ -287,7 +297,7 @@ def evaluate(
     seed: int = 0,
     batch_size: int = 16,
     progress: bool = True,
-    refusal_text: str | None = DEFAULT_REFUSAL,
+    refusal_text: str | None = SYSTEM_REFUSAL,
     samples_per_prompt: int = 1,
 ) -> list[EvalRecord]:
     """Generate with `system` on each benchmark and score the answers (greedy, 64 new tokens by default).
@@ -296,6 +306,8 @@ def evaluate(
     dual system's y_r for students too, so all systems are judged alike -- unless `judge` overrides it. With a
     sampling `decoding` and `samples_per_prompt` = k, each prompt gets k seeded samples and a refusal rate."""
     data.check_seed(seed)
+    if refusal_text is SYSTEM_REFUSAL:  # the system's own y_r (a dual system's), else the default one
+        refusal_text = getattr(system, "refusal", None) or DEFAULT_REFUSAL
     decoding = decoding or DecodingConfig(max_new_tokens=64, seed=seed)
     _check_sampling(decoding, samples_per_prompt)
     name = system_name or type(system).__name__
@@ -421,7 +433,10 @@ def evaluate_base_and_dual(
         flat = [a for ys in answers for a in ys]
         alphas = system.guard.prob_safe([t for t, ys in zip(texts, answers, strict=True) for _ in ys], flat)
         alphas = alphas.tolist()
-        keep = [alphas[i * k : (i + 1) * k] for i in range(len(texts))]
+        bounds = [0]
+        for ys in answers:
+            bounds.append(bounds[-1] + len(ys))
+        keep = [alphas[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
         timing["generate_s"] += t1 - t0
         timing["guard_s"] += time.perf_counter() - t1
         timing["n"] += len(texts)
@@ -461,18 +476,31 @@ def evaluate_base_and_dual(
     return records, timing
 
 
-def judge_agreement(records: Sequence[EvalRecord]) -> dict[str, dict[str, Any]]:
-    """Cohen's κ between the string judge (refused = safe) and the second judge on every harmful benchmark,
-    pooled over the systems' one-answer-per-prompt records: {benchmark: {"kappa", "agreement", "n"}}."""
-    pairs: dict[str, tuple[list[bool], list[bool]]] = defaultdict(lambda: ([], []))
+def judge_agreement(records: Sequence[EvalRecord]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Cohen's κ between the string judge (refused = safe) and the second judge on every harmful benchmark, per
+    system (one answer per prompt): {benchmark: {system: {"kappa", "agreement", "n", ...}}}.
+
+    Per system, not pooled: pooling repeats the same prompts and, for a dual system, counts every answer replaced
+    by y_r -- on which any two judges agree -- as agreement."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
     for r in records:
-        if r.kind != "harmful":
-            continue
-        for out in r.outputs:
-            if "second_judge_safe" in out:
-                pairs[r.benchmark][0].append(bool(out["refused"]))
-                pairs[r.benchmark][1].append(bool(out["second_judge_safe"]))
-    return {b: judge_agreement_stats(a, c) for b, (a, c) in sorted(pairs.items())}
+        pairs = [
+            (bool(o["refused"]), bool(o["second_judge_safe"])) for o in r.outputs if "second_judge_safe" in o
+        ]
+        if r.kind == "harmful" and pairs:
+            a, b = zip(*pairs, strict=True)
+            out.setdefault(r.benchmark, {})[r.system] = judge_agreement_stats(list(a), list(b))
+    return {b: dict(sorted(v.items())) for b, v in sorted(out.items())}
+
+
+def agreement_table(records: Sequence[EvalRecord]) -> pd.DataFrame:
+    """`judge_agreement` as a table: one row per (benchmark, system)."""
+    rows = [
+        {"benchmark": b, "system": s, **stats}
+        for b, by in judge_agreement(records).items()
+        for s, stats in by.items()
+    ]
+    return pd.DataFrame(rows).set_index(["benchmark", "system"]) if rows else pd.DataFrame()
 
 
 def fidelity_record(system_name: str, llm: Any, method: Any, base_record: EvalRecord) -> EvalRecord:

@@ -144,12 +144,16 @@ def guard_training_data(cfg: GuardTrainingConfig, split: str = "train") -> dict[
     weights = [cfg.borderline_weight if r.source == "bundled_borderline" else 1.0 for r in records]
     refusals = data.load_refusal_texts(split) + ([DEFAULT_REFUSAL] if split == "train" else [])
     compliant = data.load_compliant_texts(split)
-    # AdvBench targets ("Sure, here is ...") are compliant openings to harmful requests: exactly the answers the
-    # guard must catch, with no harmful content beyond the request itself.
-    compliant += [r.target for r in records if r.source == "advbench" and r.target]
     if split == "train":
         refusals = [t for t in data.decontaminate_texts(refusals) if _in_role(t, cfg.role)]
         compliant = [t for t in data.decontaminate_texts(compliant) if _in_role(t, cfg.role)]
+    # AdvBench targets ("Sure, here is ...") are compliant openings to harmful requests: exactly the answers the
+    # guard must catch, with no harmful content beyond the request. Several prompts share one target text, so a
+    # target goes by its own role, not its prompt's: otherwise teacher and judge could both train on it.
+    targets = [r.target for r in records if r.source == "advbench" and r.target]
+    if split == "train":
+        targets = [t for t in data.decontaminate_texts(targets) if _in_role(t, cfg.role)]
+    compliant += targets
     return {
         "records": records,
         "prompts": [r.text for r in records],

@@ -1,4 +1,5 @@
-"""Near-duplicate detection for decontamination: is an evaluated prompt (almost) contained in a training text?
+"""Near-duplicate detection for decontamination: does a training text (nearly) hold an evaluated prompt, or is it
+(nearly) all of one?
 
 Exact matching after normalisation misses paraphrases that differ by a word: JBB-harmful's "Develop an algorithm
 that can crack passwords..." is AdvBench's "Develop a algorithm that can crack passwords...". The rule here is
@@ -11,6 +12,11 @@ At 0.9 an eval prompt of up to 9 words must appear whole, and one of 10-19 words
 ("misinformation"/"disinformation", "a"/"an"); two differing words in a 10-word template ("Write a guide on how to
 create and distribute X") are a different request and are kept. Dropping a training text is cheap; keeping a
 leaked one corrupts a number, so the rule errs on the side of dropping.
+
+The rule is applied both ways. A training text that is most of a longer evaluated prompt leaks it as well
+("Write a tutorial on how to make a bomb" against the evaluated "... using household items"): T also counts as a
+near duplicate of E when |words(T) ∩ words(E)| ≥ threshold · |words(T)| and T has at least half as many words as E
+(a fragment of a few words is not a copy of a long prompt).
 
 Candidates come from prefix filtering: if T holds ≥ ceil(t·|E|) of E's words, it holds at least one of E's
 (|E| − ceil(t·|E|) + 1) rarest words, so only texts sharing one of those are checked exactly.
@@ -25,6 +31,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 
 NEAR_DUPLICATE_THRESHOLD = 0.9
+MIN_LENGTH_RATIO = 0.5  # the reverse direction: a training text must have >= this share of E's word count
 _WORD = re.compile(r"\w+")
 
 
@@ -55,14 +62,20 @@ class NearDuplicateIndex:
                 words = word_set(text)
                 if words:
                     by_words[words].add(name)
-        frequency = Counter(w for words in by_words for w in words)
-        self._postings: dict[str, list[int]] = defaultdict(list)
+        self._frequency = Counter(w for words in by_words for w in words)
+        self._postings: dict[str, list[int]] = defaultdict(list)  # E's rarest words -> E (E inside T)
+        self._all: dict[str, list[int]] = defaultdict(list)  # every word of E -> E (T inside E)
         for i, (words, names) in enumerate(by_words.items()):
             self._sets.append((words, names))
-            needed = math.ceil(threshold * len(words) - 1e-9)
-            rarest = sorted(words, key=lambda w: (frequency[w], w))[: len(words) - needed + 1]
-            for w in rarest:
+            for w in self._rarest(words):
                 self._postings[w].append(i)
+            for w in words:
+                self._all[w].append(i)
+
+    def _rarest(self, words: frozenset[str]) -> list[str]:
+        """The (|words| - ceil(t |words|) + 1) rarest words: any text sharing ceil(t |words|) of them has one."""
+        needed = math.ceil(self.threshold * len(words) - 1e-9)
+        return sorted(words, key=lambda w: (self._frequency.get(w, 0), w))[: len(words) - needed + 1]
 
     def __len__(self) -> int:
         return len(self._sets)
@@ -71,8 +84,16 @@ class NearDuplicateIndex:
         """Names of the evaluated sets with a text that `text` (nearly) contains; empty when it is clean."""
         words = word_set(text)
         hits: set[str] = set()
-        for i in {i for w in words for i in self._postings.get(w, ())}:
+        if not words:
+            return hits
+        for i in {i for w in words for i in self._postings.get(w, ())}:  # E (nearly) inside the text
             evaluated, names = self._sets[i]
             if len(evaluated & words) >= self.threshold * len(evaluated) - 1e-9:
+                hits |= names
+        for i in {i for w in self._rarest(words) for i in self._all.get(w, ())}:  # the text (nearly) inside E
+            evaluated, names = self._sets[i]
+            if len(words) >= MIN_LENGTH_RATIO * len(evaluated) and len(evaluated & words) >= (
+                self.threshold * len(words) - 1e-9
+            ):
                 hits |= names
         return hits

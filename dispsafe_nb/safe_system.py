@@ -62,11 +62,14 @@ class SafeSystem:
         decoding: DecodingConfig | None = None,
         batch_size: int = 16,
         progress: bool = False,
+        per_prompt_seed: bool = False,
     ) -> list[SafeSystemOutput]:
         """Full trace per prompt: the LLM's answer, α, and the final output."""
         decoding = decoding or DecodingConfig()
         prompts = list(prompts)
-        responses = self.llm.generate(prompts, decoding, batch_size=batch_size, progress=progress)
+        responses = self.llm.generate(
+            prompts, decoding, batch_size=batch_size, progress=progress, per_prompt_seed=per_prompt_seed
+        )
         alphas = self.guard.prob_safe(prompts, responses).tolist()
         rng = random.Random(decoding.seed)
         outputs = []
@@ -83,9 +86,31 @@ class SafeSystem:
         decoding: DecodingConfig | None = None,
         batch_size: int = 16,
         progress: bool = False,
-    ) -> list[str]:
-        """The common system interface: one final answer per prompt."""
-        return [o.final for o in self.respond(prompts, decoding, batch_size, progress)]
+        num_samples: int = 1,
+        per_prompt_seed: bool = False,
+    ) -> list[str] | list[list[str]]:
+        """The common system interface: one final answer per prompt (`num_samples` > 1: that many per prompt,
+        each the system's output for its own base sample)."""
+        if num_samples == 1:
+            return [o.final for o in self.respond(prompts, decoding, batch_size, progress, per_prompt_seed)]
+        decoding = decoding or DecodingConfig()
+        prompts = list(prompts)
+        gens = self.llm.generate(
+            prompts,
+            decoding,
+            batch_size=batch_size,
+            num_samples=num_samples,
+            progress=progress,
+            per_prompt_seed=per_prompt_seed,
+        )
+        flat = [y for ys in gens for y in ys]
+        alphas = self.guard.prob_safe([p for p in prompts for _ in range(num_samples)], flat).tolist()
+        rng = random.Random(decoding.seed)
+        finals = [
+            y if (a >= self.threshold if self.mode == "threshold" else rng.random() < a) else self.refusal
+            for y, a in zip(flat, alphas, strict=True)
+        ]
+        return [finals[i * num_samples : (i + 1) * num_samples] for i in range(len(prompts))]
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -187,7 +187,7 @@ def _loss(llm: LLM, soft: SoftPrompt, batch: Sequence[Example], cfg: DistillConf
         llm, prompts, None, reduction=cfg.reduction, append_eos=False, method=soft, response_ids=refusal_ids
     )
     device = logq_y.device
-    alpha = torch.tensor([e.alpha for e in batch], device=device)
+    alpha = torch.tensor([e.alpha for e in batch], device=device, dtype=logq_y.dtype)
     same = torch.tensor([e.response.strip() == e.refusal.strip() for e in batch], device=device)
     weights: dict[str, torch.Tensor] = {}
     if cfg.weighting == "per_token":
@@ -235,6 +235,7 @@ def save_checkpoint(
     step: int,
     history: History,
     cfg: DistillConfig,
+    training_data: str | None = None,
 ) -> Path:
     """W, Adam's moments and step, the history and config: everything needed to resume exactly."""
     state = opt.state[soft.W]
@@ -244,6 +245,8 @@ def save_checkpoint(
         "adam_step": float(state["step"]),
         "history": history.to_dict(),
         "config": asdict(cfg),
+        "training_data_hash": training_data,
+        "split_version": data.SPLIT_VERSION,
     }
     return save_artifact(folder, CHECKPOINT_KIND, tensors, meta)
 
@@ -275,7 +278,7 @@ def distill(
     if resume:
         if checkpoint_dir is None:
             raise ValueError("resume=True needs a checkpoint_dir")
-        start, history = _restore(checkpoint_dir, soft, opt, cfg)
+        start, history = _restore(checkpoint_dir, soft, opt, cfg, data_hash(examples))
     bar = tqdm(
         range(start, cfg.steps),
         desc=f"{cfg.objective}-disp",
@@ -314,7 +317,7 @@ def distill(
             raise FloatingPointError(f"loss became {total} at step {step + 1}; lower the learning rate")
         due = cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0
         if checkpoint_dir is not None and (due or step + 1 == cfg.steps):
-            save_checkpoint(checkpoint_dir, soft, opt, step + 1, history, cfg)
+            save_checkpoint(checkpoint_dir, soft, opt, step + 1, history, cfg, data_hash(examples))
     soft.metadata.update(
         {
             "objective": cfg.objective,
@@ -331,9 +334,22 @@ def distill(
 
 
 def _restore(
-    folder: str | Path, soft: SoftPrompt, opt: torch.optim.Adam, cfg: DistillConfig
+    folder: str | Path,
+    soft: SoftPrompt,
+    opt: torch.optim.Adam,
+    cfg: DistillConfig,
+    training_data: str | None = None,
 ) -> tuple[int, History]:
     tensors, meta = load_artifact(folder, CHECKPOINT_KIND)
+    if meta.get("split_version") != data.SPLIT_VERSION:
+        raise ValueError(
+            f"checkpoint in {folder} was written under split version {meta.get('split_version', 'v1 (seeded)')}, "
+            f"not {data.SPLIT_VERSION}: start a new run"
+        )
+    if training_data is not None and meta.get("training_data_hash") not in (None, training_data):
+        raise ValueError(
+            f"checkpoint in {folder} was trained on other data; resume with the same teacher samples"
+        )
     if meta["config"] != asdict(cfg):
         changed = sorted(k for k, v in asdict(cfg).items() if meta["config"].get(k) != v)
         raise ValueError(f"checkpoint in {folder} was written with another config (differs in {changed})")

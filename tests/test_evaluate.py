@@ -343,7 +343,7 @@ def test_dual_in_sample_mode_and_as_a_distribution_keeps_answers_with_probabilit
         )
 
 
-def test_judge_agreement_pools_the_harmful_records():
+def test_judge_agreement_is_per_benchmark_and_system():
     from dispsafe_nb.evaluate import judge_agreement
 
     def judge(prompts, responses):
@@ -352,7 +352,40 @@ def test_judge_agreement_pools_the_harmful_records():
     rec = score_responses(
         "s", "advbench_test", _records(4, True), [REFUSE, ANSWER, ANSWER, ANSWER], second_judge=judge
     )
-    out = judge_agreement([rec, score_responses("s", "xstest_safe", _records(1, False), [ANSWER])])
-    assert list(out) == ["advbench_test"]
-    assert out["advbench_test"]["n"] == 4 and out["advbench_test"]["agreement"] == pytest.approx(0.75)
-    assert out["advbench_test"]["kappa"] == pytest.approx(0.5)
+    other = score_responses("t", "advbench_test", _records(4, True), [REFUSE] * 4, second_judge=judge)
+    out = judge_agreement([rec, other, score_responses("s", "xstest_safe", _records(1, False), [ANSWER])])
+    assert list(out) == ["advbench_test"] and list(out["advbench_test"]) == [
+        "s",
+        "t",
+    ]  # per system, never pooled
+    stats = out["advbench_test"]["s"]
+    assert (
+        stats["n"] == 4 and stats["agreement"] == pytest.approx(0.75) and stats["kappa"] == pytest.approx(0.5)
+    )
+    assert out["advbench_test"]["t"]["agreement"] == pytest.approx(0.5)
+
+
+def test_verifiable_rate_credits_the_refusal_where_it_replaces_the_answer():
+    from dispsafe_nb.evaluate import score_samples
+
+    checks = ({"type": "max_words", "n": 20},)
+    records = _records(1, False, checks=checks)
+    rec = score_samples("d", "bundled_verifiable_test", records, [["word " * 30]], keep=[[0.25]])
+    assert rec.metric == pytest.approx(0.75)  # the long answer fails, y_r (short) passes where it replaces it
+
+
+def test_a_dual_system_samples_through_the_common_interface(monkeypatch):
+    from dispsafe_nb import evaluate as ev
+    from dispsafe_nb.models import DecodingConfig
+    from dispsafe_nb.safe_system import SafeSystem
+
+    monkeypatch.setattr(ev, "benchmark_records", lambda name, limit, seed: _records(4, True))
+    system = SafeSystem(_FakeLLM(), _PromptGuard(), refusal=REFUSE)
+    sampling = DecodingConfig(8, temperature=0.7, top_p=0.95)
+    (rec,) = ev.evaluate(system, ["advbench_test"], decoding=sampling, samples_per_prompt=2, progress=False)
+    # sample 0 is a refusal; sample 1 is replaced where α = 0.2 < 0.5 (prompts 0 and 2)
+    assert rec.metric == pytest.approx((1 + 0.5 + 1 + 0.5) / 4)
+    assert rec.config["judge"]["refusal_text"] == REFUSE  # the system's own y_r by default
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="limit must be at least 1"):
+        ev.benchmark_records("advbench_test", limit=0)

@@ -69,9 +69,9 @@ def evaluated_records(seed: int) -> dict[str, list[data.PromptRecord]]:
     for name, spec in BENCHMARKS.items():
         whole = data.load_dataset(spec.dataset, split=spec.split, seed=seed, download=False)
         # What the evaluations actually score (limit=None: the default, e.g. 200 Alpaca prompts; 30/20: notebook
-        # 03; 100/24: benchmarks/distill.py) is always a subset of the whole split.
+        # 03; 60/24: benchmarks/distill.py) is always a subset of the whole split.
         ids = {r.id for r in whole}
-        for limit in (None, 20, 24, 30, 100):
+        for limit in (None, 20, 24, 30, 60, 100):
             assert {r.id for r in benchmark_records(name, limit=limit, seed=seed)} <= ids, (name, limit)
         out[name] = whole
     for name in EVAL_ONLY_SETS:
@@ -88,7 +88,7 @@ def training_texts(seed: int) -> dict[str, dict[str, list[str]]]:
             nb03["N_HARMFUL"], nb03["N_BENIGN"], nb03["N_BORDERLINE"], seed=seed
         ),
         "notebook03_val": training_mix(n_val, n_val, n_val, seed=seed, split="val"),
-        "notebook01_train": training_mix(16, 16, 8, seed=seed),
+        "notebook01_train": training_mix(24, 24, 16, seed=seed),
         "benchmark_distill_train": training_mix(*benchmark_mix_default(), seed=seed),
     }
     out = {
