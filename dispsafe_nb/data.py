@@ -1035,7 +1035,7 @@ class Decontaminator:
             "split_version": SPLIT_VERSION,
             "checked": sorted(self.texts),
             "unavailable_eval_only": unavailable,
-            "near_duplicate": f"containment >= {self.threshold} of an evaluated prompt's distinct words",
+            "near_duplicate": f"word containment >= {self.threshold}, either way (near_duplicates.py)",
         }
 
 
