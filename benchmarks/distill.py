@@ -133,7 +133,21 @@ def _students(llm, system, args, seed: int) -> tuple[dict, dict, dict]:
             RESULTS_DIR / "artifacts" / f"benchmark_{objective}_disp_seed{seed}", {"benchmark": "distill"}
         )
     truncated = sum(not f for s in samples for f in s.finished) / sum(len(s.finished) for s in samples)
-    return students, info, {"teacher_decoding": teacher_decoding.to_dict(), "truncated_fraction": truncated}
+    alphas = [a for s in samples for a in s.alphas]
+    alpha_counts = {  # where TV and KL can differ: intermediate α
+        "le_0.1": sum(a <= 0.1 for a in alphas),
+        "between": sum(0.1 < a < 0.9 for a in alphas),
+        "ge_0.9": sum(a >= 0.9 for a in alphas),
+    }
+    return (
+        students,
+        info,
+        {
+            "teacher_decoding": teacher_decoding.to_dict(),
+            "truncated_fraction": truncated,
+            "alpha_counts": alpha_counts,
+        },
+    )
 
 
 def main() -> None:
