@@ -210,7 +210,6 @@ def score_samples(
         raise ValueError("a system that replaces answers needs its refusal_text")
     judge = _judge_for(spec, judge, refusal_text)
     refusal, second, passed, outputs = [], [], [], []
-    second_on_refusal = None
     for i, (r, ys) in enumerate(zip(records, samples, strict=True)):
         if not ys:
             raise ValueError(f"no samples for prompt {r.id}")

@@ -235,12 +235,16 @@ def _finetune(
 
 
 def train_embedding_guard(
-    cfg: GuardTrainingConfig | None = None, encoder: SentenceEncoder | None = None, progress: bool = True
+    cfg: GuardTrainingConfig | None = None,
+    encoder: SentenceEncoder | None = None,
+    progress: bool = True,
+    train: dict[str, Any] | None = None,
 ) -> EmbeddingGuard:
-    """Train on train splits only, then attach an evaluation report (`evaluate_embedding_guard`)."""
+    """Train on train splits only, then attach an evaluation report (`evaluate_embedding_guard`).
+    `train`: `guard_training_data(cfg, "train")` when the caller has it already."""
     cfg = cfg or GuardTrainingConfig()
     encoder = _encoder_for(cfg, encoder)
-    train = guard_training_data(cfg, "train")
+    train = train if train is not None else guard_training_data(cfg, "train")
     data.assert_trainable(train["records"])
     if not train["prompts"] or train["response_labels"].sum() in (0, len(train["responses"])):
         raise ValueError(f"guard training data for role {cfg.role!r} lacks prompts or one response class")
@@ -319,7 +323,8 @@ def load_embedding_guard(
     """The default guard: loaded from the cache when this exact config was trained before, else trained
     (a few minutes on a laptop CPU) and cached. A damaged cache entry is reported and retrained."""
     cfg = cfg or GuardTrainingConfig()
-    key = guard_key(cfg)
+    train = guard_training_data(cfg, "train")  # once: for the key and, on a cache miss, for training
+    key = guard_key(cfg, train)
     folder = default_guard_dir(cfg, key)
     if folder.exists() and not retrain:
         try:
@@ -329,7 +334,7 @@ def load_embedding_guard(
             return guard
         except (ArtifactError, KeyError, RuntimeError, ValueError) as err:
             warnings.warn(f"cached guard at {folder} is unusable ({err}); retraining it", stacklevel=2)
-    guard = train_embedding_guard(cfg, encoder, progress)
+    guard = train_embedding_guard(cfg, encoder, progress, train)
     guard.save(folder)
     return guard
 

@@ -74,11 +74,15 @@ class SafeSystem:
         rng = random.Random(decoding.seed)
         outputs = []
         for prompt, response, alpha in zip(prompts, responses, alphas, strict=True):
-            keep = alpha >= self.threshold if self.mode == "threshold" else rng.random() < alpha
+            keep = self._keeps(alpha, rng)
             outputs.append(
                 SafeSystemOutput(prompt, response, float(alpha), response if keep else self.refusal)
             )
         return outputs
+
+    def _keeps(self, alpha: float, rng: random.Random) -> bool:
+        """Does the system return the LLM's answer (else y_r)? α ≥ threshold, or a coin with probability α."""
+        return alpha >= self.threshold if self.mode == "threshold" else rng.random() < alpha
 
     def generate(
         self,
@@ -106,10 +110,7 @@ class SafeSystem:
         flat = [y for ys in gens for y in ys]
         alphas = self.guard.prob_safe([p for p in prompts for _ in range(num_samples)], flat).tolist()
         rng = random.Random(decoding.seed)
-        finals = [
-            y if (a >= self.threshold if self.mode == "threshold" else rng.random() < a) else self.refusal
-            for y, a in zip(flat, alphas, strict=True)
-        ]
+        finals = [y if self._keeps(a, rng) else self.refusal for y, a in zip(flat, alphas, strict=True)]
         return [finals[i * num_samples : (i + 1) * num_samples] for i in range(len(prompts))]
 
     def describe(self) -> dict[str, Any]:
