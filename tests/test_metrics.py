@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from dispsafe_nb.metrics import cohen_kappa, judge_agreement
+from dispsafe_nb.metrics import auroc, binary_report, cohen_kappa, judge_agreement
 
 
 def _table(a: list[int], b: list[int]) -> tuple[int, int, int, int]:
@@ -106,3 +106,110 @@ def test_rejects_bad_input(a, b, message):
         cohen_kappa(a, b)
     with pytest.raises(ValueError, match=message):
         judge_agreement(a, b)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# AUROC and the binary report
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _auroc_brute_force(scores: list[float], labels: list[int]) -> float:
+    """P(score of a positive > score of a negative) over every (positive, negative) pair, a tie counting 1/2."""
+    pos = [s for s, y in zip(scores, labels, strict=True) if y]
+    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
+    wins = sum(1.0 if p > n else 0.5 if p == n else 0.0 for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def test_auroc_hand_computed_values():
+    # pairs (pos, neg): (0.35, 0.1) win, (0.35, 0.4) loss, (0.8, 0.1) win, (0.8, 0.4) win -> 3/4
+    assert auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75
+    assert auroc([0.1, 0.2, 0.3, 0.4], [0, 0, 1, 1]) == 1.0  # perfect separation
+    assert auroc([0.4, 0.3, 0.2, 0.1], [0, 0, 1, 1]) == 0.0  # perfectly wrong
+    assert auroc([0.7, 0.7, 0.7], [1, 0, 1]) == 0.5  # all tied: every pair counts 1/2
+    # one tie between classes: (0.5, 0.5) counts 1/2, (0.5, 0.2) wins, (0.9, *) wins -> 3.5/4
+    assert auroc([0.5, 0.9, 0.5, 0.2], [1, 1, 0, 0]) == 0.875
+
+
+def test_auroc_matches_brute_force_with_ties():
+    rng = random.Random(0)
+    for trial in range(300):
+        n = rng.randint(2, 40)
+        levels = rng.randint(1, 6)  # few distinct scores: many ties, within and across classes
+        scores = [rng.randint(0, levels) / levels for _ in range(n)]
+        labels = [rng.randint(0, 1) for _ in range(n)]
+        labels[0], labels[1] = 1, 0  # both classes present
+        order = list(range(n))
+        rng.shuffle(order)
+        scores, labels = [scores[i] for i in order], [labels[i] for i in order]
+        assert auroc(scores, labels) == pytest.approx(_auroc_brute_force(scores, labels), abs=1e-12), trial
+
+
+def test_auroc_is_exact_in_float64_and_reads_tensors_of_any_shape():
+    # 1e-12 apart: equal in float32, so a float32 AUROC would call this pair a tie (0.5).
+    assert auroc([0.5, 0.5 + 1e-12], [0, 1]) == 1.0
+    scores = torch.tensor([[0.1, 0.4], [0.35, 0.8]])
+    assert auroc(scores, torch.tensor([[0, 0], [1, 1]])) == 0.75  # integer labels, 2-D: flattened
+    assert auroc(scores, torch.tensor([[False, False], [True, True]])) == 0.75
+    assert auroc(scores.flatten().tolist(), [False, False, True, True]) == 0.75
+
+
+def test_auroc_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"^3 scores but 2 labels$"):
+        auroc([0.1, 0.2, 0.3], [0, 1])
+    one_class = r"^AUROC needs at least one positive and one negative example$"
+    with pytest.raises(ValueError, match=one_class):
+        auroc([0.1, 0.2], [1, 1])
+    with pytest.raises(ValueError, match=one_class):
+        auroc([0.1, 0.2], [0, 0])
+
+
+def test_binary_report_hand_computed():
+    scores = [0.9, 0.6, 0.5, 0.2, 0.7, 0.1]
+    labels = [1, 1, 1, 1, 0, 0]
+    # threshold 0.5 (default, >=): predictions 1 1 1 0 1 0; tpr 3/4, fpr 1/2, accuracy 4/6
+    report = binary_report(scores, labels)
+    assert report == {
+        "n": 6,
+        "accuracy": pytest.approx(4 / 6),
+        "tpr": 0.75,
+        "fpr": 0.5,
+        "auroc": pytest.approx(_auroc_brute_force(scores, labels)),
+    }
+    assert list(report) == ["n", "accuracy", "tpr", "fpr", "auroc"]
+    assert isinstance(report["n"], int)
+    # a score equal to the threshold is a positive prediction
+    assert binary_report([0.3, 0.2], [1, 0], threshold=0.3) == {
+        "n": 2,
+        "accuracy": 1.0,
+        "tpr": 1.0,
+        "fpr": 0.0,
+        "auroc": 1.0,
+    }
+    assert binary_report([0.3, 0.2], [1, 0], threshold=0.31)["tpr"] == 0.0
+    high = binary_report(scores, labels, threshold=0.65)  # predictions 1 0 0 0 1 0
+    assert (high["tpr"], high["fpr"], high["accuracy"]) == (0.25, 0.5, pytest.approx(2 / 6))
+
+
+def test_binary_report_with_one_class_has_no_auroc():
+    only_pos = binary_report(torch.tensor([[0.9, 0.4]]), torch.tensor([[1, 1]]))
+    assert only_pos == {"n": 2, "accuracy": 0.5, "tpr": 0.5}
+    only_neg = binary_report([0.9, 0.4, 0.1], [False, False, False])
+    assert only_neg == {"n": 3, "accuracy": pytest.approx(2 / 3), "fpr": pytest.approx(1 / 3)}
+    # float64 throughout: a score a hair under the threshold is not rounded up to it
+    assert binary_report([0.5 - 1e-12], [1])["tpr"] == 0.0
+
+
+def test_error_messages_name_the_bad_side():
+    with pytest.raises(ValueError, match=r"^a must hold binary labels \(0/1 or bools\); found 2$"):
+        cohen_kappa([1, 2], [1, 0])
+    with pytest.raises(ValueError, match=r"^b must hold binary labels \(0/1 or bools\); found 0\.5$"):
+        judge_agreement([1, 0], [0.5, 1])
+    with pytest.raises(ValueError, match=r"^a must hold binary labels \(0/1 or bools\); found 3$"):
+        judge_agreement(torch.tensor([[1, 3]]), [1, 0])
+    with pytest.raises(ValueError, match=r"^b must hold binary labels \(0/1 or bools\); found 7$"):
+        cohen_kappa([1, 0], torch.tensor([7, 1]))
+    with pytest.raises(ValueError, match=r"^2 labels in a but 1 in b$"):
+        judge_agreement([1, 0], [1])
+    with pytest.raises(ValueError, match=r"^Cohen's kappa needs at least one pair of labels$"):
+        cohen_kappa([], [])
