@@ -243,3 +243,442 @@ def test_fidelity_is_zero_for_the_base_and_positive_for_a_soft_prompt(llm):
     assert (kl > 1e-3).all()
     single = torch.cat([fidelity_kl(llm, [p], [a], soft) for p, a in zip(prompts, answers, strict=True)])
     torch.testing.assert_close(kl, single, atol=1e-4, rtol=1e-3)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# sequence log-probs on tiny stand-in models (random 1-layer Llama and GPT-2 with a character tokenizer): fast
+# ----------------------------------------------------------------------------------------------------------
+
+EOS, PAD, BOS = 1, 0, 2
+
+
+class _CharTokenizer:
+    """Just what sequence_logprobs needs of a tokenizer: one id per character, eos/pad ids, a chat template.
+    Like a Hugging Face tokenizer, it adds a special token (BOS) unless told add_special_tokens=False."""
+
+    eos_token_id, pad_token_id, model_max_length, padding_side = EOS, PAD, 256, "left"
+
+    def __call__(self, text, add_special_tokens=True):
+        ids = [3 + ord(c) % 61 for c in text]
+        return {"input_ids": [BOS, *ids] if add_special_tokens else ids}
+
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
+        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+
+
+def _tiny_llama(seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+        pad_token_id=PAD,
+        eos_token_id=EOS,
+        initializer_range=0.3,  # larger than the default 0.02: a prefix or a padding slip shows in the log-probs
+    )
+    return LlamaForCausalLM(config).eval().requires_grad_(False)
+
+
+def _tiny_gpt2(seed: int = 0):
+    """Absolute position embeddings: a row scored at shifted positions (padding counted) would show."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(
+        vocab_size=64,
+        n_positions=256,
+        n_embd=16,
+        n_layer=1,
+        n_head=2,
+        initializer_range=0.3,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+    )
+    return GPT2LMHeadModel(config).eval().requires_grad_(False)
+
+
+@pytest.fixture(scope="module")
+def tiny_llm():
+    from dispsafe_nb.models import LLM
+
+    return LLM(_tiny_llama(), _CharTokenizer(), "tiny-stand-in")
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def tiny_any(request):
+    """Both stand-ins: rotary positions (Llama) and absolute positions (GPT-2)."""
+    from dispsafe_nb.models import LLM
+
+    model = _tiny_llama() if request.param == "llama" else _tiny_gpt2()
+    return LLM(model, _CharTokenizer(), f"tiny-{request.param}")
+
+
+def _tiny_brute_force(llm, prompt, ids, prefix=None, cap=None):
+    """log q(ids | [prefix | chat(prompt)]) per token, from one unpadded full-logits forward pass."""
+    prompt_ids = llm.tokenizer(llm.chat_text(prompt), add_special_tokens=False)["input_ids"]
+    row = torch.tensor(prompt_ids + list(ids))
+    embeds = llm.model.get_input_embeddings()(row)
+    if prefix is not None:
+        embeds = torch.cat([prefix.detach().to(embeds.dtype), embeds])
+    logits = llm.model(inputs_embeds=embeds[None]).logits[0].float()
+    if cap is not None:
+        logits = torch.tanh(logits / cap) * cap
+    logp = logits.log_softmax(-1)
+    start = embeds.shape[0] - len(ids)
+    return [float(logp[start + i - 1, t]) for i, t in enumerate(ids)]
+
+
+TINY_PROMPTS = ["Say hi", "What is the capital of France?", "Ok"]  # different lengths: left padding
+TINY_RESPONSES = ["hi there", "Paris.", "x"]
+
+
+def _ids(llm, text, eos=True):
+    return llm.tokenizer(text, add_special_tokens=False)["input_ids"] + ([EOS] if eos else [])
+
+
+def test_tiny_sequence_logprobs_match_brute_force_sum_and_mean(tiny_any):
+    expected = [
+        _tiny_brute_force(tiny_any, p, _ids(tiny_any, r))
+        for p, r in zip(TINY_PROMPTS, TINY_RESPONSES, strict=True)
+    ]
+    total = sequence_logprobs(tiny_any, TINY_PROMPTS, TINY_RESPONSES)
+    assert total.shape == (3,) and total.dtype == torch.float32
+    torch.testing.assert_close(total, torch.tensor([sum(e) for e in expected]), rtol=1e-5, atol=1e-5)
+    mean = sequence_logprobs(tiny_any, TINY_PROMPTS, TINY_RESPONSES, reduction="mean")
+    torch.testing.assert_close(mean, torch.tensor([sum(e) / len(e) for e in expected]), rtol=1e-5, atol=1e-5)
+    # a tuple of prompts is as good as a list
+    torch.testing.assert_close(sequence_logprobs(tiny_any, tuple(TINY_PROMPTS), TINY_RESPONSES), total)
+
+
+def test_tiny_sequence_logprobs_eos_flags_per_row_and_given_ids(tiny_any):
+    flags = [True, False, True]
+    got = sequence_logprobs(tiny_any, TINY_PROMPTS, TINY_RESPONSES, append_eos=flags)
+    expected = [
+        sum(_tiny_brute_force(tiny_any, p, _ids(tiny_any, r, f)))
+        for p, r, f in zip(TINY_PROMPTS, TINY_RESPONSES, flags, strict=True)
+    ]
+    torch.testing.assert_close(got, torch.tensor(expected), rtol=1e-5, atol=1e-5)
+    no_eos = sequence_logprobs(tiny_any, TINY_PROMPTS, TINY_RESPONSES, append_eos=False)
+    assert float(no_eos[0]) != pytest.approx(float(got[0]), abs=1e-4)  # eos is a scored token
+    torch.testing.assert_close(no_eos[1], got[1])
+    # token ids instead of texts: exactly those ids are scored (eos appended where flagged)
+    ids = [[10, 11, 12], [40], [5, 6]]
+    by_ids = sequence_logprobs(
+        tiny_any, TINY_PROMPTS, None, response_ids=ids, append_eos=[False, True, False]
+    )
+    expected = [
+        sum(_tiny_brute_force(tiny_any, TINY_PROMPTS[0], [10, 11, 12])),
+        sum(_tiny_brute_force(tiny_any, TINY_PROMPTS[1], [40, EOS])),
+        sum(_tiny_brute_force(tiny_any, TINY_PROMPTS[2], [5, 6])),
+    ]
+    torch.testing.assert_close(by_ids, torch.tensor(expected), rtol=1e-5, atol=1e-5)
+    assert ids == [[10, 11, 12], [40], [5, 6]]  # the caller's lists are not extended with eos
+
+
+def test_tiny_sequence_logprobs_with_a_prefix_or_a_method_and_in_chunks(tiny_any):
+    from dispsafe_nb.methods import SoftPrompt
+
+    gen = torch.Generator().manual_seed(3)
+    soft = SoftPrompt(0.5 * torch.randn(3, 16, generator=gen), model_name="tiny-stand-in")
+    expected = torch.tensor(
+        [
+            sum(_tiny_brute_force(tiny_any, p, _ids(tiny_any, r), soft.W))
+            for p, r in zip(TINY_PROMPTS, TINY_RESPONSES, strict=True)
+        ]
+    )
+    plain = sequence_logprobs(tiny_any, TINY_PROMPTS, TINY_RESPONSES)
+    with_prefix = sequence_logprobs(tiny_any, TINY_PROMPTS, TINY_RESPONSES, prefix=soft.W)
+    with_method = sequence_logprobs(tiny_any, TINY_PROMPTS, TINY_RESPONSES, method=soft)
+    torch.testing.assert_close(with_prefix.detach(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(with_method.detach(), expected, rtol=1e-5, atol=1e-5)
+    assert (with_method.detach() - plain).abs().min() > 1e-3  # the prefix is really there
+    for bs in (1, 2, 3, 10):
+        chunked = sequence_logprobs(tiny_any, TINY_PROMPTS, TINY_RESPONSES, method=soft, batch_size=bs)
+        torch.testing.assert_close(chunked.detach(), expected, rtol=1e-5, atol=1e-5)
+        flags = [False, True, False]  # eos flags survive the chunking (each chunk gets its rows' ids)
+        chunked = sequence_logprobs(
+            tiny_any,
+            TINY_PROMPTS,
+            TINY_RESPONSES,
+            prefix=soft.W,
+            append_eos=flags,
+            batch_size=bs,
+            reduction="mean",
+        )
+        want = [
+            _tiny_brute_force(tiny_any, p, _ids(tiny_any, r, f), soft.W)
+            for p, r, f in zip(TINY_PROMPTS, TINY_RESPONSES, flags, strict=True)
+        ]
+        torch.testing.assert_close(
+            chunked.detach(), torch.tensor([sum(w) / len(w) for w in want]), rtol=1e-5, atol=1e-5
+        )
+    # gradients reach the soft prompt, through every chunk
+    sequence_logprobs(tiny_any, TINY_PROMPTS, TINY_RESPONSES, method=soft, batch_size=2).sum().backward()
+    assert soft.W.grad is not None and soft.W.grad.abs().sum() > 0
+
+
+def test_tiny_sequence_logprobs_apply_the_final_logit_softcap():
+    from dispsafe_nb.models import LLM
+
+    model = _tiny_llama(seed=1)
+    with torch.no_grad():  # large logits, so that the cap matters
+        model.lm_head.weight.mul_(40.0)
+    llm = LLM(model, _CharTokenizer(), "tiny-softcap")
+    uncapped = sequence_logprobs(llm, TINY_PROMPTS, TINY_RESPONSES)
+    model.config.final_logit_softcapping = 3.0
+    capped = sequence_logprobs(llm, TINY_PROMPTS, TINY_RESPONSES)
+    expected = [
+        sum(_tiny_brute_force(llm, p, _ids(llm, r), cap=3.0))
+        for p, r in zip(TINY_PROMPTS, TINY_RESPONSES, strict=True)
+    ]
+    torch.testing.assert_close(capped, torch.tensor(expected), rtol=1e-5, atol=1e-5)
+    assert (capped - uncapped).abs().min() > 1e-2
+    # a multimodal-style config keeps the cap in its text_config
+    model.config.final_logit_softcapping = None
+    model.config.text_config = type("TextConfig", (), {"final_logit_softcapping": 3.0})()
+    torch.testing.assert_close(sequence_logprobs(llm, TINY_PROMPTS, TINY_RESPONSES), capped)
+    model.config.text_config = None
+    torch.testing.assert_close(sequence_logprobs(llm, TINY_PROMPTS, TINY_RESPONSES), uncapped)
+
+
+def test_tiny_sequence_logprobs_validates_inputs(tiny_llm):
+    p, r = TINY_PROMPTS[:2], TINY_RESPONSES[:2]
+    with pytest.raises(TypeError, match="^pass lists of prompts and responses, not single strings$"):
+        sequence_logprobs(tiny_llm, "a prompt", ["x"])
+    with pytest.raises(TypeError, match="^pass lists of prompts and responses, not single strings$"):
+        sequence_logprobs(tiny_llm, ["a prompt"], "x")
+    with pytest.raises(ValueError, match=r"^reduction must be one of \('sum', 'mean'\), not 'max'$"):
+        sequence_logprobs(tiny_llm, p, r, reduction="max")
+    with pytest.raises(ValueError, match="^pass either prefix or method, not both$"):
+        sequence_logprobs(tiny_llm, p, r, prefix=torch.zeros(2, 16), method=object())
+    with pytest.raises(ValueError, match="^no prompts given$"):
+        sequence_logprobs(tiny_llm, [], [])
+    with pytest.raises(ValueError, match="^got 2 prompts but 1 responses$"):
+        sequence_logprobs(tiny_llm, p, r[:1])
+    with pytest.raises(ValueError, match="^got 3 responses but 2 id lists$"):
+        sequence_logprobs(tiny_llm, p, TINY_RESPONSES, response_ids=[[5], [6]])
+    with pytest.raises(ValueError, match="^pass responses \\(texts\\) or response_ids$"):
+        sequence_logprobs(tiny_llm, p, None)
+    with pytest.raises(TypeError, match="^response 1 is a int, not a str$"):
+        sequence_logprobs(tiny_llm, p, ["ok", 7])
+    with pytest.raises(ValueError, match="^got 2 prompts but 3 append_eos flags$"):
+        sequence_logprobs(tiny_llm, p, r, append_eos=[True, True, False])
+    with pytest.raises(
+        ValueError, match="^response 1 is empty and append_eos=False: there is no token to score$"
+    ):
+        sequence_logprobs(tiny_llm, p, ["ok", ""], append_eos=False)
+    with pytest.raises(ValueError, match=r"^prefix must be N x d, got shape \(16,\)$"):
+        sequence_logprobs(tiny_llm, p, r, prefix=torch.zeros(16))
+    # an empty response with eos scores the eos alone
+    only_eos = sequence_logprobs(tiny_llm, p[:1], [""])
+    assert float(only_eos[0]) == pytest.approx(_tiny_brute_force(tiny_llm, p[0], [EOS])[0], abs=1e-5)
+
+
+def test_tiny_response_token_ids():
+    from dispsafe_nb.models import LLM
+    from dispsafe_nb.objectives import response_token_ids
+
+    llm = LLM(None, _CharTokenizer(), "tokenizer-only")
+    assert response_token_ids(llm, ["ab", "c"], None, True, 2) == [
+        [3 + 97 % 61, 3 + 98 % 61, EOS],
+        [3 + 99 % 61, EOS],
+    ]
+    assert response_token_ids(llm, ["ab", "c"], None, [False, True], 2) == [[39, 40], [41, EOS]]
+    # ids win over texts; ids are converted to ints and copied
+    ids = [(5.0, 6), [7]]
+    assert response_token_ids(llm, ["x", "y"], ids, False, 2) == [[5, 6], [7]]
+    assert response_token_ids(llm, None, ids, [True, False], 2) == [[5, 6, EOS], [7]]
+    assert all(type(t) is int for row in response_token_ids(llm, None, ids, False, 2) for t in row)
+    with pytest.raises(ValueError, match="^got 3 prompts but 2 responses$"):
+        response_token_ids(llm, None, ids, False, 3)
+
+
+def test_backbone_and_head_split_and_its_errors(tiny_llm):
+    from dispsafe_nb.objectives import _backbone_and_head
+
+    backbone, head = _backbone_and_head(tiny_llm.model)
+    assert backbone is tiny_llm.model.model and head is tiny_llm.model.lm_head
+
+    class NoDecoder:  # falls back to .model, then .base_model
+        def __init__(self, **parts):
+            self.__dict__.update(parts)
+
+        def get_output_embeddings(self):
+            return "head"
+
+    assert _backbone_and_head(NoDecoder(model="stack")) == ("stack", "head")
+    assert _backbone_and_head(NoDecoder(model=None, base_model="base")) == ("base", "head")
+    with pytest.raises(TypeError, match="^cannot split NoDecoder into a backbone and an lm_head$"):
+        _backbone_and_head(NoDecoder(model=None, base_model=None))
+
+    class NoneDecoder(NoDecoder):
+        def get_decoder(self):
+            return None
+
+    assert _backbone_and_head(NoneDecoder(model="stack")) == ("stack", "head")
+
+    class SelfDecoder(NoDecoder):
+        def get_decoder(self):
+            return self
+
+    with pytest.raises(TypeError, match="^cannot split SelfDecoder into a backbone and an lm_head$"):
+        _backbone_and_head(SelfDecoder())
+
+    class NoHead(NoDecoder):
+        def get_output_embeddings(self):
+            return None
+
+    with pytest.raises(TypeError, match="^cannot split NoHead"):
+        _backbone_and_head(NoHead(model="stack"))
+
+
+def test_n_prefix_counts_prefix_rows_or_the_method_tokens():
+    from dispsafe_nb.objectives import _n_prefix
+
+    assert _n_prefix(None, None) == 0
+    assert _n_prefix(torch.zeros(5, 3), None) == 5
+    assert _n_prefix(None, type("M", (), {"n_tokens": 4})()) == 4
+    assert _n_prefix(None, object()) == 0  # a method without soft tokens
+    with pytest.raises(ValueError, match=r"^prefix must be N x d, got shape \(1, 2, 3\)$"):
+        _n_prefix(torch.zeros(1, 2, 3), None)
+
+
+def test_prompt_budget_reserves_room_for_the_prefix_and_the_longest_response(tiny_llm):
+    from dispsafe_nb.models import PromptError
+
+    # context 256: chat overhead len("<user><assistant>") = 17 characters, so a prompt may have 256 - 17 - reserve
+    overhead = len(tiny_llm.chat_text(""))
+    prompt = "p" * (256 - overhead - 10)  # leaves exactly 10 tokens
+    ids = [[5] * 7]  # 7 response tokens + 3 prefix rows = 10: fits
+    sequence_logprobs(tiny_llm, [prompt], None, response_ids=ids, append_eos=False, prefix=torch.zeros(3, 16))
+    with pytest.raises(PromptError):  # one more prefix row does not
+        sequence_logprobs(
+            tiny_llm, [prompt], None, response_ids=ids, append_eos=False, prefix=torch.zeros(4, 16)
+        )
+    with pytest.raises(PromptError):  # nor does one more response token (eos)
+        sequence_logprobs(
+            tiny_llm, [prompt], None, response_ids=ids, append_eos=True, prefix=torch.zeros(3, 16)
+        )
+
+
+def test_tiny_sequence_logprobs_pad_with_eos_when_the_tokenizer_has_no_pad_token(tiny_any):
+    from dispsafe_nb.models import LLM
+
+    class NoPad(_CharTokenizer):
+        pad_token_id = None
+
+    llm = LLM(tiny_any.model, NoPad(), "no-pad")
+    expected = [
+        sum(_tiny_brute_force(llm, p, _ids(llm, r)))
+        for p, r in zip(TINY_PROMPTS, TINY_RESPONSES, strict=True)
+    ]
+    torch.testing.assert_close(
+        sequence_logprobs(llm, TINY_PROMPTS, TINY_RESPONSES), torch.tensor(expected), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_tiny_sequence_logprobs_keep_every_tensor_on_the_model_device(tiny_any):
+    """Scoring must not depend on torch's default device (e.g. set to cuda while the model sits on the CPU):
+    every tensor is made on the model's device. Under a 'meta' default device, a tensor made without an
+    explicit device would be a meta tensor and the forward pass would fail."""
+    from dispsafe_nb.methods import SoftPrompt
+
+    soft = SoftPrompt(0.5 * torch.randn(2, 16, generator=torch.Generator().manual_seed(4)))
+    reference = sequence_logprobs(tiny_any, TINY_PROMPTS, TINY_RESPONSES, method=soft).detach()
+    with torch.device("meta"):
+        got = sequence_logprobs(tiny_any, TINY_PROMPTS, TINY_RESPONSES, method=soft, reduction="mean")
+        chunked = sequence_logprobs(tiny_any, TINY_PROMPTS, TINY_RESPONSES, prefix=soft.W, batch_size=2)
+    assert got.device.type == "cpu" and chunked.device.type == "cpu"
+    counts = torch.tensor([len(_ids(tiny_any, r)) for r in TINY_RESPONSES], dtype=torch.float32)
+    torch.testing.assert_close(got.detach(), reference / counts, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(chunked.detach(), reference, rtol=1e-5, atol=1e-5)
+
+
+def test_a_methods_soft_tokens_count_against_the_prompt_budget(tiny_llm):
+    from dispsafe_nb.methods import SoftPrompt
+    from dispsafe_nb.models import PromptError
+
+    overhead = len(tiny_llm.chat_text(""))
+    prompt = "p" * (256 - overhead - 10)  # leaves exactly 10 tokens
+    ids = [[5] * 7]
+    fits = SoftPrompt(torch.zeros(3, 16))
+    sequence_logprobs(tiny_llm, [prompt], None, response_ids=ids, append_eos=False, method=fits)
+    with pytest.raises(PromptError):
+        sequence_logprobs(
+            tiny_llm,
+            [prompt],
+            None,
+            response_ids=ids,
+            append_eos=False,
+            method=SoftPrompt(torch.zeros(4, 16)),
+        )
+
+
+def test_backbone_prefers_the_models_own_decoder():
+    from dispsafe_nb.objectives import _backbone_and_head
+
+    class WithDecoder:
+        model = "the .model attribute"
+
+        def get_decoder(self):
+            return "the decoder"
+
+        def get_output_embeddings(self):
+            return "head"
+
+    assert _backbone_and_head(WithDecoder()) == ("the decoder", "head")
+
+    class Bare:  # neither get_decoder nor .model nor .base_model
+        def get_output_embeddings(self):
+            return "head"
+
+    with pytest.raises(TypeError, match="^cannot split Bare into a backbone and an lm_head$"):
+        _backbone_and_head(Bare())
+
+    class BaseOnly(Bare):
+        base_model = "base"
+
+    assert _backbone_and_head(BaseOnly()) == ("base", "head")
+
+
+def test_loss_dtypes_flags_and_weights_are_checked():
+    # integer log-probs (e.g. exact zeros) are computed in torch's default float dtype
+    out = tv_disp_loss(torch.tensor([0, -1]), torch.tensor([-2, 0]), 0.5)
+    assert out.dtype == torch.get_default_dtype()
+    assert out.tolist() == pytest.approx(
+        [0.5 * math.log(0.5 / math.exp(-2)), 0.5 * math.log(0.5 / math.exp(-1))]
+    )
+    # same_as_refusal may be 0/1 integers
+    ly, lr = torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -4.0])
+    merged = kl_disp_loss(ly, lr, 0.5, same_as_refusal=[1, 0])
+    assert merged.tolist() == pytest.approx([3.0, 3.0])
+    # weights: zero is allowed (switches a term off), negative or non-finite is not
+    assert kl_disp_loss(ly, lr, 0.5, weight_y=0.0, weight_r=[1.0, 0.0]).tolist() == pytest.approx([1.5, 0.0])
+    for bad in (-0.5, math.nan, math.inf):
+        with pytest.raises(ValueError, match=r"^term weights must be finite and >= 0$"):
+            tv_disp_loss(ly, lr, 0.5, weight_y=bad)
+        with pytest.raises(ValueError, match=r"^term weights must be finite and >= 0$"):
+            kl_disp_loss(ly, lr, 0.5, weight_r=[1.0, bad])
+    with pytest.raises(
+        ValueError, match=r"^alpha must lie in \[0, 1\] \(a probability that the exchange is safe\)$"
+    ):
+        tv_disp_loss(ly, lr, [0.5, -0.1])
+
+
+def test_reinforce_loss_works_in_the_log_probs_dtype():
+    logq = torch.tensor([-1.0, -2.0], dtype=torch.float32)
+    out = reinforce_loss(logq, torch.tensor([1.0, 0.0], dtype=torch.float64), baseline="none")
+    assert out.dtype == torch.float32
+    logq64 = torch.tensor([-1.0, -2.0], dtype=torch.float64)
+    out = reinforce_loss(logq64, [1.0, 0.25], baseline=0.1)  # 0.1 kept in float64, not rounded to float32
+    assert out.tolist() == [0.9 * 1.0 + 0.0 * 1.0, (0.25 - 0.1) * 2.0]
+    assert reinforce_loss(logq64, [1.0, 0.25], baseline=1).tolist() == [0.0, -1.5]  # an int baseline
+    with pytest.raises(ValueError, match=r"^baseline must be 'mean', 'none' or a number, not 'median'$"):
+        reinforce_loss(logq, [1.0, 0.0], baseline="median")
