@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
+import re
 
 import numpy as np
 import pytest
@@ -459,3 +461,402 @@ def test_toy_overrefusal_experiment():
     np.testing.assert_allclose(t["distribution"].sum(-1), 1.0, atol=1e-12)
     other = th.toy_overrefusal_experiment(**{**kw, "seed": 4})
     assert not np.array_equal(other["tv"]["loss"], res["tv"]["loss"])
+
+
+# ----------------------------------------------------------------------------------------------------------
+# validation messages, dtypes and edge cases
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _raises(message):
+    """pytest.raises(ValueError) for exactly this message."""
+    return pytest.raises(ValueError, match="^" + re.escape(message) + "$")
+
+
+@pytest.mark.parametrize("fn", [th.tv_distance, th.kl_divergence, th.variational_tv])
+def test_distribution_checks_name_the_bad_argument(fn):
+    good = [0.5, 0.5]
+    for name, bad_at in (("p", 0), ("q", 1)):
+        args = [good, good]
+        args[bad_at] = [0.5, 0.6]
+        with _raises(f"{name} does not sum to 1 along the last axis (max |sum - 1| = 0.1)"):
+            fn(*args)
+        args[bad_at] = [1.25, -0.25]
+        with _raises(f"{name} has negative entries (min -0.25)"):
+            fn(*args)
+        args[bad_at] = [math.inf, 0.0]
+        with _raises(f"{name} contains non-finite values"):
+            fn(*args)
+    with _raises("p must have at least one axis (the outcomes), got a scalar"):
+        fn(1.0, 1.0)
+    with _raises("p and q must have the same shape, got (2,) and (3,)"):
+        fn(good, [0.2, 0.3, 0.5])
+
+
+def test_validation_can_be_skipped_and_is_on_by_default():
+    # improper inputs are computed as given when validate=False (used on already-normalised tensors)
+    assert float(th.tv_distance([0.5, 0.7], [0.5, 0.5], validate=False)) == pytest.approx(0.1)
+    assert float(th.kl_divergence([0.5, 0.7], [0.5, 0.5], validate=False)) == pytest.approx(
+        0.7 * math.log(1.4)
+    )
+    with _raises("p does not sum to 1 along the last axis (max |sum - 1| = 0.2)"):
+        th.kl_divergence([0.5, 0.7], [0.5, 0.5])
+    # within the tolerance (1e-6) a row counts as summing to one
+    assert float(th.tv_distance([0.5, 0.5 + 5e-7], [0.5, 0.5])) == pytest.approx(2.5e-7)
+
+
+def test_every_input_type_becomes_float64():
+    for p in (
+        [0.25, 0.75],
+        np.array([0.25, 0.75], dtype=np.float32),
+        np.array([0.25, 0.75], dtype=np.longdouble),
+        torch.tensor([0.25, 0.75], dtype=torch.float32),
+        torch.tensor([0.25, 0.75], dtype=torch.float16),
+    ):
+        out = th.tv_distance(p, [0.5, 0.5])
+        assert out.dtype == torch.float64 and float(out) == 0.25
+        assert th.kl_divergence(p, [0.5, 0.5]).dtype == torch.float64
+        assert th.safe_system_distribution(p, [1.0, 0.5]).dtype == torch.float64
+    # a float32 tensor keeps its graph through the conversion
+    x = torch.tensor([0.25, 0.75], requires_grad=True)
+    th.tv_distance(x, [0.5, 0.5]).backward()
+    assert x.grad.dtype == torch.float32 and x.grad.tolist() == [-0.5, 0.5]
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda a: th.safe_system_distribution([0.5, 0.5], a),
+        lambda a: th.tv_disp_loss([-1.0, -1.0], [-1.0, -1.0], a),
+        lambda a: th.kl_disp_loss([-1.0, -1.0], [-1.0, -1.0], a),
+        lambda a: th.surrogate_grads([-1.0, -1.0], [-1.0, -1.0], a),
+        lambda a: th.expected_disp_loss(np.log([0.2, 0.3, 0.5]), [0.5, 0.5], a),
+    ],
+)
+def test_alpha_outside_the_unit_interval_is_rejected(call):
+    for bad in ([0.5, 1.5], [-0.5, 0.5], [math.nan, 0.5], [math.inf, 0.5]):
+        with _raises("alpha must lie in [0, 1]"):
+            call(bad)
+    call([0.0, 1.0])  # the ends are fine
+
+
+def test_safety_rate_checks_its_mask_and_works_per_row():
+    with _raises("safe_mask must lie in [0, 1]"):
+        th.safety_rate([0.5, 0.5], [1.0, 2.0])
+    with _raises("safe_mask must lie in [0, 1]"):
+        th.safety_rate([0.5, 0.5], [-1.0, 0.0])
+    dists = np.array([[0.2, 0.3, 0.5], [0.6, 0.4, 0.0]])
+    rates = th.safety_rate(dists, [1.0, 0.5, 0.0])
+    assert rates.shape == (2,) and rates.tolist() == pytest.approx([0.35, 0.8])
+
+
+def test_safe_system_refusal_index_range_and_messages():
+    base, alpha = [0.5, 0.3, 0.2], [1.0, 0.5, 0.0]
+    # every index in [-K, K) names a response; -K is response 0
+    np.testing.assert_allclose(
+        th.safe_system_distribution(base, alpha, refusal_index=-3).numpy(), [0.85, 0.15, 0.0]
+    )
+    np.testing.assert_allclose(
+        th.safe_system_distribution(base, alpha, refusal_index=0).numpy(), [0.85, 0.15, 0.0]
+    )
+    for bad in (3, -4):
+        with _raises(f"refusal_index {bad} out of range for 3 responses"):
+            th.safe_system_distribution(base, alpha, refusal_index=bad)
+    with _raises("base_probs does not sum to 1 along the last axis (max |sum - 1| = 0.5)"):
+        th.safe_system_distribution([0.5, 1.0], [1.0, 1.0])
+    merged = th.safe_system_distribution(np.array([[0.5, 0.5], [1.0, 0.0]]), [[0.2, 1.0], [0.5, 0.5]], 1)
+    assert merged.dtype == torch.float64
+    np.testing.assert_allclose(merged.numpy(), [[0.1, 0.9], [0.5, 0.5]], atol=1e-15)
+
+
+def test_variational_tv_picks_strict_excess_and_returns_float_scores():
+    p, q = [0.4, 0.3, 0.3], [0.2, 0.3, 0.5]  # outcome 1 is a tie: not part of the optimal event
+    value, f_star = th.variational_tv(p, q)
+    assert f_star.dtype == torch.float64 and f_star.tolist() == [1.0, 0.0, 0.0]
+    assert float(value) == pytest.approx(0.2)
+
+
+def test_loss_names_and_defaults():
+    with _raises("loss must be one of ['kl', 'tv'], got 'hinge'"):
+        th.surrogate_grads(-1.0, -1.0, 0.5, loss="hinge")
+    with _raises("loss must be one of ['kl', 'tv'], got 'hinge'"):
+        th.refusal_logit_grad(0.1, 0.2, 0.5, loss="hinge")
+    lq = np.log([0.01, 0.04, 0.95])
+    tv = th.expected_disp_loss(lq, [0.5, 0.5], [0.9, 0.2])  # default: TV
+    assert float(tv) == float(th.expected_disp_loss(lq, [0.5, 0.5], [0.9, 0.2], loss="tv"))
+    assert float(tv) != pytest.approx(float(th.expected_disp_loss(lq, [0.5, 0.5], [0.9, 0.2], loss="kl")))
+    assert float(th.refusal_logit_grad(0.9, 0.95, 0.2)) == float(
+        th.refusal_logit_grad(0.9, 0.95, 0.2, loss="tv")
+    )
+    assert float(th.refusal_logit_grad(0.9, 0.95, 0.2)) != float(
+        th.refusal_logit_grad(0.9, 0.95, 0.2, loss="kl")
+    )
+    with _raises("student_log_probs needs K + 1 = 3 outcomes, got 2"):
+        th.expected_disp_loss(np.log([[0.5, 0.5]]), [[0.5, 0.5]], [[0.5, 0.5]])
+    with _raises("student_log_probs needs K + 1 = 3 outcomes, got 4"):
+        th.expected_disp_loss(np.log([[0.25] * 4]), [[0.5, 0.5]], [[0.5, 0.5]])
+
+
+def test_refusal_logit_grad_switches_exactly_at_the_teacher_mass():
+    a = 0.25
+    # q_y = a exactly: the y term is clipped (gradient 0), so only the refusal term acts
+    at_y = float(th.refusal_logit_grad(a, 0.5, a))
+    assert at_y == pytest.approx(-(1 - a) * (1 - 0.5))
+    below_y = float(th.refusal_logit_grad(np.nextafter(a, 0), 0.5, a))
+    assert below_y == pytest.approx(a * 0.5 - (1 - a) * 0.5)
+    # q_r = 1 - a exactly: the refusal term is clipped
+    at_r = float(th.refusal_logit_grad(0.1, 1 - a, a))
+    assert at_r == pytest.approx(a * (1 - a))
+    below_r = float(th.refusal_logit_grad(0.1, np.nextafter(1 - a, 0), a))
+    assert below_r == pytest.approx(a * (1 - a) - (1 - a) * a)
+    # the closed form agrees with autograd on the same points
+    for qy, qr in ((a, 0.5), (0.1, 1 - a)):
+        ly = torch.tensor(math.log(qy), dtype=torch.float64)
+        lr = torch.tensor(math.log(qr), dtype=torch.float64)
+        gy, gr = th.surrogate_grads(ly, lr, a)
+        # dL/dz_r = gy * (-q_r) + gr * (1 - q_r)
+        assert float(gy * -qr + gr * (1 - qr)) == pytest.approx(float(th.refusal_logit_grad(qy, qr, a)))
+
+
+def test_tv_upper_bound_from_kl_is_the_smaller_bound_at_most_one():
+    kl = np.array([0.0, 0.05, 1.0, 1.6, 2.0, 10.0, math.inf])
+    expected = np.minimum(np.minimum(np.sqrt(kl / 2), np.sqrt(1 - np.exp(-kl))), 1.0)
+    np.testing.assert_allclose(th.tv_upper_bound_from_kl(kl).numpy(), expected, rtol=1e-14)
+    assert (th.tv_upper_bound_from_kl(kl) <= 1.0).all()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# random draws: exactly the documented draws
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _bound_checks_reference(n_trials: int, k: int, seed: int) -> dict:
+    """random_bound_checks in plain numpy, from its docstring (same generator, same draw order)."""
+    rng = np.random.default_rng(seed)
+    conc = np.exp(rng.uniform(np.log(0.1), np.log(5.0), size=(n_trials, 1)))
+    gp = rng.gamma(conc, size=(n_trials, k))
+    gq = rng.gamma(conc, size=(n_trials, k))
+    p, q = gp / gp.sum(1, keepdims=True), gq / gq.sum(1, keepdims=True)
+    f_unif = rng.uniform(size=(n_trials, k))
+    f_subset = rng.integers(0, 2, size=(n_trials, k)).astype(float)
+    f_star = (p > q).astype(float)
+    tv = 0.5 * np.abs(p - q).sum(1)
+    with np.errstate(divide="ignore"):
+        kl = np.where(p > 0, p * (np.log(p) - np.log(q)), 0.0).sum(1)
+    gaps = np.stack([((p - q) * f).sum(1) for f in (f_unif, f_subset, f_star)])
+    return {
+        "max_variational_violation": (np.abs(gaps) - tv).max(),
+        "max_fstar_equality_error": np.abs(gaps[2] - tv).max(),
+        "max_pinsker_violation": (tv - np.sqrt(kl / 2)).max(),
+        "max_bh_violation": (tv - np.sqrt(-np.expm1(-kl))).max(),
+        "tv": tv,
+        "kl": kl,
+    }
+
+
+def test_random_bound_checks_are_the_documented_draws():
+    res = th.random_bound_checks(n_trials=300, k=4, seed=5)
+    ref = _bound_checks_reference(300, 4, 5)
+    assert sorted(res) == sorted([*ref, "n_trials", "k"])
+    assert (res["n_trials"], res["k"]) == (300, 4)
+    for key, value in ref.items():
+        np.testing.assert_allclose(res[key], value, rtol=1e-12, atol=1e-15, err_msg=key)
+    # the defaults: 5000 trials over 6 outcomes, seed 0
+    default = th.random_bound_checks()
+    assert (default["n_trials"], default["k"], default["tv"].shape) == (5000, 6, (5000,))
+    np.testing.assert_array_equal(default["tv"], th.random_bound_checks(5000, 6, 0)["tv"])
+
+
+def test_random_conditional_tables_are_the_documented_draws():
+    tables = th.random_conditional_tables(2, 3, seed=7, concentration=0.5)
+    rng = np.random.default_rng(7)
+    prefixes = [(), (0,), (1,), (0, 0), (0, 1), (1, 0), (1, 1)]  # by length, then lexicographic
+    assert list(tables) == prefixes
+    for prefix in prefixes:
+        g = rng.gamma(0.5, size=2)
+        np.testing.assert_allclose(tables[prefix], g / g.sum(), rtol=1e-14)
+    # the defaults: seed 0, concentration 1
+    default = th.random_conditional_tables(3, 2)
+    explicit = th.random_conditional_tables(3, 2, seed=0, concentration=1.0)
+    assert all(np.array_equal(default[k], explicit[k]) for k in explicit)
+    again = th.random_conditional_tables(3, 2)
+    assert all(np.array_equal(default[k], again[k]) for k in default)
+
+
+def test_sequence_checks_skip_unreachable_prefixes():
+    # P never emits token 1 first, and after that unreachable prefix P's conditional puts mass where Q has none:
+    # the KL there is infinite, but it is weighted by P(prefix) = 0 and must not turn the sum into nan.
+    V, T = 2, 2
+    p = {(): np.array([1.0, 0.0]), (0,): np.array([0.5, 0.5]), (1,): np.array([1.0, 0.0])}
+    q = {(): np.array([0.5, 0.5]), (0,): np.array([0.25, 0.75]), (1,): np.array([0.0, 1.0])}
+    kl = th.sequence_kl_chain_rule(p, q, V, T)
+    assert sorted(kl) == ["chain_sum", "kl_seq", "per_position"]
+    expected = [math.log(2), 0.5 * math.log(2) + 0.5 * math.log(0.5 / 0.75)]
+    assert kl["per_position"] == pytest.approx(expected)
+    assert kl["chain_sum"] == pytest.approx(sum(expected)) and kl["kl_seq"] == pytest.approx(sum(expected))
+    tv = th.sequence_tv_bound_check(p, q, V, T)
+    assert sorted(tv) == ["bound", "per_position", "tv_seq"]
+    assert tv["per_position"] == pytest.approx([0.5, 0.25])
+    assert tv["bound"] == pytest.approx(0.75) and tv["tv_seq"] <= tv["bound"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the toy experiment against a reference implementation of its docstring
+# ----------------------------------------------------------------------------------------------------------
+
+TOY_DEFAULTS = {  # notebook 01 runs the toy with these (it passes only steps, seed, and once alpha_safe)
+    "n_prompts": 20,
+    "n_responses": 5,
+    "alpha_unsafe": 0.1,
+    "alpha_safe": 0.95,
+    "harmful_fraction": 0.5,
+    "feature_dim": 3,
+    "feature_noise": 1.0,
+    "base_refusal": 0.01,
+    "per_prompt_logits": False,
+    "steps": 300,
+    "lr": 0.05,
+    "seed": 0,
+}
+
+
+def _toy_reference(**kw) -> dict:
+    """toy_overrefusal_experiment restated from its docstring: explicit formulas, the same generator draws in the
+    same order (harmful set, Dirichlet(1) base, safe slot, alpha jitter, prompt features, response features)."""
+    cfg = {**TOY_DEFAULTS, **kw}
+    n, K, d, noise = cfg["n_prompts"], cfg["n_responses"], cfg["feature_dim"], cfg["feature_noise"]
+    f64 = torch.float64
+    gen = torch.Generator().manual_seed(cfg["seed"])
+    harmful = torch.zeros(n, dtype=torch.bool)
+    harmful[torch.randperm(n, generator=gen)[: int(round(cfg["harmful_fraction"] * n))]] = True
+    exp_draws = -torch.log(torch.rand(n, K, generator=gen, dtype=f64))
+    base = exp_draws / exp_draws.sum(1, keepdim=True)
+    safe_slot = torch.randint(0, K, (n,), generator=gen)
+    alpha = torch.empty(n, K, dtype=f64)
+    for i in range(n):
+        for k in range(K):
+            unsafe = bool(harmful[i]) and k != int(safe_slot[i])
+            alpha[i, k] = cfg["alpha_unsafe"] if unsafe else cfg["alpha_safe"]
+    jitter = torch.rand(n, K, generator=gen, dtype=f64)
+    alpha = torch.clamp(alpha + 0.08 * jitter - 0.04, 0.001, 0.999)
+    teacher = torch.cat([base * alpha, (base * (1 - alpha)).sum(1, keepdim=True)], 1)
+    phi = noise * torch.randn(n, d, generator=gen, dtype=f64)
+    phi[:, 0] = phi[:, 0] + harmful.to(f64)
+    psi = noise * torch.randn(n, K, d, generator=gen, dtype=f64)
+    psi[:, :, 0] = psi[:, :, 0] + (1 - alpha)
+    br = cfg["base_refusal"]
+    frozen = torch.cat([torch.log(base) + math.log(1 - br), torch.full((n, 1), math.log(br), dtype=f64)], 1)
+
+    def student(params):
+        shift = torch.cat([psi @ params["v"], (params["u"] + phi @ params["w"])[:, None]], 1)
+        z = params["z"] if cfg["per_prompt_logits"] else 0.0
+        return torch.log_softmax(frozen + shift + z, 1)
+
+    def expected_loss(lq, name):
+        lq_y, lq_r = lq[:, :K], lq[:, K:]
+        if name == "kl":
+            per = -alpha * lq_y - (1 - alpha) * lq_r
+        else:
+            per = alpha * torch.relu(torch.log(alpha) - lq_y) + (1 - alpha) * torch.relu(
+                torch.log(1 - alpha) - lq_r
+            )
+        return (base * per).sum(1).mean()
+
+    out = {}
+    for name in ("tv", "kl"):
+        params = {
+            "u": torch.zeros((), dtype=f64),
+            "w": torch.zeros(d, dtype=f64),
+            "v": torch.zeros(d, dtype=f64),
+        }
+        if cfg["per_prompt_logits"]:
+            params["z"] = torch.zeros(n, K + 1, dtype=f64)
+        for p in params.values():
+            p.requires_grad_(True)
+        opt = torch.optim.Adam(params.values(), lr=cfg["lr"])
+        hist = {"loss": [], "refusal_benign": [], "refusal_harmful": [], "tv": []}
+        for step in range(cfg["steps"] + 1):
+            lq = student(params)
+            loss = expected_loss(lq, name)
+            q = lq.exp().detach()
+            hist["loss"].append(float(loss.detach()))
+            hist["refusal_benign"].append(float(q[~harmful, K].mean()))
+            hist["refusal_harmful"].append(float(q[harmful, K].mean()))
+            hist["tv"].append(float((0.5 * (teacher - q).abs().sum(1)).mean()))
+            if step < cfg["steps"]:
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        out[name] = hist
+    out["teacher"] = {
+        "refusal_benign": float(teacher[~harmful, K].mean()),
+        "refusal_harmful": float(teacher[harmful, K].mean()),
+        "harmful": harmful.numpy(),
+        "distribution": teacher.numpy(),
+    }
+    return out
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(n_prompts=8, n_responses=3, steps=6, seed=2),
+        dict(n_prompts=6, n_responses=4, feature_dim=2, steps=5, lr=0.2, per_prompt_logits=True, seed=1),
+        dict(
+            n_prompts=7,
+            alpha_unsafe=0.3,
+            alpha_safe=0.8,
+            harmful_fraction=0.3,
+            feature_noise=0.5,
+            base_refusal=0.05,
+            steps=4,
+        ),
+    ],
+)
+def test_toy_experiment_matches_a_reference_implementation(kw):
+    res = th.toy_overrefusal_experiment(**kw)
+    ref = _toy_reference(**kw)
+    assert sorted(res) == ["config", "kl", "teacher", "tv"]
+    assert res["config"] == {**TOY_DEFAULTS, **kw}
+    for name in ("tv", "kl"):
+        assert sorted(res[name]) == ["loss", "refusal_benign", "refusal_harmful", "tv"]
+        for key, values in ref[name].items():
+            assert res[name][key].shape == (kw["steps"] + 1,)
+            np.testing.assert_allclose(
+                res[name][key], values, rtol=1e-10, atol=1e-13, err_msg=f"{name} {key}"
+            )
+    assert sorted(res["teacher"]) == sorted(ref["teacher"])
+    np.testing.assert_array_equal(res["teacher"]["harmful"], ref["teacher"]["harmful"])
+    np.testing.assert_allclose(
+        res["teacher"]["distribution"], ref["teacher"]["distribution"], rtol=1e-13, atol=1e-15
+    )
+    for key in ("refusal_benign", "refusal_harmful"):
+        assert res["teacher"][key] == pytest.approx(ref["teacher"][key], rel=1e-13)
+
+
+def test_toy_experiment_defaults_and_one_sided_groups():
+    assert {
+        k: p.default for k, p in inspect.signature(th.toy_overrefusal_experiment).parameters.items()
+    } == TOY_DEFAULTS
+    start = th.toy_overrefusal_experiment(steps=0)
+    assert start["config"] == {**TOY_DEFAULTS, "steps": 0}
+    assert start["tv"]["loss"].shape == (1,)
+    # the frozen student refuses with base_refusal everywhere before training
+    assert start["tv"]["refusal_benign"][0] == pytest.approx(0.01, rel=1e-12)
+    assert start["kl"]["refusal_harmful"][0] == pytest.approx(0.01, rel=1e-12)
+    # no harmful prompt at all: the harmful rates are nan (not an error), the benign ones are numbers
+    benign_only = th.toy_overrefusal_experiment(n_prompts=4, harmful_fraction=0.0, steps=1)
+    assert (
+        math.isnan(benign_only["teacher"]["refusal_harmful"])
+        and np.isnan(benign_only["tv"]["refusal_harmful"]).all()
+    )
+    assert (
+        0 < benign_only["teacher"]["refusal_benign"] < 1
+        and np.isfinite(benign_only["tv"]["refusal_benign"]).all()
+    )
+    harmful_only = th.toy_overrefusal_experiment(n_prompts=4, harmful_fraction=1.0, steps=1)
+    assert (
+        math.isnan(harmful_only["teacher"]["refusal_benign"])
+        and np.isnan(harmful_only["kl"]["refusal_benign"]).all()
+    )
+    assert harmful_only["teacher"]["harmful"].all()
