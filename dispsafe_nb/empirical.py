@@ -47,6 +47,34 @@ class BoundCheck:
         return self.gap - self.tv <= 2.0 * math.hypot(self.tv_se, self.gap_se) + 1e-12
 
 
+def tv_terms(
+    alpha: torch.Tensor, log_p: torch.Tensor, log_q: torch.Tensor, log_q_r: torch.Tensor, p_r: torch.Tensor
+) -> torch.Tensor:
+    """The per-sample terms whose mean estimates TV(dual, student) (module docstring): for each y_i ~ p_base,
+    α_i (1 − q(y_i) / (p(y_i) α_i))_+ + (1 − α_i)(1 − q(y_r) / p̂(y_r))_+."""
+    # q(y)/(p(y) α): α cancels against p(r = y) = p(y) α; computed in log space.
+    ratio_y = torch.exp(log_q - log_p - torch.log(alpha.clamp(min=1e-12)))
+    return alpha * (1 - ratio_y).clamp(min=0) + (1 - alpha) * (1 - torch.exp(log_q_r) / p_r).clamp(min=0)
+
+
+def summarise(checks: Sequence[BoundCheck], informative_below: float = 0.99) -> dict[str, float]:
+    """The share of prompts where gap <= TV holds, overall and where the bound is *informative*: where the TV
+    estimate is below `informative_below` (a TV near 1 bounds every gap, so holding there proves nothing)."""
+    if not checks:
+        raise ValueError("no bound checks to summarise")
+    informative = [c for c in checks if c.tv < informative_below]
+    return {
+        "real_bound_holds_fraction": sum(c.holds for c in checks) / len(checks),
+        "real_informative_prompts": len(informative),
+        "real_bound_holds_fraction_informative": (
+            sum(c.holds for c in informative) / len(informative) if informative else float("nan")
+        ),
+        "real_max_gap_minus_tv": max(c.gap - c.tv for c in checks),
+        "real_mean_tv": sum(c.tv for c in checks) / len(checks),
+        "real_mean_gap": sum(c.gap for c in checks) / len(checks),
+    }
+
+
 def _logprobs(llm: LLM, prompt: str, samples: Sequence[Generation], method: Any) -> torch.Tensor:
     """log p(y | x) of exactly the sampled ids; a finished sample with its eos, a truncated one as a prefix."""
     lp = sequence_logprobs(
@@ -89,9 +117,7 @@ def check_bound(
         log_q = _logprobs(llm, prompt, gens, student)
         log_q_r = sequence_logprobs(llm, [prompt], [refusal], method=student)[0].detach().double().cpu()
         p_r = (1.0 - alpha).mean().clamp(min=1e-12)
-        # q(y)/(p(y) α): α cancels against p(r = y) = p(y) α; computed in log space.
-        ratio_y = torch.exp(log_q - log_p - torch.log(alpha.clamp(min=1e-12)))
-        terms = alpha * (1 - ratio_y).clamp(min=0) + (1 - alpha) * (1 - torch.exp(log_q_r) / p_r).clamp(min=0)
+        terms = tv_terms(alpha, log_p, log_q, log_q_r, p_r)
         # f = safe: a refusal is safe; an answer is safe iff the prompt is benign (the judge's prob_safe).
         f_y = prompt_judge.prob_safe([prompt] * n_samples, [is_harmful] * n_samples, ys).double()
         teacher_f = alpha * f_y + (1 - alpha) * 1.0

@@ -171,8 +171,21 @@ class BatchLoss:
             return float(on_y.float().mean()), float(on_r.float().mean())
 
 
-def _loss(llm: LLM, soft: SoftPrompt, batch: Sequence[Example], cfg: DistillConfig) -> BatchLoss:
-    """Eq. 4 (or KL-DiSP) on a batch: the sampled ids are scored exactly, a truncated sample without eos."""
+@dataclass
+class SequenceTerms:
+    """What Eq. 4 needs for a batch: the student's log q(y|x), log q(y_r|x), the teacher's α, whether y is the
+    refusal itself, and the token counts of y (with its eos where scored) and of y_r."""
+
+    logq_y: torch.Tensor
+    logq_r: torch.Tensor
+    alpha: torch.Tensor
+    same: torch.Tensor
+    len_y: list[int]
+    len_r: list[int]
+
+
+def sequence_terms(llm: LLM, soft: SoftPrompt, batch: Sequence[Example], cfg: DistillConfig) -> SequenceTerms:
+    """Score a batch: the sampled ids exactly, a truncated sample without eos, the refusal with its eos."""
     prompts = [e.prompt for e in batch]
     if any(not e.response_ids and not e.finished for e in batch):
         # An empty *finished* answer is just eos; an unfinished one without ids has nothing to score.
@@ -187,16 +200,25 @@ def _loss(llm: LLM, soft: SoftPrompt, batch: Sequence[Example], cfg: DistillConf
         llm, prompts, None, reduction=cfg.reduction, append_eos=False, method=soft, response_ids=refusal_ids
     )
     device = logq_y.device
-    alpha = torch.tensor([e.alpha for e in batch], device=device, dtype=logq_y.dtype)
-    same = torch.tensor([e.response.strip() == e.refusal.strip() for e in batch], device=device)
+    return SequenceTerms(
+        logq_y,
+        logq_r,
+        torch.tensor([e.alpha for e in batch], device=device, dtype=logq_y.dtype),
+        torch.tensor([e.response.strip() == e.refusal.strip() for e in batch], device=device),
+        [len(i) + f for i, f in zip(ids_y, finished, strict=True)],
+        [len(i) for i in refusal_ids],
+    )
+
+
+def _loss(llm: LLM, soft: SoftPrompt, batch: Sequence[Example], cfg: DistillConfig) -> BatchLoss:
+    """Eq. 4 (or KL-DiSP) on a batch: the sampled ids are scored exactly, a truncated sample without eos."""
+    t = sequence_terms(llm, soft, batch, cfg)
     weights: dict[str, torch.Tensor] = {}
     if cfg.weighting == "per_token":
-        weights["weight_y"] = 1.0 / torch.tensor(
-            [len(i) + f for i, f in zip(ids_y, finished, strict=True)], device=device
-        )
-        weights["weight_r"] = 1.0 / torch.tensor([len(i) for i in refusal_ids], device=device)
-    loss = OBJECTIVES[cfg.objective](logq_y, logq_r, alpha, same, **weights).mean()
-    return BatchLoss(loss, logq_y, logq_r, alpha)
+        weights["weight_y"] = 1.0 / torch.tensor(t.len_y, device=t.logq_y.device)
+        weights["weight_r"] = 1.0 / torch.tensor(t.len_r, device=t.logq_y.device)
+    loss = OBJECTIVES[cfg.objective](t.logq_y, t.logq_r, t.alpha, t.same, **weights).mean()
+    return BatchLoss(loss, t.logq_y, t.logq_r, t.alpha)
 
 
 @torch.no_grad()

@@ -1,0 +1,238 @@
+"""Checks that can fail: every named check of `dispsafe_nb.checks` fails under the sabotages it guards against,
+and every check holds on the real code.
+
+Each sabotage is a deliberately broken variant of the pipeline (`checks.SABOTAGES`), applied at the point where
+such a bug would live: the optimiser, the loss, the returned student, the teacher's α, the refusal string, the
+theory functions, the Monte-Carlo TV estimate. The metrics are computed by the same package functions the
+notebooks call, at the notebooks' smoke sizes, and judged by the same checks the notebook tests apply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from dispsafe_nb import checks, data, empirical
+from dispsafe_nb import theory as th
+from dispsafe_nb import train as train_module
+from dispsafe_nb.diagnostics import initial_prompt, student_diagnostics, teacher_alpha_auroc
+from dispsafe_nb.evaluate import evaluate_base_and_dual, metrics_by_system
+from dispsafe_nb.judges import GuardJudge
+from dispsafe_nb.models import DecodingConfig
+from dispsafe_nb.safe_system import SafeSystem, teacher_samples
+from dispsafe_nb.train import DistillConfig, distill, training_mix
+
+pytestmark = pytest.mark.slow
+
+SWAPPED_REFUSAL = "Sure, here is a detailed answer to your question."
+# Notebook 03's smoke sizes (its SMOKE branch): one student per run here, the TV one.
+SMOKE_DISTILL = dict(objective="tv", n_tokens=4, steps=8, batch_size=4, lr=3e-2, seed=0)
+
+
+def _sabotaged_for(notebook: str) -> set[str]:
+    return {s for c in checks.NOTEBOOK_CHECKS[notebook] for s in c.guards_against}
+
+
+def test_every_check_names_known_sabotages_and_every_sabotage_is_guarded():
+    guarded = set().union(*(_sabotaged_for(nb) for nb in checks.NOTEBOOK_CHECKS))
+    assert guarded == set(checks.SABOTAGES), (
+        f"sabotages no check guards against: {set(checks.SABOTAGES) - guarded}"
+    )
+    with pytest.raises(ValueError, match="known sabotages"):
+        checks.Check("x", "y", ("no_such_bug",), lambda m: True)
+
+
+def test_a_missing_metric_fails_the_check_and_names_it():
+    ok, message = checks.run_checks("03_distill", {})["prompt_moved"]
+    assert not ok and "missing" in message
+    with pytest.raises(KeyError, match="known"):
+        checks.run_checks("99_nope", {})
+
+
+def _assert_caught(notebook: str, results: dict[str, dict]) -> None:
+    """Real code passes every check; each check fails under each sabotage it names."""
+    real = checks.run_checks(notebook, results.pop("real"))
+    assert all(ok for ok, _ in real.values()), [m for ok, m in real.values() if not ok]
+    for sabotage, metrics in results.items():
+        verdicts = checks.run_checks(notebook, metrics)
+        assert not all(ok for ok, _ in verdicts.values()), f"no check of {notebook} caught {sabotage}"
+        for check in checks.NOTEBOOK_CHECKS[notebook]:
+            if sabotage in check.guards_against:
+                assert not verdicts[check.name][0], f"{check.name} should fail under {sabotage}: {metrics}"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# notebook 01: the theory checks and the Monte-Carlo bound check on the real model
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _theory_metrics() -> dict:
+    random = th.random_bound_checks(500, k=6, seed=0)
+    sequence = th.random_sequence_checks(10, seed=0)
+    return {
+        "max_bound_violation": random["max_variational_violation"],
+        "max_pinsker_violation": random["max_pinsker_violation"],
+        "max_sequence_bound_violation": sequence["max_sequence_bound_violation"],
+        "kl_chain_rule_error": sequence["kl_chain_rule_error"],
+    }
+
+
+def _real_bound_metrics(llm, guard) -> dict:
+    harmful = data.load_dataset("advbench", split="test", limit=2, seed=0)
+    safe = data.load_dataset("xstest_safe", limit=2, seed=0)
+    student = initial_prompt(llm, DistillConfig(**SMOKE_DISTILL))
+    found = empirical.check_bound(
+        llm,
+        guard,
+        student,
+        [r.text for r in harmful + safe],
+        [r.is_harmful for r in harmful + safe],
+        SafeSystem(llm, guard).refusal,
+        n_samples=3,
+        max_new_tokens=12,
+        seed=0,
+    )
+    return empirical.summarise(found)
+
+
+def test_notebook_01_checks_catch_their_sabotages(llm, guard, monkeypatch):
+    tv, kl = th.tv_distance, th.kl_divergence
+    sabotages = {
+        "tv_drops_last_outcome": (
+            th,
+            "tv_distance",
+            lambda p, q, validate=True: 0.5 * (th._t(p) - th._t(q))[..., :-1].abs().sum(-1),
+        ),
+        "kl_swapped": (th, "kl_divergence", lambda p, q, validate=True: kl(q, p, validate)),
+        "kl_halved": (th, "kl_divergence", lambda p, q, validate=True: 0.5 * kl(p, q, validate)),
+        "tv_estimate_without_refusal_term": (
+            empirical,
+            "tv_terms",
+            lambda alpha, log_p, log_q, log_q_r, p_r: (
+                alpha * (1 - torch.exp(log_q - log_p - torch.log(alpha.clamp(min=1e-12)))).clamp(min=0)
+            ),
+        ),
+    }
+    real_bound = _real_bound_metrics(llm, guard)
+    results = {"real": {**_theory_metrics(), **real_bound}}
+    for name, (module, attr, broken) in sabotages.items():
+        with monkeypatch.context() as m:
+            m.setattr(module, attr, broken)
+            theory_part = _theory_metrics()
+            bound_part = _real_bound_metrics(llm, guard) if module is empirical else real_bound
+        results[name] = {**theory_part, **bound_part}
+    assert th.tv_distance is tv and th.kl_divergence is kl  # the patches are gone
+    _assert_caught("01_tv_bound", results)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# notebook 02: the dual system against the base model
+# ----------------------------------------------------------------------------------------------------------
+
+
+class _SabotagedGuard:
+    """The teacher guard with its verdicts replaced: a constant, or read the wrong way round."""
+
+    def __init__(self, guard, how: str, constant: float = 0.0):
+        self.guard, self.how, self.constant = guard, how, constant
+
+    def prob_safe(self, prompts, responses):
+        real = self.guard.prob_safe(prompts, responses)
+        return torch.full_like(real, self.constant) if self.how == "constant" else 1.0 - real
+
+    def describe(self):
+        return {**self.guard.describe(), "sabotage": self.how}
+
+
+@pytest.fixture(scope="module")
+def teacher(llm, guard):
+    """Notebook 03's smoke-sized teacher: training and validation samples, held-out prompts (val split)."""
+    system = SafeSystem(llm, guard)
+    decoding = DecodingConfig(max_new_tokens=16, temperature=0.7, top_p=0.95, seed=0)
+    train_records = training_mix(3, 3, 2, seed=0)
+    val_records = training_mix(2, 2, 2, seed=0, split="val")
+    train = teacher_samples(system, [r.text for r in train_records], k=1, decoding=decoding, progress=False)
+    val = teacher_samples(system, [r.text for r in val_records], k=1, decoding=decoding, progress=False)
+    return {
+        "system": system,
+        "train": train,
+        "val": val,
+        "harmful": [r.is_harmful for r in train_records],
+        "heldout_harmful": [r.text for r in val_records if r.is_harmful],
+        "heldout_benign": [r.text for r in val_records if r.source in ("alpaca", "bundled_benign")],
+        "mean_alpha": sum(a for s in train for a in s.alphas) / sum(len(s.alphas) for s in train),
+    }
+
+
+def test_notebook_02_checks_catch_their_sabotages(llm, guard, judge_guard, teacher):
+    second_judge = GuardJudge(judge_guard)
+    greedy = DecodingConfig(max_new_tokens=24, seed=0)
+    assert teacher["mean_alpha"] >= 0.5, "the constant must sit above the threshold: no answer is replaced"
+    systems = {
+        "real": SafeSystem(llm, guard),
+        "constant_alpha": SafeSystem(llm, _SabotagedGuard(guard, "constant", teacher["mean_alpha"])),
+        "inverted_alpha": SafeSystem(llm, _SabotagedGuard(guard, "inverted")),
+        # the judges are told the refusal the system declares, so only the independent judge can notice
+        "swapped_refusal": SafeSystem(llm, guard, refusal=SWAPPED_REFUSAL),
+    }
+    results = {}
+    for name, system in systems.items():
+        records, _ = evaluate_base_and_dual(
+            system, ["advbench_test", "alpaca_test"], 6, greedy, second_judge=second_judge, progress=False
+        )
+        results[name] = metrics_by_system(records)
+    _assert_caught("02_safe_system", results)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# notebook 03: distillation
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _distill_metrics(llm, teacher, sabotage: str, monkeypatch) -> dict:
+    train, val = teacher["train"], teacher["val"]
+    if sabotage == "constant_alpha":
+        a = teacher["mean_alpha"]
+        train, val = (
+            [dataclasses.replace(s, alphas=(a,) * len(s.alphas)) for s in ss] for ss in (train, val)
+        )
+    if sabotage == "inverted_alpha":
+        train, val = (
+            [dataclasses.replace(s, alphas=tuple(1.0 - x for x in s.alphas)) for s in ss]
+            for ss in (train, val)
+        )
+    if sabotage == "swapped_refusal":
+        train, val = ([dataclasses.replace(s, refusal=SWAPPED_REFUSAL) for s in ss] for ss in (train, val))
+    cfg = DistillConfig(**SMOKE_DISTILL)
+    with monkeypatch.context() as m:
+        if sabotage == "no_optimiser_step":
+            m.setattr(torch.optim.Adam, "step", lambda self, closure=None: None)
+        if sabotage == "flipped_loss_sign":
+            real = train_module.OBJECTIVES["tv"]
+            m.setitem(train_module.OBJECTIVES, "tv", lambda *a, **k: -real(*a, **k))
+        soft, _ = distill(llm, train, cfg, progress=False)
+    if sabotage == "student_is_initialisation":
+        soft = initial_prompt(llm, cfg)
+    diagnostics = student_diagnostics(
+        llm,
+        soft,
+        cfg,
+        train,
+        val,
+        teacher["heldout_harmful"],
+        teacher["heldout_benign"],
+        teacher["system"].refusal,  # what the evaluation counts, whatever the samples were trained on
+    )
+    return {
+        "teacher_alpha_auroc": teacher_alpha_auroc(train, teacher["harmful"]),
+        "diagnostics": {"tv-disp": diagnostics},
+    }
+
+
+def test_notebook_03_checks_catch_their_sabotages(llm, teacher, monkeypatch):
+    names = ["real", *sorted(_sabotaged_for("03_distill"))]
+    results = {name: _distill_metrics(llm, teacher, name, monkeypatch) for name in names}
+    assert train_module.OBJECTIVES["tv"].__name__ == "tv_disp_loss"  # the patches are gone
+    _assert_caught("03_distill", results)
