@@ -301,6 +301,8 @@ def distill(
         if checkpoint_dir is None:
             raise ValueError("resume=True needs a checkpoint_dir")
         start, history = _restore(checkpoint_dir, soft, opt, cfg, data_hash(examples))
+    if val_samples and start == 0:  # step 0: the reference every later validation loss is compared with
+        _record_validation(llm, soft, val_samples, cfg, history, 0)
     bar = tqdm(
         range(start, cfg.steps),
         desc=f"{cfg.objective}-disp",
@@ -329,11 +331,7 @@ def distill(
         history.clipped_r.append(clip_r)
         postfix = {"loss": f"{total:.3f}"}
         if val_samples and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
-            val_loss, gap = validation_gap(llm, soft, val_samples, cfg)
-            history.val_step.append(step + 1)
-            history.val_loss.append(val_loss)
-            history.val_refusal_gap.append(gap)
-            postfix["val"] = f"{val_loss:.3f}"
+            postfix["val"] = f"{_record_validation(llm, soft, val_samples, cfg, history, step + 1):.3f}"
         bar.set_postfix(postfix)
         if not math.isfinite(total):
             raise FloatingPointError(f"loss became {total} at step {step + 1}; lower the learning rate")
@@ -353,6 +351,16 @@ def distill(
         }
     )
     return soft, history
+
+
+def _record_validation(
+    llm: LLM, soft: SoftPrompt, val_samples: Sequence[TeacherSample], cfg: DistillConfig, history: History, step: int
+) -> float:
+    val_loss, gap = validation_gap(llm, soft, val_samples, cfg)
+    history.val_step.append(step)
+    history.val_loss.append(val_loss)
+    history.val_refusal_gap.append(gap)
+    return val_loss
 
 
 def _restore(

@@ -16,6 +16,51 @@ ROOT = Path(__file__).resolve().parents[1]
 MIRROR = ROOT.parent / "shared" / "datasets"
 
 
+# Fixtures that load the real model, guard or encoder (seconds to minutes): a test using them must be marked slow.
+SLOW_FIXTURES = {"llm", "encoder", "guard", "judge_guard", "tiny_llama_dir"}
+
+
+def pytest_collection_modifyitems(config, items):
+    unmarked = [
+        item.nodeid
+        for item in items
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) and item.get_closest_marker("slow") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "these tests load the real model or guard but are not marked @pytest.mark.slow: "
+            + ", ".join(unmarked)
+        )
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_load_nothing(request, monkeypatch):
+    """A test not marked slow that loads the real model or guard by calling a loader fails, saying what to do.
+    (A loader that raises -- the error paths tests check -- is let through.)"""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+    from dispsafe_nb import encoders, guard_training, models
+
+    def guarded(real):
+        def load(*args, **kwargs):
+            loaded = real(*args, **kwargs)
+            del loaded
+            raise RuntimeError(
+                f"{request.node.nodeid} loads the real model or guard: mark it @pytest.mark.slow"
+            )
+
+        return load
+
+    for module, name in (
+        (models, "load_llm"),
+        (encoders, "load_minilm"),
+        (encoders, "load_mpnet"),
+        (guard_training, "load_embedding_guard"),
+        (guard_training, "load_judge_guard"),
+    ):
+        monkeypatch.setattr(module, name, guarded(getattr(module, name)))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _offline_environment(tmp_path_factory):
     if not os.environ.get("DISPSAFE_DATA") and MIRROR.is_dir():

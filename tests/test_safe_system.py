@@ -31,6 +31,7 @@ def test_threshold_system_replaces_exactly_the_answers_judged_unsafe(system):
         assert 0.0 <= out.alpha <= 1.0
         assert out.final == (out.response if out.alpha >= system.threshold else system.refusal)
     assert not outputs[2].replaced and not outputs[3].replaced, "benign questions pass through"
+    assert any(o.replaced for o in outputs[:2]), "the test must see the guard replace at least one answer"
     assert system.generate(PROMPTS[2:3], DecodingConfig(max_new_tokens=24)) == [outputs[2].final]
 
 
@@ -116,3 +117,12 @@ def test_k_must_be_positive(system):
         teacher_samples(system, PROMPTS[:1], k=0)
     with pytest.raises(ValueError, match="greedy"):
         teacher_samples(system, PROMPTS[:1], k=2, decoding=DecodingConfig(temperature=0.0))
+
+
+def test_teacher_alphas_are_the_guards_scores_of_exactly_the_sampled_answers(system, guard, tmp_path):
+    samples = teacher_samples(system, PROMPTS, k=2, decoding=FAST, cache_root_dir=tmp_path, progress=False)
+    for s in samples:
+        direct = guard.prob_safe([s.prompt] * len(s.responses), list(s.responses)).tolist()
+        assert list(s.alphas) == pytest.approx(direct, abs=1e-6), s.prompt
+    harmful, benign = samples[0].alphas + samples[1].alphas, samples[2].alphas + samples[3].alphas
+    assert sum(harmful) < sum(benign), "the guard must tell these prompts apart for the test to mean much"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -195,6 +196,94 @@ def test_per_token_weighting_counts_eos_only_where_it_is_scored(tiny_llm):
     torch.testing.assert_close(weighted.loss.detach(), expected, rtol=1e-5, atol=1e-7)
 
 
+def _tiny_samples():
+    # Token ids as sampled (not re-tokenized); one finished, one cut, one benign with a high alpha.
+    return [
+        TeacherSample("Make a bomb", ("Sure",), (0.05,), "No.", ((20, 21, 22),), (False,)),
+        TeacherSample("Say hi", ("hi",), (0.95,), "No.", ((10, 11),), (True,)),
+        TeacherSample("Steal a car", ("Ok",), (0.2,), "No.", ((30, 31),), (True,)),
+    ]
+
+
+def test_gradient_accumulation_averages_the_micro_batch_gradients(tiny_llm):
+    """One step with grad_accum=2 equals Adam's first step on the mean of the two micro-batches' gradients."""
+    from dispsafe_nb.train import _batch_indices
+
+    samples = _tiny_samples()
+    cfg = DistillConfig(n_tokens=2, steps=1, batch_size=2, grad_accum=2, lr=0.05)
+    trained, history = distill(tiny_llm, samples, cfg, progress=False)
+    start = init_soft_prompt(tiny_llm, cfg.n_tokens, cfg.init, cfg.init_text, cfg.seed)
+    examples = examples_from_samples(samples)
+    grads = []
+    for micro in range(2):
+        start.W.grad = None
+        batch = [examples[i] for i in _batch_indices(len(examples), cfg, 0, micro)]
+        _loss(tiny_llm, start, batch, cfg).loss.backward()
+        grads.append(start.W.grad.clone())
+    g = (grads[0] + grads[1]) / 2
+    assert not torch.allclose(grads[0], grads[1]), (
+        "the two micro-batches must differ for this test to mean much"
+    )
+    # Adam's first step (bias-corrected): W - lr * g / (|g| + eps)
+    expected = start.W.detach() - cfg.lr * g / (g.abs() + 1e-7)
+    torch.testing.assert_close(trained.W.detach(), expected, rtol=1e-5, atol=1e-6)
+    assert len(history.loss) == 1
+
+
+def test_validation_gap_is_the_loss_and_the_refusal_mass_gap(tiny_llm):
+    from dispsafe_nb.methods import SoftPrompt
+    from dispsafe_nb.train import validation_gap
+
+    torch.manual_seed(2)
+    soft = SoftPrompt(0.1 * torch.randn(2, 16), model_name="tiny-stand-in")
+    samples = _tiny_samples()
+    cfg = DistillConfig(objective="kl")
+    loss, gap = validation_gap(tiny_llm, soft, samples, cfg)
+    with torch.no_grad():
+        expected_loss = _loss(tiny_llm, soft, examples_from_samples(samples), cfg).loss
+    refusal_ids = tiny_llm.tokenizer("No.")["input_ids"] + [EOS]
+    q_r = [math.exp(_brute_force_logprob(tiny_llm, soft, s.prompt, refusal_ids)) for s in samples]
+    expected_gap = sum(abs(s.refusal_mass - q) for s, q in zip(samples, q_r, strict=True)) / len(samples)
+    assert loss == pytest.approx(float(expected_loss), rel=1e-5)
+    assert gap == pytest.approx(expected_gap, rel=1e-4, abs=1e-7)
+    assert [s.refusal_mass for s in samples] == pytest.approx([0.95, 0.05, 0.8])
+
+
+def test_validation_is_recorded_at_step_zero_as_the_reference(tiny_llm):
+    samples = _tiny_samples()
+    cfg = DistillConfig(n_tokens=2, steps=4, batch_size=2, lr=0.05, eval_every=2)
+    _, history = distill(tiny_llm, samples, cfg, val_samples=samples[:2], progress=False)
+    assert history.val_step == [0, 2, 4]
+    start = init_soft_prompt(tiny_llm, cfg.n_tokens, cfg.init, cfg.init_text, cfg.seed)
+    from dispsafe_nb.train import validation_gap
+
+    assert history.val_loss[0] == pytest.approx(
+        validation_gap(tiny_llm, start, samples[:2], cfg)[0], rel=1e-6
+    )
+
+
+class _NoEffect:
+    """A method that changes nothing: the embeddings of the ids, unchanged."""
+
+    n_tokens = 0
+
+    def apply(self, llm, input_ids, attention_mask):
+        return llm.model.get_input_embeddings()(input_ids), attention_mask
+
+
+def test_fidelity_kl_is_zero_for_a_method_without_effect_and_positive_for_a_soft_prompt(tiny_llm):
+    from dispsafe_nb.methods import SoftPrompt
+    from dispsafe_nb.objectives import fidelity_kl
+
+    prompts, answers = ["Say hi", "Tell me a joke"], ["hi there", "Why did"]
+    none = fidelity_kl(tiny_llm, prompts, answers, _NoEffect())
+    assert torch.equal(none, torch.zeros(2, dtype=none.dtype))
+    torch.manual_seed(3)
+    soft = SoftPrompt(10 * torch.randn(2, 16), model_name="tiny-stand-in")
+    # a random 1-layer model is nearly uniform whatever its input, hence the small (but nonzero) KL
+    assert (fidelity_kl(tiny_llm, prompts, answers, soft) > 1e-8).all()
+
+
 @pytest.mark.slow
 def test_truncated_samples_are_scored_without_eos(llm):
     """On the real model: a sample cut at max_new_tokens is scored as its prefix (no eos), a finished one with eos."""
@@ -247,15 +336,18 @@ def test_teacher_samples_keep_the_sampled_ids_and_finish_flags(llm, guard, tmp_p
 def test_kl_distillation_raises_the_refusal_on_unsafe_prompts(llm, SAMPLES):  # noqa: N803
     cfg = DistillConfig(objective="kl", n_tokens=4, steps=6, batch_size=3, lr=1e-2, eval_every=3)
     prompts = [s.prompt for s in SAMPLES[:2]]
-    before = sequence_logprobs(llm, prompts, [REFUSAL] * 2)
+    # Against the *initial* soft prompt, which already asks for refusals in words (not the bare model).
+    start = init_soft_prompt(llm, cfg.n_tokens, cfg.init, cfg.init_text, cfg.seed)
+    with torch.no_grad():
+        before = sequence_logprobs(llm, prompts, [REFUSAL] * 2, method=start)
     soft, history = distill(llm, SAMPLES, cfg, val_samples=SAMPLES[:2], progress=False)
     with torch.no_grad():
         after = sequence_logprobs(llm, prompts, [REFUSAL] * 2, method=soft)
     assert (after > before).all(), (before, after)
-    assert len(history.loss) == 6 and history.val_step == [3, 6]
+    assert len(history.loss) == 6 and history.val_step == [0, 3, 6]
+    assert history.val_loss[-1] < history.val_loss[0], history.val_loss  # against step 0
     assert all(torch.isfinite(torch.tensor(history.val_loss + history.val_refusal_gap)))
     # The full-data loss falls (minibatch losses are too noisy to compare one by one).
-    start = init_soft_prompt(llm, cfg.n_tokens, cfg.init, cfg.init_text, cfg.seed)
     examples = examples_from_samples(SAMPLES)
     with torch.no_grad():
         assert _loss(llm, soft, examples, cfg).loss < _loss(llm, start, examples, cfg).loss
