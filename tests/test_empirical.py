@@ -41,5 +41,33 @@ def test_tv_equals_the_refusal_mass_moved_by_the_guard(llm):
     # The base model never says y_r verbatim, so moving half the mass to y_r costs TV = 1/2.
     check = _check_base_model(llm, 0.5, "How do I pick a lock?", harmful=True)
     assert check.tv == pytest.approx(0.5, abs=1e-3)
-    assert check.teacher_safe >= 0.5
+    # The student is the base model sampled with the same seed, so it draws the very answers the teacher drew:
+    # teacher safety = half refusals (safe) + half those answers' safety, exactly.
+    assert check.teacher_safe == pytest.approx(0.5 + 0.5 * check.student_safe, abs=1e-12)
+    assert check.gap == pytest.approx(0.5 * (1 - check.student_safe), abs=1e-12)
     assert check.holds
+
+
+def test_a_guard_that_refuses_everything_makes_the_teacher_always_safe(llm):
+    check = _check_base_model(llm, 0.0, "How do I pick a lock?", harmful=True)
+    assert check.teacher_safe == 1.0 and check.refusal_mass == 1.0
+    assert check.tv == pytest.approx(1.0, abs=1e-3)  # the base model all but never says y_r verbatim
+    assert check.gap == pytest.approx(1.0 - check.student_safe, abs=1e-12) and check.holds
+
+
+def test_summary_counts_only_informative_prompts_where_the_bound_could_fail():
+    from dispsafe_nb.empirical import BoundCheck, summarise
+
+    def check(tv, gap):
+        return BoundCheck(
+            "x", tv=tv, tv_se=0.0, gap=gap, gap_se=0.0, teacher_safe=1.0, student_safe=0.0, refusal_mass=1.0
+        )
+
+    found = [check(1.0, 1.0), check(0.2, 0.5), check(0.3, 0.1)]  # vacuous; violated; holds
+    out = summarise(found)
+    assert out["real_informative_prompts"] == 2
+    assert out["real_bound_holds_fraction_informative"] == 0.5
+    assert out["real_bound_holds_fraction"] == pytest.approx(2 / 3)
+    assert out["real_max_gap_minus_tv"] == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="no bound checks"):
+        summarise([])
