@@ -1,7 +1,7 @@
 """`make reproduce`: run every notebook headlessly with its default (real-study) parameters.
 
 Executed copies go to results/notebooks/, figures to figures/, key numbers to results/metrics/; a short summary
-is printed at the end. `python -m dispsafe_nb.reproduce --smoke` runs the smoke parameters instead.
+is printed at the end, with each notebook's named checks (`dispsafe_nb.checks`) as reproduced or not. `python -m dispsafe_nb.reproduce --smoke` runs the smoke parameters instead.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from dispsafe_nb.checks import NOTEBOOK_CHECKS, run_checks
 from dispsafe_nb.notebook import load_metrics, results_dir
 from dispsafe_nb.paths import REPO_ROOT
 
@@ -57,7 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {path.name}", flush=True)
         run_notebook(path, results_dir() / "notebooks", {"SMOKE": True} if args.smoke else {})
         record = load_metrics(path.stem)
-        summary[path.stem] = {"seconds": round(time.time() - started), **record["metrics"]}
+        verdicts = run_checks(path.stem, record["metrics"]) if path.stem in NOTEBOOK_CHECKS else {}
+        for ok, message in verdicts.values():
+            print(f"   {'reproduced' if ok else 'NOT reproduced in this run'}: {message}", flush=True)
+        summary[path.stem] = {
+            "seconds": round(time.time() - started),
+            "checks": {name: ok for name, (ok, _) in verdicts.items()},
+            **record["metrics"],
+        }
     print("\nSummary (also in results/metrics/):")
     print(json.dumps(summary, indent=2, default=str))
     return 0
