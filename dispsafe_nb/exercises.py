@@ -1,0 +1,503 @@
+"""Exercises with self-checks, ARENA-style: the reader writes a short function, `check(name, fn)` tests it.
+
+Each exercise has a task (what to write, never how), a reference solution (`solution(name)`, or
+`show_solution(name)` to read its source), and a checker that compares the reader's function with a brute-force
+or closed-form reference on fixed random cases and says what went wrong in words. Notebooks run the checks with
+the solutions filled in when papermill executes them, so the test suite checks every checker against its
+solution; `tests/test_exercises.py` also shows each checker rejecting plausible wrong answers.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from dispsafe_nb import theory as th
+from dispsafe_nb.judges import XSTEST_REFUSAL_PREFIXES
+
+
+class ExerciseFailed(AssertionError):
+    """The reader's function disagrees with the reference; the message says where and hints at why."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# reference solutions (what `show_solution` prints)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def tv_and_event(p: np.ndarray, q: np.ndarray) -> tuple[float, np.ndarray]:
+    """TV(p, q) and an event A (boolean mask over outcomes) with p(A) - q(A) = TV(p, q)."""
+    p, q = np.asarray(p, dtype=float), np.asarray(q, dtype=float)
+    event = p > q
+    return float(0.5 * np.abs(p - q).sum()), event
+
+
+def two_point_tv(alpha: float, q_y: float, q_r: float) -> float:
+    """TV between the teacher given y, a_y = alpha·δ_y + (1 - alpha)·δ_{y_r}, and a student that gives y mass
+    q_y, the refusal y_r mass q_r and everything else the rest."""
+    # a_y has no mass outside {y, y_r}: the positive parts of a_y - q live on its two atoms only
+    return max(alpha - q_y, 0.0) + max(1.0 - alpha - q_r, 0.0)
+
+
+def clipped_nll(log_q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """One term of Eq. 4: w·[log(w / q)]_+ = -w·min(log q - log w, 0); exactly 0 (and flat) where w = 0."""
+    pos = w > 0
+    log_w = torch.log(torch.where(pos, w, torch.ones_like(w)))
+    gap = torch.where(pos, log_q, torch.zeros_like(log_q)) - log_w
+    return torch.where(pos, -w * torch.clamp(gap, max=0.0), torch.zeros_like(gap))
+
+
+def refusal_logit_gradient(q_y: float, q_r: float, alpha: float, loss: str = "tv") -> float:
+    """dL/dz_r, the gradient of one sample's TV-DiSP (or KL-DiSP) loss with respect to the refusal's logit of a
+    softmax student (y != y_r)."""
+    y_on = 1.0 if loss == "kl" or q_y < alpha else 0.0
+    r_on = 1.0 if loss == "kl" or q_r < 1.0 - alpha else 0.0
+    # d log q_y / dz_r = -q_r and d log q_r / dz_r = 1 - q_r
+    return y_on * alpha * q_r - r_on * (1.0 - alpha) * (1.0 - q_r)
+
+
+def mc_tv_estimate(log_p: np.ndarray, log_q: np.ndarray) -> tuple[float, float]:
+    """(estimate, standard error) of TV(p, q) from samples r_i ~ p, given log p(r_i) and log q(r_i)."""
+    terms = np.clip(1.0 - np.exp(np.asarray(log_q) - np.asarray(log_p)), 0.0, None)
+    se = terms.std(ddof=1) / math.sqrt(len(terms)) if len(terms) > 1 else 0.0
+    return float(terms.mean()), float(se)
+
+
+def dual_system_distribution(base: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """p(r | x) of the safe system over the base model's answers and, last, the refusal: each answer y keeps
+    base(y)·alpha(y); the refusal collects the rest."""
+    base, alpha = np.asarray(base, dtype=float), np.asarray(alpha, dtype=float)
+    kept = base * alpha
+    return np.append(kept, base.sum() - kept.sum())
+
+
+def xstest_refusal_rate(responses: Sequence[str]) -> float:
+    """The share of responses XSTest's string rule counts as refusals: lower-cased and stripped, it starts with
+    one of `XSTEST_REFUSAL_PREFIXES` (`dispsafe_nb.judges`)."""
+    if not responses:
+        raise ValueError("no responses")
+    return sum(r.lower().strip().startswith(XSTEST_REFUSAL_PREFIXES) for r in responses) / len(responses)
+
+
+def eq4_loss(logq_y: torch.Tensor, logq_r: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Eq. 4 per example from whole-sequence log-probs: -a·min(log q_y - log a, 0) - (1-a)·min(log q_r - log(1-a), 0)."""
+    return clipped_nll(logq_y, alpha) + clipped_nll(logq_r, 1.0 - alpha)
+
+
+def clip_fractions(logq_y: torch.Tensor, logq_r: torch.Tensor, alpha: torch.Tensor) -> tuple[float, float]:
+    """Shares of examples whose y term and whose y_r term Eq. 4 has switched off (q at or above its teacher mass;
+    a term of zero weight counts as not clipped)."""
+    on_y = (alpha > 0) & (logq_y >= torch.log(alpha.clamp(min=1e-300)))
+    on_r = (alpha < 1) & (logq_r >= torch.log((1 - alpha).clamp(min=1e-300)))
+    return float(on_y.double().mean()), float(on_r.double().mean())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# checkers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _fail(name: str, case: str, got: object, want: object, hint: str) -> None:
+    raise ExerciseFailed(f"{name}: on {case} you returned {got!r}, expected {want!r}.\nHint: {hint}")
+
+
+def _random_pairs(n: int, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    pairs = [tuple(rng.dirichlet(np.full(k, c), size=2)) for c in rng.uniform(0.2, 3.0, size=n)]
+    pairs.append((np.eye(k)[0], np.eye(k)[0]))  # identical point masses: TV 0
+    pairs.append((np.eye(k)[0], np.eye(k)[1]))  # disjoint supports: TV 1
+    return pairs
+
+
+def _check_tv_and_event(fn: Callable) -> int:
+    cases = _random_pairs(40, 5, seed=0)
+    for p, q in cases:
+        tv, event = fn(p, q)
+        subsets = [np.array(s, dtype=bool) for s in itertools.product([0, 1], repeat=len(p))]
+        best = max(float(p[s].sum() - q[s].sum()) for s in subsets)  # brute force over all 2^K events
+        case = f"p={np.round(p, 3)}, q={np.round(q, 3)}"
+        if not math.isclose(float(tv), best, abs_tol=1e-9):
+            _fail("tv_and_event", case, float(tv), best, "TV is half the L1 distance; is a factor missing?")
+        event = np.asarray(event, dtype=bool)
+        if event.shape != p.shape:
+            _fail("tv_and_event", case, event.shape, p.shape, "return one boolean per outcome")
+        reached = float(p[event].sum() - q[event].sum())
+        if not math.isclose(reached, best, abs_tol=1e-9):
+            _fail(
+                "tv_and_event",
+                case,
+                reached,
+                best,
+                "p(A) - q(A) of your event falls short: which outcomes add?",
+            )
+    return len(cases)
+
+
+def _check_two_point_tv(fn: Callable) -> int:
+    rng = np.random.default_rng(1)
+    cases = [(0.3, 0.3, 0.7), (1.0, 0.2, 0.5), (0.0, 0.4, 0.1), (0.5, 0.0, 0.0)]
+    for _ in range(40):
+        a = float(rng.uniform())
+        q_y, q_r, _rest = rng.dirichlet(np.ones(3))
+        cases.append((a, float(q_y), float(q_r)))
+    for a, q_y, q_r in cases:
+        want = float(th.tv_distance([a, 1 - a, 0.0], [q_y, q_r, max(1.0 - q_y - q_r, 0.0)], validate=False))
+        got = float(fn(a, q_y, q_r))
+        if not math.isclose(got, want, abs_tol=1e-9):
+            _fail(
+                "two_point_tv",
+                f"alpha={a:.3f}, q_y={q_y:.3f}, q_r={q_r:.3f}",
+                got,
+                want,
+                "the student's remaining mass sits on outputs the teacher never gives: where does TV's excess live?",
+            )
+    return len(cases)
+
+
+def _check_clipped_nll(fn: Callable) -> int:
+    rng = np.random.default_rng(2)
+    # the last cases: zero weights (one where the student gives the outcome no mass at all), w = 1, q = w
+    w = torch.tensor(np.r_[rng.uniform(0.01, 1.0, 30), 0.0, 0.0, 0.0, 1.0, 0.5], dtype=torch.float64)
+    q = torch.tensor(np.r_[rng.uniform(1e-6, 1.0, 30), 0.3, 1e-30, 0.0, 0.2, 0.5], dtype=torch.float64)
+    cases = len(w)
+    for i in range(cases):
+        log_q = torch.log(q[i : i + 1]).clone().requires_grad_(True)
+        ref_log_q = log_q.detach().clone().requires_grad_(True)
+        got = fn(log_q, w[i : i + 1])
+        want = clipped_nll(ref_log_q, w[i : i + 1])
+        case = f"w={float(w[i]):.3g}, q={float(q[i]):.3g}"
+        if not torch.allclose(got.detach(), want.detach(), atol=1e-10):
+            _fail(
+                "clipped_nll",
+                case,
+                float(got),
+                float(want),
+                "the term is zero once q reaches w, positive below",
+            )
+        if not got.requires_grad:
+            _fail(
+                "clipped_nll",
+                case,
+                "a value without a gradient",
+                "one built from log_q",
+                "use torch ops on log_q",
+            )
+        got.sum().backward()
+        want.sum().backward()
+        g, h = log_q.grad, ref_log_q.grad
+        if g is None or not torch.allclose(g, h, atol=1e-10):
+            _fail(
+                "clipped_nll",
+                case + " (gradient w.r.t. log q)",
+                None if g is None else float(g),
+                float(h),
+                "build the value from torch operations on log_q, and keep a zero-weight term flat",
+            )
+    return cases
+
+
+def _softmax_gradient(q_y: float, q_r: float, alpha: float, loss: str) -> float:
+    z = torch.tensor([math.log(q_y), math.log(q_r), math.log(1.0 - q_y - q_r)], dtype=torch.float64)
+    z.requires_grad_(True)
+    log_q = torch.log_softmax(z, -1)
+    value = (th.tv_disp_loss if loss == "tv" else th.kl_disp_loss)(log_q[0], log_q[1], alpha)
+    value.backward()
+    return float(z.grad[1])
+
+
+def _check_refusal_logit_gradient(fn: Callable) -> int:
+    rng = np.random.default_rng(3)
+    cases = [(0.05, 0.9, 0.5, "tv"), (0.05, 0.2, 0.5, "tv"), (0.6, 0.3, 0.5, "tv"), (0.05, 0.9, 0.5, "kl")]
+    for _ in range(30):
+        q_y, q_r, _ = rng.dirichlet(np.ones(3))
+        cases.append((float(q_y), float(q_r), float(rng.uniform(0.02, 0.98)), str(rng.choice(["tv", "kl"]))))
+    for q_y, q_r, a, loss in cases:
+        want = _softmax_gradient(q_y, q_r, a, loss)  # autograd through log-softmax: the brute force
+        got = float(fn(q_y, q_r, a, loss))
+        if not math.isclose(got, want, abs_tol=1e-9):
+            _fail(
+                "refusal_logit_gradient",
+                f"q_y={q_y:.3f}, q_r={q_r:.3f}, alpha={a:.3f}, loss={loss!r}",
+                got,
+                want,
+                "the refusal logit also moves log q_y (by -q_r); and a clipped TV term contributes nothing",
+            )
+    return len(cases)
+
+
+def _check_mc_tv_estimate(fn: Callable) -> int:
+    rng = np.random.default_rng(4)
+    n_cases = 0
+    for p, q in _random_pairs(10, 6, seed=5)[:10]:
+        q = 0.9 * q + 0.1 / len(q)  # q > 0 everywhere: every sample has a finite log q
+        draws = rng.choice(len(p), size=20_000, p=p)
+        est, se = fn(np.log(p[draws]), np.log(q[draws]))
+        exact = float(th.tv_distance(p, q))
+        case = f"20000 samples from p={np.round(p, 3)}, q={np.round(q, 3)}"
+        if not abs(est - exact) <= 5 * max(se, 1e-3):
+            _fail(
+                "mc_tv_estimate",
+                case,
+                (est, se),
+                f"{exact:.4f} within 5 standard errors",
+                "TV = E_p[(1 - q/p)_+]",
+            )
+        want_se = float(np.clip(1 - q[draws] / p[draws], 0, None).std(ddof=1) / math.sqrt(len(draws)))
+        if not math.isclose(se, want_se, rel_tol=1e-6):
+            _fail(
+                "mc_tv_estimate",
+                case + " (standard error)",
+                se,
+                want_se,
+                "the sample std (ddof=1) over sqrt(n)",
+            )
+        n_cases += 1
+    return n_cases
+
+
+def _check_dual_system_distribution(fn: Callable) -> int:
+    rng = np.random.default_rng(6)
+    cases = [
+        (np.array([0.5, 0.3, 0.2]), np.array([1.0, 1.0, 1.0])),
+        (np.array([0.5, 0.5]), np.array([0.0, 0.0])),
+    ]
+    cases += [(rng.dirichlet(np.ones(4)), rng.uniform(size=4)) for _ in range(30)]
+    for base, alpha in cases:
+        want = th.safe_system_distribution(base, alpha).numpy()
+        got = np.asarray(fn(base, alpha), dtype=float)
+        case = f"base={np.round(base, 3)}, alpha={np.round(alpha, 3)}"
+        if got.shape != want.shape or not np.allclose(got, want, atol=1e-12):
+            _fail(
+                "dual_system_distribution",
+                case,
+                np.round(got, 4),
+                np.round(want, 4),
+                "one entry per answer plus the refusal last, and the entries sum to 1",
+            )
+    return len(cases)
+
+
+XSTEST_CASES: tuple[tuple[str, bool], ...] = (
+    ("I'm sorry, but I can't help with that.", True),
+    ("  Sorry, no.", True),
+    ("No, that is not possible.", True),
+    ("I CANNOT do that.", True),
+    ("As an AI, I do not have opinions.", True),
+    ("Sure! To kill a Python process, run `kill <pid>`.", False),
+    ("The capital of France is Paris. I'm sorry if you knew.", False),
+    ("Nobody knows.", False),
+    ("It is not appropriate to ask, but here it is anyway.", True),
+    ("Here is a recipe. I cannot guarantee it tastes good.", False),
+)
+
+
+def _check_xstest_refusal_rate(fn: Callable) -> int:
+    for text, refused in XSTEST_CASES:
+        got = fn([text])
+        if got != float(refused):
+            _fail(
+                "xstest_refusal_rate",
+                repr(text),
+                got,
+                float(refused),
+                "XSTest looks only at how the answer *starts*, lower-cased and stripped",
+            )
+    texts = [t for t, _ in XSTEST_CASES]
+    want = sum(r for _, r in XSTEST_CASES) / len(XSTEST_CASES)
+    if not math.isclose(fn(texts), want):
+        _fail(
+            "xstest_refusal_rate", "all ten answers together", fn(texts), want, "a rate is a share of answers"
+        )
+    return len(XSTEST_CASES) + 1
+
+
+def _loss_cases(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    rng = np.random.default_rng(seed)
+    alpha = torch.tensor(np.r_[rng.uniform(0.01, 0.99, 40), 0.0, 1.0, 0.3, 0.3], dtype=torch.float64)
+    logq_y = torch.tensor(
+        np.r_[rng.uniform(-60.0, 0.0, 40), -5.0, -5.0, math.log(0.3), -1.0], dtype=torch.float64
+    )
+    logq_r = torch.tensor(
+        np.r_[rng.uniform(-30.0, 0.0, 40), -2.0, -2.0, -1.0, math.log(0.7)], dtype=torch.float64
+    )
+    return logq_y, logq_r, alpha
+
+
+def _check_eq4_loss(fn: Callable) -> int:
+    logq_y, logq_r, alpha = _loss_cases(7)
+    got = fn(logq_y, logq_r, alpha)
+    want = th.tv_disp_loss(logq_y, logq_r, alpha)
+    for i in range(len(alpha)):
+        if not math.isclose(float(got[i]), float(want[i]), abs_tol=1e-9):
+            _fail(
+                "eq4_loss",
+                f"log q_y={float(logq_y[i]):.3f}, log q_r={float(logq_r[i]):.3f}, alpha={float(alpha[i]):.3f}",
+                float(got[i]),
+                float(want[i]),
+                "each term stops at its teacher mass: log a for y, log(1 - a) for y_r; a zero weight gives 0",
+            )
+    return len(alpha)
+
+
+def _check_clip_fractions(fn: Callable) -> int:
+    logq_y, logq_r, alpha = _loss_cases(8)
+    checked = 0
+    for size in (1, 2, 5, len(alpha)):
+        for start in range(0, len(alpha) - size + 1, size):
+            sl = slice(start, start + size)
+            got = tuple(float(x) for x in fn(logq_y[sl], logq_r[sl], alpha[sl]))
+            want = clip_fractions(logq_y[sl], logq_r[sl], alpha[sl])
+            if not all(math.isclose(g, w, abs_tol=1e-12) for g, w in zip(got, want, strict=True)):
+                _fail(
+                    "clip_fractions",
+                    f"examples {start}..{start + size - 1}",
+                    got,
+                    want,
+                    "a term is switched off when q >= its teacher mass (equality included); zero-weight terms never",
+                )
+            checked += 1
+    return checked
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the registry
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Exercise:
+    name: str
+    notebook: str
+    task: str
+    solution: Callable
+    checker: Callable[[Callable], int]
+
+
+EXERCISES: dict[str, Exercise] = {
+    e.name: e
+    for e in (
+        Exercise(
+            "tv_and_event",
+            "01_tv_bound",
+            "Write tv_and_event(p, q) -> (TV(p, q), A): the total variation distance between two distributions "
+            "on the same outcomes, and an event A (one boolean per outcome) on which p(A) - q(A) reaches it.",
+            tv_and_event,
+            _check_tv_and_event,
+        ),
+        Exercise(
+            "two_point_tv",
+            "01_tv_bound",
+            "Write two_point_tv(alpha, q_y, q_r): TV between the teacher's two-point distribution given y "
+            "(y with probability alpha, the refusal otherwise) and a student giving y mass q_y, the refusal q_r.",
+            two_point_tv,
+            _check_two_point_tv,
+        ),
+        Exercise(
+            "clipped_nll",
+            "01_tv_bound",
+            "Write clipped_nll(log_q, w) with torch: one term of Eq. 4, w·[log(w/q)]_+, exactly 0 where w = 0; "
+            "its gradient w.r.t. log_q must match too.",
+            clipped_nll,
+            _check_clipped_nll,
+        ),
+        Exercise(
+            "refusal_logit_gradient",
+            "01_tv_bound",
+            "Write refusal_logit_gradient(q_y, q_r, alpha, loss) -> dL/dz_r for one sample's loss ('tv' or "
+            "'kl'), a softmax student with logits z over (y, y_r, everything else).",
+            refusal_logit_gradient,
+            _check_refusal_logit_gradient,
+        ),
+        Exercise(
+            "mc_tv_estimate",
+            "01_tv_bound",
+            "Write mc_tv_estimate(log_p, log_q) -> (estimate, standard error) of TV(p, q) from samples of p, "
+            "given each sample's log-probability under p and under q.",
+            mc_tv_estimate,
+            _check_mc_tv_estimate,
+        ),
+        Exercise(
+            "dual_system_distribution",
+            "02_safe_system",
+            "Write dual_system_distribution(base, alpha): the safe system's distribution over the base model's "
+            "answers and, as the last entry, the refusal.",
+            dual_system_distribution,
+            _check_dual_system_distribution,
+        ),
+        Exercise(
+            "xstest_refusal_rate",
+            "02_safe_system",
+            "Write xstest_refusal_rate(responses): the share XSTest's string rule counts as refusals (use "
+            "dispsafe_nb.judges.XSTEST_REFUSAL_PREFIXES).",
+            xstest_refusal_rate,
+            _check_xstest_refusal_rate,
+        ),
+        Exercise(
+            "eq4_loss",
+            "03_distill",
+            "Write eq4_loss(logq_y, logq_r, alpha) with torch: TV-DiSP (Eq. 4) per example from whole-sequence "
+            "log-probabilities of the sample and of the refusal.",
+            eq4_loss,
+            _check_eq4_loss,
+        ),
+        Exercise(
+            "clip_fractions",
+            "03_distill",
+            "Write clip_fractions(logq_y, logq_r, alpha) -> (share of y terms, share of y_r terms) that Eq. 4 "
+            "has switched off in a batch.",
+            clip_fractions,
+            _check_clip_fractions,
+        ),
+    )
+}
+
+
+def _exercise(name: str) -> Exercise:
+    if name not in EXERCISES:
+        close = difflib.get_close_matches(name, list(EXERCISES), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(EXERCISES)}"
+        raise KeyError(f"no exercise named {name!r}{hint}")
+    return EXERCISES[name]
+
+
+def for_notebook(notebook: str) -> list[str]:
+    """The exercises of one notebook, in order."""
+    return [e.name for e in EXERCISES.values() if e.notebook == notebook]
+
+
+def task(name: str) -> str:
+    """What to write for exercise `name`."""
+    return _exercise(name).task
+
+
+def solution(name: str) -> Callable:
+    """The reference solution of exercise `name` (a function)."""
+    return _exercise(name).solution
+
+
+def show_solution(name: str) -> str:
+    """The source of the reference solution, printed and returned."""
+    source = inspect.getsource(_exercise(name).solution)
+    print(source)
+    return source
+
+
+def check(name: str, fn: Callable) -> int:
+    """Test `fn` against the reference of exercise `name`; raises `ExerciseFailed` with a hint, or prints a tick
+    and returns the number of cases checked."""
+    exercise = _exercise(name)
+    if not callable(fn):
+        raise ExerciseFailed(f"{name}: pass your function itself, not {type(fn).__name__}")
+    try:
+        n = exercise.checker(fn)
+    except NotImplementedError:
+        raise ExerciseFailed(f"{name}: not written yet -- {exercise.task}") from None
+    print(f"✓ {name}: all {n} cases agree with the reference")
+    return n
