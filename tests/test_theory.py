@@ -860,3 +860,75 @@ def test_toy_experiment_defaults_and_one_sided_groups():
         and np.isnan(harmful_only["kl"]["refusal_benign"]).all()
     )
     assert harmful_only["teacher"]["harmful"].all()
+
+
+def _sequence_probs(tables, V: int, T: int) -> dict[tuple[int, ...], float]:
+    """P(sequence) for every sequence of length T, multiplied out token by token."""
+    return {
+        seq: math.prod(float(tables[seq[:t]][seq[t]]) for t in range(T))
+        for seq in itertools.product(range(V), repeat=T)
+    }
+
+
+def test_random_sequence_checks_against_brute_force():
+    V, T, seed = 2, 3, 4
+    res = th.random_sequence_checks(n_pairs=4, V=V, T=T, seed=seed)
+    assert sorted(res) == sorted(
+        ["tv_seq", "tv_bound", "kl_seq", "kl_sum", "max_sequence_bound_violation", "kl_chain_rule_error"]
+    )
+    rng = np.random.default_rng(seed)
+    for i in range(4):
+        # P: Dirichlet(0.5) conditionals; Q = (1 - e) P + e R per conditional, R independent, e ~ U(0, 1)
+        p = th.random_conditional_tables(V, T, seed=seed + i, concentration=0.5)
+        r = th.random_conditional_tables(V, T, seed=seed + 100_000 + i, concentration=0.5)
+        e = rng.uniform()
+        q = {prefix: (1 - e) * p[prefix] + e * r[prefix] for prefix in p}
+        P, Q = _sequence_probs(p, V, T), _sequence_probs(q, V, T)
+        tv = 0.5 * sum(abs(P[s] - Q[s]) for s in P)
+        kl = sum(P[s] * math.log(P[s] / Q[s]) for s in P if P[s] > 0)
+        bound = 0.0
+        for t in range(T):
+            for prefix in itertools.product(range(V), repeat=t):
+                weight = math.prod(float(p[prefix[:s]][prefix[s]]) for s in range(t))
+                bound += weight * 0.5 * float(np.abs(p[prefix] - q[prefix]).sum())
+        assert res["tv_seq"][i] == pytest.approx(tv, abs=1e-13)
+        assert res["kl_seq"][i] == pytest.approx(kl, rel=1e-10, abs=1e-13)
+        assert res["kl_sum"][i] == pytest.approx(kl, rel=1e-10, abs=1e-13)  # the chain rule
+        assert res["tv_bound"][i] == pytest.approx(bound, abs=1e-13)
+    assert res["max_sequence_bound_violation"] == pytest.approx(
+        float((res["tv_seq"] - res["tv_bound"]).max()), abs=0
+    )
+    assert res["max_sequence_bound_violation"] <= 1e-12
+    assert res["kl_chain_rule_error"] == float(np.abs(res["kl_seq"] - res["kl_sum"]).max()) <= 1e-12
+    assert res["tv_seq"].shape == res["tv_bound"].shape == res["kl_seq"].shape == res["kl_sum"].shape == (4,)
+    # the defaults: V = 3, T = 4, seed 0
+    one = th.random_sequence_checks(n_pairs=1)
+    np.testing.assert_array_equal(one["tv_seq"], th.random_sequence_checks(1, V=3, T=4, seed=0)["tv_seq"])
+
+
+def test_float32_tensors_are_computed_in_float64():
+    p = torch.tensor([0.1, 0.9], dtype=torch.float32)
+    q = torch.tensor([0.3, 0.7], dtype=torch.float32)
+    out = th.tv_distance(p, q)
+    assert out.dtype == torch.float64
+    assert float(out) == 0.5 * (abs(float(p[0]) - float(q[0])) + abs(float(p[1]) - float(q[1])))
+    assert th.kl_divergence(p, q).dtype == torch.float64
+    assert th.expectation_gap(p, q, torch.tensor([1.0, 0.0])).dtype == torch.float64
+
+
+def test_expected_disp_loss_names_the_outcome_count_for_a_single_row():
+    with _raises("student_log_probs needs K + 1 = 3 outcomes, got 2"):
+        th.expected_disp_loss(np.log([0.5, 0.5]), [0.5, 0.5], [0.5, 0.5])
+    one_row = th.expected_disp_loss(np.log([0.25, 0.25, 0.5]), [0.5, 0.5], [0.5, 0.5])
+    assert one_row.shape == ()
+
+
+def test_toy_experiment_clips_jittered_alphas_into_the_open_unit_interval():
+    # alpha_safe + jitter can exceed 1 and alpha_unsafe - jitter fall below 0: clipped to [0.001, 0.999]
+    kw = dict(n_prompts=8, n_responses=4, alpha_unsafe=0.02, alpha_safe=0.99, steps=2, seed=5)
+    res, ref = th.toy_overrefusal_experiment(**kw), _toy_reference(**kw)
+    np.testing.assert_allclose(
+        res["teacher"]["distribution"], ref["teacher"]["distribution"], rtol=1e-13, atol=1e-15
+    )
+    for name in ("tv", "kl"):
+        np.testing.assert_allclose(res[name]["loss"], ref[name]["loss"], rtol=1e-10)
