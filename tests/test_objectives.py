@@ -682,3 +682,17 @@ def test_reinforce_loss_works_in_the_log_probs_dtype():
     assert reinforce_loss(logq64, [1.0, 0.25], baseline=1).tolist() == [0.0, -1.5]  # an int baseline
     with pytest.raises(ValueError, match=r"^baseline must be 'mean', 'none' or a number, not 'median'$"):
         reinforce_loss(logq, [1.0, 0.0], baseline="median")
+
+
+def test_a_float32_alpha_is_cast_to_the_log_probs_dtype_before_its_log():
+    # α as a float32 tensor is 0.0500000007...; with float64 log-probs the clip sits at log of that value in float64
+    alpha32 = torch.tensor([0.05, 0.05], dtype=torch.float32)
+    threshold = torch.log(alpha32.double())
+    below = torch.nextafter(threshold[1], torch.tensor(-math.inf, dtype=torch.float64))
+    log_q_y = torch.stack([threshold[0], below]).requires_grad_(True)
+    log_q_r = torch.full((2,), -50.0, dtype=torch.float64)
+    (gy,) = torch.autograd.grad(tv_disp_loss(log_q_y, log_q_r, alpha32).sum(), log_q_y)
+    assert gy.tolist() == [0.0, -float(alpha32[0])]  # clipped exactly from the threshold on
+    # integer log-probs: α follows torch's default dtype, whatever α's own dtype
+    out = kl_disp_loss(torch.tensor([0, -1]), torch.tensor([-1, 0]), torch.tensor(0.25, dtype=torch.float64))
+    assert out.dtype == torch.get_default_dtype() and out.tolist() == pytest.approx([0.75, 0.25])
