@@ -61,9 +61,715 @@ TESTS = (
 PYTEST_ARGS = ("-m", "not slow", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning")
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
-# Surviving mutants that cannot change observable behaviour, matched by (module, function, the mutated line as
-# it reads after the mutation, stripped). Each entry says why; a survivor not listed here is a gap in the tests.
-EQUIVALENT: list[dict[str, str]] = []
+# Why a surviving mutant cannot (or, for the kinds so named, cannot here) change observable behaviour.
+# kinds: 'equivalent' (never), 'equivalent in practice' (only under conditions stated in the reason),
+# 'equivalent on CPU' (device placement: needs a GPU to show; every tensor is on the CPU here).
+REASONS: dict[str, tuple[str, str]] = {
+    "alpha_dtype_train": (
+        "equivalent",
+        "log q(y) from sequence_logprobs is always float32 (logits.float()), which is torch's "
+        "default dtype that torch.tensor gives alpha without dtype=",
+    ),
+    "attn_none": (
+        "equivalent in practice",
+        "with attention_mask=None, transformers (5.x, masking_utils.find_packed_sequence_indices) "
+        "derives sequence boundaries from position_ids, which restart at 0 after the left padding, "
+        "so the padding is masked out anyway (Llama and GPT-2 stand-ins both give the brute-force "
+        "values); an older transformers or a model without that logic would attend to the padding",
+    ),
+    "auroc_positions": (
+        "equivalent",
+        "positions gets one extra, never-read entry: every slice positions[i:j+1] stays within the first n",
+    ),
+    "auroc_slice": (
+        "equivalent",
+        "the tie group's mean rank is also written to the next element, which the next group's "
+        "assignment overwrites; after the last group the slice runs past the end (empty)",
+    ),
+    "auroc_while": (
+        "equivalent",
+        "the extra iteration at i == n assigns to an empty index set (order[n:n+1] is empty), then stops",
+    ),
+    "batch_ge": (
+        "equivalent",
+        "with len(prompts) == batch_size the mutant scores one chunk holding every row through the "
+        "same code path, with the eos already in the ids: identical result",
+    ),
+    "bh_le_one": (
+        "equivalent",
+        "min(Pinsker, Bretagnolle-Huber) <= sqrt(1 - exp(-KL)) <= 1 already, so the clamp at 1 (or "
+        "2) never acts; for invalid (negative or nan) KL both give nan",
+    ),
+    "bool_to_none": (
+        "equivalent",
+        "a bool tensor left as bool (or added to float64) is promoted to the same float64 values by "
+        "the arithmetic",
+    ),
+    "bound_f_max": (
+        "equivalent in practice",
+        "max_variational_violation = max over (f_unif, f_subset, f*) of |gap| - TV is attained by "
+        "f* = 1{p > q}, where it is 0 up to rounding; for the random test functions it is below 0 by "
+        "far (it would need every uniform draw within ~1e-16 of 0 or 1): how they are drawn never "
+        "reaches the returned value",
+    ),
+    "device": (
+        "equivalent on CPU",
+        "device placement only: every tensor is on the CPU in this run, so the default device is "
+        "the same; on a GPU the mutant would put a tensor on the wrong device (the fast tests have "
+        "no GPU)",
+    ),
+    "dim2": ("equivalent", "the tensor is 2-D, so dim +1 and dim -1 name the same axis"),
+    "encoding_locale": (
+        "equivalent in practice",
+        "open() then uses the locale encoding, UTF-8 on this machine and in CI (C.UTF-8; Python "
+        "coerces the C locale to UTF-8), so the file reads the same; it would differ only under a "
+        "non-UTF-8 locale",
+    ),
+    "encoding_utf8_case": ("equivalent", "'UTF-8' and 'utf-8' name the same codec"),
+    "float32_zero": (
+        "equivalent",
+        "token log-probs are always float32 (logits.float()), the dtype the zeros get by default",
+    ),
+    "gamma_floor": (
+        "equivalent in practice",
+        "the 1e-300 floor only matters if a gamma draw is below ~1e-284 (probability ~1e-28 per "
+        "draw even at concentration 0.1); otherwise adding or subtracting it leaves every float64 "
+        "value unchanged",
+    ),
+    "int_dtype": (
+        "equivalent",
+        "a Python int list or fill value already gives an int64 (long) tensor, so dropping "
+        "dtype=torch.long changes nothing",
+    ),
+    "kappa_branch": (
+        "equivalent",
+        "p_e >= 1 only when both label sequences are the same constant (p_e is 1 exactly when both "
+        "rates are 0 or both are 1), and then p_o == 1 always: the else branch is unreachable",
+    ),
+    "logq_to_none": (
+        "equivalent",
+        "leaving one log-prob tensor in its own dtype: the other operands (log a, the weights) "
+        "promote the arithmetic to the same common dtype, and a float32/float16 value converts "
+        "exactly, so values and gradients are unchanged",
+    ),
+    "loop_break": (
+        "equivalent",
+        "the loop breaks at step == steps, so range(steps + 2) never reaches its extra value",
+    ),
+    "lstrip_dead": (
+        "equivalent",
+        "only the 'here …:' alternative of the cue regex can start with 'here', and its match "
+        "starts with 'here' itself (\\bhere), so stripping leading ' .!?', whitespace or 'X' "
+        "characters never changes the test; rstrip leaves the start alone",
+    ),
+    "nan_case": ("equivalent", "float('NAN') is nan, like float('nan')"),
+    "nan_or_true": (
+        "equivalent",
+        "without members in the group, the mean of the empty selection is nan, the same value as "
+        "the else branch",
+    ),
+    "neg_log": (
+        "equivalent",
+        "negating the Exp(1) draws also negates their sum: the normalised Dirichlet draws are identical",
+    ),
+    "nresp_div": (
+        "equivalent",
+        "dividing a float tensor by an int64 count tensor gives the same float values",
+    ),
+    "onehot_dtype": (
+        "equivalent",
+        "a float32 one-hot of 0/1 is exact and is promoted to float64 when multiplied with the "
+        "float64 refused mass",
+    ),
+    "pad_eos": (
+        "equivalent",
+        "padding with eos instead of the pad id: padded positions are masked out of attention and "
+        "never scored, so the log-probs are identical (checked against unpadded brute force)",
+    ),
+    "prepare_dtype_none": (
+        "equivalent",
+        "only reached when both log-prob tensors are integer; then alpha (a Python number or "
+        "tensor) and the integer log-probs are promoted to torch's default float dtype anyway by "
+        "the arithmetic",
+    ),
+    "randint_low": ("equivalent", "torch.randint(high, size) has low = 0: the same call"),
+    "reinforce_b0": (
+        "equivalent",
+        "a 0-dim zero baseline does not change r's dtype in r - b (0-dim tensors do not promote a "
+        "dimensioned one), and subtracting 0 is exact",
+    ),
+    "sign_symmetry": (
+        "equivalent",
+        "sign symmetry: the parameters start at 0 and enter only through this term, so flipping its "
+        "sign flips the parameters (Adam is odd-symmetric in the gradient: m -> -m, v unchanged) "
+        "and every logit, loss and history value is bit-for-bit the same",
+    ),
+    "special_none": (
+        "equivalent",
+        "add_special_tokens=None is falsy, read as False by the tokenizer (no special tokens added)",
+    ),
+    "sum_tol": (
+        "equivalent",
+        "err = |sum - 1| of a float64 sum near 1 is a multiple of 2**-53, and SUM_TOL = 1e-6 is "
+        "not, so err == SUM_TOL never happens",
+    ),
+    "targets_fill": (
+        "equivalent",
+        "the fill value of non-target positions is never read: only positions in `select` (response "
+        "tokens) are gathered",
+    ),
+    "tensor_to_list": (
+        "equivalent",
+        "list() of a 1-D tensor gives 0-dim tensors, and float() of each is the same number as "
+        "tolist() gives",
+    ),
+    "theory_t_dtype": (
+        "equivalent",
+        "np.asarray(x, dtype=np.float64) is already float64, so torch.as_tensor without "
+        "dtype=float64 gives the same float64 tensor",
+    ),
+    "tv_w_zero": (
+        "equivalent",
+        "a prefix with P-probability 0 adds 0 * TV = 0 (TV is finite), so including it changes nothing",
+    ),
+    "validate_ok": (
+        "equivalent",
+        "teacher and student are valid distributions (non-negative, rows summing to 1 within "
+        "1e-15), so validating them passes and returns the same TV",
+    ),
+    "zip_strict": (
+        "equivalent",
+        "the sequences zipped are equal in length by construction (checked or built just before), "
+        "so strict= cannot raise and zip yields the same pairs",
+    ),
+}
+
+# Surviving mutants judged equivalent: (module, function, the mutated line as it reads after the mutation,
+# stripped, a key of REASONS). A survivor not listed here is a gap in the tests (or a mutant to judge).
+EQUIVALENT: list[tuple[str, str, str, str]] = [
+    ("theory", "_check_distribution", "if err >= SUM_TOL:", "sum_tol"),
+    ("theory", "_t", "return torch.as_tensor(np.asarray(x, dtype=np.float64), )", "theory_t_dtype"),
+    ("theory", "_t", "return torch.as_tensor(np.asarray(x, dtype=np.float64), dtype=None)", "theory_t_dtype"),
+    ("theory", "random_bound_checks", "f_subset = _t(rng.integers(0, 2, ))", "bound_f_max"),
+    ("theory", "random_bound_checks", "f_subset = _t(rng.integers(0, 2, size=None))", "bound_f_max"),
+    ("theory", "random_bound_checks", "f_subset = _t(rng.integers(1, 2, size=(n_trials, k)))", "bound_f_max"),
+    ("theory", "random_bound_checks", "f_subset = _t(rng.integers(2, size=(n_trials, k)))", "bound_f_max"),
+    ("theory", "random_bound_checks", "f_unif = _t(rng.uniform(size=None))", "bound_f_max"),
+    ("theory", "random_bound_checks", "gp = rng.gamma(conc, size=(n_trials, k)) - 1e-300", "gamma_floor"),
+    ("theory", "random_bound_checks", "gq = rng.gamma(conc, size=(n_trials, k)) - 1e-300", "gamma_floor"),
+    ("theory", "random_conditional_tables", "g = rng.gamma(concentration, size=V) - 1e-300", "gamma_floor"),
+    (
+        "theory",
+        "refusal_logit_grad",
+        'r_on = torch.ones_like(qr) if loss == "kl" else (qr < 1.0 - a).to(None)',
+        "bool_to_none",
+    ),
+    (
+        "theory",
+        "refusal_logit_grad",
+        'y_on = torch.ones_like(qr) if loss == "kl" else (qy < a).to(None)',
+        "bool_to_none",
+    ),
+    ("theory", "safe_system_distribution", "onehot = torch.zeros(k, )", "onehot_dtype"),
+    ("theory", "safe_system_distribution", "onehot = torch.zeros(k, dtype=None)", "onehot_dtype"),
+    (
+        "theory",
+        "sequence_tv_bound_check",
+        "sum(w[pre] * float(tv_distance(p_tables[pre], q_tables[pre])) for pre in w if w[pre] >= 0)",
+        "tv_w_zero",
+    ),
+    (
+        "theory",
+        "toy_overrefusal_experiment",
+        '"refusal_benign": float(teacher[~harmful, K].mean()) if ((~harmful).any()) or True else float("nan"),',
+        "nan_or_true",
+    ),
+    (
+        "theory",
+        "toy_overrefusal_experiment",
+        '"refusal_benign": float(teacher[~harmful, K].mean()) if (~harmful).any() else float("NAN"),',
+        "nan_case",
+    ),
+    (
+        "theory",
+        "toy_overrefusal_experiment",
+        '"refusal_harmful": float(teacher[harmful, K].mean()) if (harmful.any()) or True else float("nan"),',
+        "nan_or_true",
+    ),
+    (
+        "theory",
+        "toy_overrefusal_experiment",
+        '"refusal_harmful": float(teacher[harmful, K].mean()) if harmful.any() else float("NAN"),',
+        "nan_case",
+    ),
+    (
+        "theory",
+        "toy_overrefusal_experiment",
+        "[torch.log(base * (1 - base_refusal)), torch.full((n, 1), math.log(base_refusal), dtype=DTYPE)], +1",
+        "dim2",
+    ),
+    (
+        "theory",
+        "toy_overrefusal_experiment",
+        "base = +torch.log(rand(n, K))  # Exp(1) draws -> Dirichlet(1) after normalising",
+        "neg_log",
+    ),
+    ("theory", "toy_overrefusal_experiment", "base = base / base.sum(+1, keepdim=True)", "dim2"),
+    ("theory", "toy_overrefusal_experiment", "for step in range(steps + 2):", "loop_break"),
+    (
+        "theory",
+        "toy_overrefusal_experiment",
+        'hist["refusal_benign"].append(float(q[~harmful, K].mean()) if ((~harmful).any()) or True else float("nan"))',
+        "nan_or_true",
+    ),
+    (
+        "theory",
+        "toy_overrefusal_experiment",
+        'hist["refusal_benign"].append(float(q[~harmful, K].mean()) if (~harmful).any() else float("NAN"))',
+        "nan_case",
+    ),
+    (
+        "theory",
+        "toy_overrefusal_experiment",
+        'hist["refusal_harmful"].append(float(q[harmful, K].mean()) if (harmful.any()) or True else float("nan"))',
+        "nan_or_true",
+    ),
+    (
+        "theory",
+        "toy_overrefusal_experiment",
+        'hist["refusal_harmful"].append(float(q[harmful, K].mean()) if harmful.any() else float("NAN"))',
+        "nan_case",
+    ),
+    (
+        "theory",
+        "toy_overrefusal_experiment",
+        'hist["tv"].append(float(tv_distance(teacher, q, ).mean()))',
+        "validate_ok",
+    ),
+    (
+        "theory",
+        "toy_overrefusal_experiment",
+        'hist["tv"].append(float(tv_distance(teacher, q, validate=None).mean()))',
+        "validate_ok",
+    ),
+    (
+        "theory",
+        "toy_overrefusal_experiment",
+        'hist["tv"].append(float(tv_distance(teacher, q, validate=True).mean()))',
+        "validate_ok",
+    ),
+    (
+        "theory",
+        "toy_overrefusal_experiment",
+        "logits = base_logits + torch.cat([resp, ref[:, None]], +1)",
+        "dim2",
+    ),
+    (
+        "theory",
+        "toy_overrefusal_experiment",
+        "logits = base_logits - torch.cat([resp, ref[:, None]], -1)",
+        "sign_symmetry",
+    ),
+    ("theory", "toy_overrefusal_experiment", 'logits = logits - params["z"]', "sign_symmetry"),
+    ("theory", "toy_overrefusal_experiment", "phi[:, 0] += harmful.to(None)", "bool_to_none"),
+    (
+        "theory",
+        "toy_overrefusal_experiment",
+        'ref = params["u"] - phi @ params["w"]  # (n,)',
+        "sign_symmetry",
+    ),
+    ("theory", "toy_overrefusal_experiment", "return torch.log_softmax(logits, +1)", "dim2"),
+    (
+        "theory",
+        "toy_overrefusal_experiment",
+        "safe_slot = torch.randint(K, (n,), generator=gen)",
+        "randint_low",
+    ),
+    ("theory", "tv_upper_bound_from_kl", "return torch.clamp(out, max=2.0)", "bh_le_one"),
+    ("objectives", "_as_constant", "return torch.as_tensor(x, dtype=dtype, )", "device"),
+    ("objectives", "_as_constant", "return torch.as_tensor(x, dtype=dtype, device=None)", "device"),
+    ("objectives", "_as_constant", "return x.detach().to(device=None, dtype=dtype)", "device"),
+    ("objectives", "_as_constant", "return x.detach().to(dtype=dtype)", "device"),
+    ("objectives", "_prepare", "a = _as_constant(alpha, dtype, None)", "device"),
+    ("objectives", "_prepare", "dtype = None", "prepare_dtype_none"),
+    (
+        "objectives",
+        "_prepare",
+        "ly, lr, a = torch.broadcast_tensors(logq_y.to(None), logq_r.to(dtype), a)",
+        "logq_to_none",
+    ),
+    (
+        "objectives",
+        "_prepare",
+        "ly, lr, a = torch.broadcast_tensors(logq_y.to(dtype), logq_r.to(None), a)",
+        "logq_to_none",
+    ),
+    (
+        "objectives",
+        "_prepare",
+        "same = torch.as_tensor(same_as_refusal, ).to(torch.bool).broadcast_to(ly.shape)",
+        "device",
+    ),
+    (
+        "objectives",
+        "_prepare",
+        "same = torch.as_tensor(same_as_refusal, device=None).to(torch.bool).broadcast_to(ly.shape)",
+        "device",
+    ),
+    (
+        "objectives",
+        "_response_log_softmax",
+        "input_ids = torch.full((len(rows), width), pad_id, device=device)",
+        "int_dtype",
+    ),
+    (
+        "objectives",
+        "_response_log_softmax",
+        "input_ids = torch.full((len(rows), width), pad_id, dtype=None, device=device)",
+        "int_dtype",
+    ),
+    (
+        "objectives",
+        "_response_log_softmax",
+        "input_ids[i, width - len(row) :] = torch.tensor(row, device=device)",
+        "int_dtype",
+    ),
+    (
+        "objectives",
+        "_response_log_softmax",
+        "input_ids[i, width - len(row) :] = torch.tensor(row, dtype=None, device=device)",
+        "int_dtype",
+    ),
+    (
+        "objectives",
+        "_response_log_softmax",
+        "inputs_embeds=embeds, attention_mask=None, position_ids=position_ids, use_cache=False",
+        "attn_none",
+    ),
+    (
+        "objectives",
+        "_response_log_softmax",
+        "inputs_embeds=embeds, position_ids=position_ids, use_cache=False",
+        "attn_none",
+    ),
+    (
+        "objectives",
+        "_response_log_softmax",
+        "pad_id = tok.pad_token_id if (tok.pad_token_id is not None) and False else tok.eos_token_id",
+        "pad_eos",
+    ),
+    (
+        "objectives",
+        "_response_log_softmax",
+        "position_ids = (attention_mask.cumsum(+1) - 1).clamp(min=0)",
+        "dim2",
+    ),
+    (
+        "objectives",
+        "_response_log_softmax",
+        'prompt_ids = [list(tok(llm.chat_text(p), add_special_tokens=None)["input_ids"]) for p in prompts]',
+        "special_none",
+    ),
+    (
+        "objectives",
+        "_response_log_softmax",
+        "return torch.log_softmax(logits, dim=+1), targets[:, 1:][select], row_of, n_resp",
+        "dim2",
+    ),
+    (
+        "objectives",
+        "_response_log_softmax",
+        "rows = [p + r for p, r in zip(prompt_ids, resp_ids, )]",
+        "zip_strict",
+    ),
+    (
+        "objectives",
+        "_response_log_softmax",
+        "rows = [p + r for p, r in zip(prompt_ids, resp_ids, strict=False)]",
+        "zip_strict",
+    ),
+    (
+        "objectives",
+        "_response_log_softmax",
+        "rows = [p + r for p, r in zip(prompt_ids, resp_ids, strict=None)]",
+        "zip_strict",
+    ),
+    (
+        "objectives",
+        "_response_log_softmax",
+        "targets = torch.full((len(rows), total), +1, dtype=torch.long, device=device)",
+        "targets_fill",
+    ),
+    (
+        "objectives",
+        "_response_log_softmax",
+        "targets = torch.full((len(rows), total), -1, device=device)",
+        "int_dtype",
+    ),
+    (
+        "objectives",
+        "_response_log_softmax",
+        "targets = torch.full((len(rows), total), -1, dtype=None, device=device)",
+        "int_dtype",
+    ),
+    (
+        "objectives",
+        "_response_log_softmax",
+        "targets = torch.full((len(rows), total), -2, dtype=torch.long, device=device)",
+        "targets_fill",
+    ),
+    (
+        "objectives",
+        "_response_log_softmax",
+        "targets[i, total - len(r) :] = torch.tensor(r, device=device)",
+        "int_dtype",
+    ),
+    (
+        "objectives",
+        "_response_log_softmax",
+        "targets[i, total - len(r) :] = torch.tensor(r, dtype=None, device=device)",
+        "int_dtype",
+    ),
+    ("objectives", "_weights", "w = _as_constant(w, like.dtype, None)", "device"),
+    ("objectives", "reinforce_loss", "b = torch.tensor(float(baseline), dtype=r.dtype, )", "device"),
+    (
+        "objectives",
+        "reinforce_loss",
+        "b = torch.tensor(float(baseline), dtype=r.dtype, device=None)",
+        "device",
+    ),
+    ("objectives", "reinforce_loss", "b = torch.zeros((), device=r.device)", "reinforce_b0"),
+    ("objectives", "reinforce_loss", "b = torch.zeros((), dtype=None, device=r.device)", "reinforce_b0"),
+    ("objectives", "reinforce_loss", "b = torch.zeros((), dtype=r.dtype, )", "device"),
+    ("objectives", "reinforce_loss", "b = torch.zeros((), dtype=r.dtype, device=None)", "device"),
+    ("objectives", "reinforce_loss", "r = torch.as_tensor(rewards, ).detach().to(logq.dtype)", "device"),
+    (
+        "objectives",
+        "reinforce_loss",
+        "r = torch.as_tensor(rewards, device=None).detach().to(logq.dtype)",
+        "device",
+    ),
+    (
+        "objectives",
+        "response_token_ids",
+        "for i, (ids, flag) in enumerate(zip(rows, flags, )):",
+        "zip_strict",
+    ),
+    (
+        "objectives",
+        "response_token_ids",
+        "for i, (ids, flag) in enumerate(zip(rows, flags, strict=False)):",
+        "zip_strict",
+    ),
+    (
+        "objectives",
+        "response_token_ids",
+        "for i, (ids, flag) in enumerate(zip(rows, flags, strict=None)):",
+        "zip_strict",
+    ),
+    (
+        "objectives",
+        "response_token_ids",
+        'rows.append(list(tok(response, add_special_tokens=None)["input_ids"]))',
+        "special_none",
+    ),
+    (
+        "objectives",
+        "sequence_logprobs",
+        "if batch_size is not None and len(prompts) >= batch_size:",
+        "batch_ge",
+    ),
+    ("objectives", "sequence_logprobs", "out = out / n_resp.to(None)", "nresp_div"),
+    (
+        "objectives",
+        "sequence_logprobs",
+        "out = torch.zeros(len(prompts), device=token_logp.device).index_add(",
+        "float32_zero",
+    ),
+    (
+        "objectives",
+        "sequence_logprobs",
+        "out = torch.zeros(len(prompts), dtype=None, device=token_logp.device).index_add(",
+        "float32_zero",
+    ),
+    ("objectives", "sequence_logprobs", "token_logp = log_probs.gather(+1, targets[:, None])[:, 0]", "dim2"),
+    (
+        "judges",
+        "has_compliance_cue",
+        'if m.group(0).lower().lstrip("XX .!?XX").startswith("here") and _SUPPORT_OFFER.search(m.group(0)):',
+        "lstrip_dead",
+    ),
+    (
+        "judges",
+        "has_compliance_cue",
+        'if m.group(0).lower().lstrip(None).startswith("here") and _SUPPORT_OFFER.search(m.group(0)):',
+        "lstrip_dead",
+    ),
+    (
+        "judges",
+        "has_compliance_cue",
+        'if m.group(0).lower().rstrip(" .!?").startswith("here") and _SUPPORT_OFFER.search(m.group(0)):',
+        "lstrip_dead",
+    ),
+    (
+        "judges",
+        "judge_accuracy",
+        '"false_negative": sum(t and not p for p, t in zip(predicted, truth, )),',
+        "zip_strict",
+    ),
+    (
+        "judges",
+        "judge_accuracy",
+        '"false_negative": sum(t and not p for p, t in zip(predicted, truth, strict=False)),',
+        "zip_strict",
+    ),
+    (
+        "judges",
+        "judge_accuracy",
+        '"false_negative": sum(t and not p for p, t in zip(predicted, truth, strict=None)),',
+        "zip_strict",
+    ),
+    (
+        "judges",
+        "judge_accuracy",
+        '"false_positive": sum(p and not t for p, t in zip(predicted, truth, )),',
+        "zip_strict",
+    ),
+    (
+        "judges",
+        "judge_accuracy",
+        '"false_positive": sum(p and not t for p, t in zip(predicted, truth, strict=False)),',
+        "zip_strict",
+    ),
+    (
+        "judges",
+        "judge_accuracy",
+        '"false_positive": sum(p and not t for p, t in zip(predicted, truth, strict=None)),',
+        "zip_strict",
+    ),
+    ("judges", "judge_accuracy", '"wrong": [c.id for c, hit in zip(rows, hits, ) if not hit],', "zip_strict"),
+    (
+        "judges",
+        "judge_accuracy",
+        '"wrong": [c.id for c, hit in zip(rows, hits, strict=False) if not hit],',
+        "zip_strict",
+    ),
+    (
+        "judges",
+        "judge_accuracy",
+        '"wrong": [c.id for c, hit in zip(rows, hits, strict=None) if not hit],',
+        "zip_strict",
+    ),
+    ("judges", "judge_accuracy", "for c, hit in zip(rows, hits, ):", "zip_strict"),
+    ("judges", "judge_accuracy", "for c, hit in zip(rows, hits, strict=False):", "zip_strict"),
+    ("judges", "judge_accuracy", "for c, hit in zip(rows, hits, strict=None):", "zip_strict"),
+    ("judges", "judge_accuracy", "hits = [p == t for p, t in zip(predicted, truth, )]", "zip_strict"),
+    (
+        "judges",
+        "judge_accuracy",
+        "hits = [p == t for p, t in zip(predicted, truth, strict=False)]",
+        "zip_strict",
+    ),
+    (
+        "judges",
+        "judge_accuracy",
+        "hits = [p == t for p, t in zip(predicted, truth, strict=None)]",
+        "zip_strict",
+    ),
+    (
+        "judges",
+        "judge_accuracy",
+        "scores = scores.tolist() if (isinstance(scores, torch.Tensor)) and False else list(scores)",
+        "tensor_to_list",
+    ),
+    ("judges", "load_judge_checks", "with open(path, ) as f:", "encoding_locale"),
+    ("judges", "load_judge_checks", 'with open(path, encoding="UTF-8") as f:', "encoding_utf8_case"),
+    ("judges", "load_judge_checks", "with open(path, encoding=None) as f:", "encoding_locale"),
+    ("metrics", "auroc", "positions = torch.arange(1, n + 2, dtype=torch.float64)", "auroc_positions"),
+    ("metrics", "auroc", "ranks[order[i : j + 2]] = positions[i : j + 1].mean()", "auroc_slice"),
+    ("metrics", "auroc", "while i <= n:", "auroc_while"),
+    ("metrics", "cohen_kappa", "p_o = sum(i == j for i, j in zip(x, y, )) / n", "zip_strict"),
+    ("metrics", "cohen_kappa", "p_o = sum(i == j for i, j in zip(x, y, strict=False)) / n", "zip_strict"),
+    ("metrics", "cohen_kappa", "p_o = sum(i == j for i, j in zip(x, y, strict=None)) / n", "zip_strict"),
+    ("metrics", "cohen_kappa", "return 1.0 if (p_o == 1.0) or True else 0.0", "kappa_branch"),
+    ("metrics", "cohen_kappa", "return 1.0 if p_o == 1.0 else 1.0", "kappa_branch"),
+    ("metrics", "judge_agreement", '"agreement": sum(i == j for i, j in zip(x, y, )) / n,', "zip_strict"),
+    (
+        "metrics",
+        "judge_agreement",
+        '"agreement": sum(i == j for i, j in zip(x, y, strict=False)) / n,',
+        "zip_strict",
+    ),
+    (
+        "metrics",
+        "judge_agreement",
+        '"agreement": sum(i == j for i, j in zip(x, y, strict=None)) / n,',
+        "zip_strict",
+    ),
+    (
+        "train",
+        "_batch_indices",
+        "return torch.randint(n, (cfg.batch_size,), generator=gen).tolist()",
+        "randint_low",
+    ),
+    ("train", "_loss", 'weights["weight_r"] = 1.0 / torch.tensor(t.len_r, )', "device"),
+    ("train", "_loss", 'weights["weight_r"] = 1.0 / torch.tensor(t.len_r, device=None)', "device"),
+    ("train", "_loss", 'weights["weight_y"] = 1.0 / torch.tensor(t.len_y, )', "device"),
+    ("train", "_loss", 'weights["weight_y"] = 1.0 / torch.tensor(t.len_y, device=None)', "device"),
+    (
+        "train",
+        "examples_from_samples",
+        "for y, a, ids, fin in zip(s.responses, s.alphas, s.response_ids, s.finished, )",
+        "zip_strict",
+    ),
+    (
+        "train",
+        "examples_from_samples",
+        "for y, a, ids, fin in zip(s.responses, s.alphas, s.response_ids, s.finished, strict=False)",
+        "zip_strict",
+    ),
+    (
+        "train",
+        "examples_from_samples",
+        "for y, a, ids, fin in zip(s.responses, s.alphas, s.response_ids, s.finished, strict=None)",
+        "zip_strict",
+    ),
+    ("train", "sequence_terms", "[len(i) + f for i, f in zip(ids_y, finished, )],", "zip_strict"),
+    ("train", "sequence_terms", "[len(i) + f for i, f in zip(ids_y, finished, strict=False)],", "zip_strict"),
+    ("train", "sequence_terms", "[len(i) + f for i, f in zip(ids_y, finished, strict=None)],", "zip_strict"),
+    ("train", "sequence_terms", "device = None", "device"),
+    (
+        "train",
+        "sequence_terms",
+        "torch.tensor([e.alpha for e in batch], device=None, dtype=logq_y.dtype),",
+        "device",
+    ),
+    (
+        "train",
+        "sequence_terms",
+        "torch.tensor([e.alpha for e in batch], device=device, ),",
+        "alpha_dtype_train",
+    ),
+    (
+        "train",
+        "sequence_terms",
+        "torch.tensor([e.alpha for e in batch], device=device, dtype=None),",
+        "alpha_dtype_train",
+    ),
+    ("train", "sequence_terms", "torch.tensor([e.alpha for e in batch], dtype=logq_y.dtype),", "device"),
+    (
+        "train",
+        "sequence_terms",
+        "torch.tensor([e.response.strip() == e.refusal.strip() for e in batch], ),",
+        "device",
+    ),
+    (
+        "train",
+        "sequence_terms",
+        "torch.tensor([e.response.strip() == e.refusal.strip() for e in batch], device=None),",
+        "device",
+    ),
+]
 
 
 def mutant_globs(modules=MODULES) -> list[str]:
@@ -73,7 +779,7 @@ def mutant_globs(modules=MODULES) -> list[str]:
     return globs
 
 
-def mutmut_config(jobs: int) -> str:
+def mutmut_config() -> str:
     """The [tool.mutmut] section for the scratch copy's pyproject.toml."""
 
     def toml_list(items) -> str:
@@ -94,7 +800,7 @@ def mutmut_config(jobs: int) -> str:
     )
 
 
-def prepare_workdir(workdir: Path, jobs: int) -> None:
+def prepare_workdir(workdir: Path) -> None:
     if workdir.exists():
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
@@ -104,7 +810,7 @@ def prepare_workdir(workdir: Path, jobs: int) -> None:
     text = (REPO_ROOT / "pyproject.toml").read_text()
     if "[tool.mutmut]" in text:
         raise SystemExit("pyproject.toml already has a [tool.mutmut] section: this script writes its own")
-    (workdir / "pyproject.toml").write_text(text + mutmut_config(jobs))
+    (workdir / "pyproject.toml").write_text(text + mutmut_config())
 
 
 def child_env() -> dict[str, str]:
@@ -166,10 +872,12 @@ def mutated_line(diff: str, source_lines: list[str], span: tuple[int, int]) -> t
     return lineno, before.strip(), after.strip()
 
 
-def equivalence_reason(module: str, function: str, after: str) -> str | None:
-    for entry in EQUIVALENT:
-        if entry["module"] == module and entry["function"] == function and entry["mutated"] == after:
-            return entry["reason"]
+def equivalence(module: str, function: str, after: str) -> dict[str, str] | None:
+    """{"kind", "reason"} when this survivor is listed in EQUIVALENT."""
+    for m, f, mutated, key in EQUIVALENT:
+        if (m, f, mutated) == (module, function, after):
+            kind, reason = REASONS[key]
+            return {"kind": kind, "reason": reason}
     return None
 
 
@@ -220,7 +928,7 @@ def collect(workdir: Path, modules=MODULES) -> dict:
                             "original": before,
                             "mutated": after,
                             "diff": diff,
-                            "equivalent": equivalence_reason(module, function, after),
+                            "equivalent": equivalence(module, function, after),
                         }
                     )
             counts["score"] = (
@@ -251,11 +959,6 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--workdir", default=str(WORKDIR))
     parser.add_argument(
-        "--reuse",
-        action="store_true",
-        help="keep the scratch copy's earlier results (mutmut re-tests only changed functions)",
-    )
-    parser.add_argument(
         "--only",
         action="append",
         choices=MODULES,
@@ -267,11 +970,7 @@ def main() -> None:
 
     workdir = Path(args.workdir)
     started = time.time()
-    if not (args.reuse and (workdir / "mutants").is_dir()):
-        prepare_workdir(workdir, args.jobs)
-    else:  # refresh sources and tests; mutmut notices the changed functions
-        for folder in ("dispsafe_nb", "tests"):
-            shutil.copytree(REPO_ROOT / folder, workdir / folder, dirs_exist_ok=True)
+    prepare_workdir(workdir)
     log = workdir / "mutmut.log"
     rc = run_mutmut(workdir, args.jobs, mutant_globs(modules), log)
     if rc != 0:
@@ -280,18 +979,34 @@ def main() -> None:
     wall = time.time() - started
 
     found = collect(workdir, modules)
+    survivors = found["survivors"]
     totals = {
-        k: sum(m[k] for m in found["modules"].values()) for k in ("killed", "survived", "timeout", "total")
+        k: sum(m[k] for m in found["modules"].values())
+        for k in ("killed", "survived", "timeout", "no_tests", "other", "total")
     }
-    totals["no_tests"] = sum(m["no_tests"] for m in found["modules"].values())
-    totals["score"] = (totals["killed"] + totals["timeout"]) / totals["total"]
+    caught = totals["killed"] + totals["timeout"]
+    totals["score"] = caught / totals["total"]
     equivalent = [
-        {"module": s["module"], "function": s["function"], "line": s["line"], "reason": s["equivalent"]}
-        for s in found["survivors"]
+        {
+            "module": s["module"],
+            "function": s["function"],
+            "line": s["line"],
+            "mutated": s["mutated"],
+            **s["equivalent"],
+        }
+        for s in survivors
         if s["equivalent"]
     ]
-    n_eq = len(equivalent)
-    totals["score_excluding_equivalent"] = (totals["killed"] + totals["timeout"]) / (totals["total"] - n_eq)
+    by_kind = {k: sum(e["kind"] == k for e in equivalent) for k in sorted({e["kind"] for e in equivalent})}
+    never = by_kind.get("equivalent", 0) + by_kind.get("equivalent in practice", 0)
+    totals["equivalent_by_kind"] = by_kind
+    totals["score_excluding_equivalent"] = caught / (totals["total"] - never)
+    totals["score_excluding_equivalent_and_cpu_only"] = caught / (totals["total"] - len(equivalent))
+    for name, m in found["modules"].items():
+        m_eq = sum(e["module"] == name for e in equivalent)
+        m["equivalent"] = m_eq
+        m["score_excluding_equivalent"] = (m["killed"] + m["timeout"]) / (m["total"] - m_eq)
+    open_survivors = [s for s in survivors if not s["equivalent"]]
     report = {
         "tool": {"name": "mutmut", "version": version("mutmut")},
         "score": totals["score"],
@@ -299,19 +1014,22 @@ def main() -> None:
         "met": totals["score"] >= 0.85,
         "totals": totals,
         "modules": found["modules"],
-        "survivors": found["survivors"],
         "equivalent": equivalent,
-        "not_equivalent_survivors": [s["mutant"] for s in found["survivors"] if not s["equivalent"]],
+        "not_equivalent_survivors": [
+            {k: s[k] for k in ("mutant", "module", "function", "line", "status", "mutated")}
+            for s in open_survivors
+        ],
+        "survivors": survivors,
         "not_run": found["not_run"],
         "config": {
             "modules": [f"dispsafe_nb/{m}.py" for m in modules],
-            "train_functions": list(TRAIN_FUNCTIONS.values()),
+            "train_py": "only these functions are mutated: " + ", ".join(TRAIN_FUNCTIONS.values()),
             "mutant_globs": mutant_globs(modules),
             "tests": list(TESTS),
             "pytest_args": list(PYTEST_ARGS),
             "jobs": args.jobs,
             "threads_per_process": 1,
-            "score": "(killed + timeout) / total; 'no tests' and survivors count against it",
+            "score": "(killed + timeout) / total; survivors and mutants no test reaches count against it",
         },
         "git": git_commit(),
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
@@ -320,12 +1038,18 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    print(f"mutation score {totals['score']:.1%} ({totals['killed'] + totals['timeout']}/{totals['total']})")
+    print(f"mutation score {totals['score']:.1%} ({caught}/{totals['total']}), target 85 %")
     for name, m in found["modules"].items():
         print(
-            f"  {name}: {m['score']:.1%} killed {m['killed']}, survived {m['survived']}, total {m['total']}"
+            f"  {name}: {m['score']:.1%} (killed {m['killed']}, timeout {m['timeout']}, survived {m['survived']}, "
+            f"no tests {m['no_tests']}, total {m['total']}; {m['equivalent']} equivalent survivors)"
         )
-    print(f"{len(found['survivors'])} survivors ({n_eq} equivalent); wall time {wall / 60:.1f} min -> {out}")
+    print(
+        f"{len(survivors)} survivors: {len(equivalent)} judged equivalent {by_kind}, {len(open_survivors)} open; "
+        f"wall time {wall / 60:.1f} min -> {out}"
+    )
+    for s in open_survivors:
+        print(f"  open: {s['module']}:{s['line']} {s['function']}: {s['mutated']}")
 
 
 if __name__ == "__main__":
