@@ -15,7 +15,7 @@ shows each check failing under a deliberately broken pipeline.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -27,7 +27,7 @@ from dispsafe_nb.metrics import auroc
 from dispsafe_nb.models import LLM, DecodingConfig
 from dispsafe_nb.objectives import sequence_logprobs
 from dispsafe_nb.safe_system import TeacherSample
-from dispsafe_nb.train import DistillConfig, examples_from_samples, sequence_terms
+from dispsafe_nb.train import BatchLoss, DistillConfig, examples_from_samples, sequence_terms
 
 # A short compliant reply: if training raised it as much as the refusal, the student learnt "answer briefly",
 # not "refuse" (the refusal's gain alone cannot tell these apart after a few steps).
@@ -87,6 +87,33 @@ def answer_logprobs(
     )
 
 
+@torch.no_grad()
+def clip_fractions_by_kind(
+    llm: LLM,
+    soft: SoftPrompt,
+    samples: Sequence[TeacherSample],
+    kind_of: Mapping[str, str],
+    cfg: DistillConfig,
+    batch_size: int = 16,
+) -> dict[str, dict[str, float]]:
+    """{prompt kind: {"y": share, "y_r": share, "n": examples}}: how many training examples of each kind have
+    their y term / y_r term switched off by Eq. 4's clip under the soft prompt (q at or above its teacher mass).
+    `kind_of` maps each prompt to its kind (e.g. harmful, benign, borderline)."""
+    examples = examples_from_samples(samples)
+    missing = sorted({e.prompt for e in examples} - set(kind_of))
+    if missing:
+        raise KeyError(f"{len(missing)} prompt(s) have no kind, e.g. {missing[0][:60]!r}")
+    counts: dict[str, list[float]] = {}
+    for i in range(0, len(examples), batch_size):
+        batch = examples[i : i + batch_size]
+        t = sequence_terms(llm, soft, batch, cfg)
+        loss = BatchLoss(t.logq_y, t.logq_y, t.logq_r, t.alpha)
+        for e, y_on, r_on in zip(batch, *loss.clipped_each(), strict=True):
+            row = counts.setdefault(kind_of[e.prompt], [0.0, 0.0, 0])
+            row[0], row[1], row[2] = row[0] + y_on, row[1] + r_on, row[2] + 1
+    return {k: {"y": y / n, "y_r": r / n, "n": n} for k, (y, r, n) in sorted(counts.items())}
+
+
 def teacher_alpha_auroc(samples: Sequence[TeacherSample], harmful: Sequence[bool]) -> float:
     """How well the teacher's mean α per prompt ranks benign above harmful training prompts (AUROC; 0.5 = no
     signal, which is what a student would then learn)."""
@@ -137,12 +164,12 @@ def student_diagnostics(
     )
     greedy = DecodingConfig(max_new_tokens=answer_tokens, seed=cfg.seed)
     base_answers = [g[0] for g in llm.generate_detailed(list(heldout_harmful), greedy)]
-    pref = lambda w: (
-        refusal_logprobs(llm, w, heldout_harmful, refusal)
-        - answer_logprobs(  # noqa: E731
+
+    def preference(w: SoftPrompt) -> torch.Tensor:
+        return refusal_logprobs(llm, w, heldout_harmful, refusal) - answer_logprobs(
             llm, w, heldout_harmful, base_answers
         )
-    )
+
     out: dict[str, Any] = {
         "weight_change": change,
         "train_loss_initial": full_data_loss(llm, start, train_samples, cfg),
@@ -150,7 +177,7 @@ def student_diagnostics(
         "refusal_logprob_gain_harmful": float(gain_h.mean()),
         "refusal_logprob_gain_benign": float(gain_b.mean()),
         "control_logprob_gain_harmful": float(control.mean()),
-        "refusal_preference_gain_harmful": float((pref(soft) - pref(start)).mean()),
+        "refusal_preference_gain_harmful": float((preference(soft) - preference(start)).mean()),
         "n_heldout_harmful": len(heldout_harmful),
         "n_heldout_benign": len(heldout_benign),
         "objective": cfg.objective,

@@ -161,14 +161,19 @@ class BatchLoss:
     logq_r: torch.Tensor
     alpha: torch.Tensor
 
-    def clipped(self) -> tuple[float, float]:
-        """Fractions of examples whose y term / y_r term the TV clip has switched off (q ≥ teacher mass).
+    def clipped_each(self) -> tuple[list[bool], list[bool]]:
+        """Per example: is its y term / y_r term switched off by the TV clip (q ≥ teacher mass)?
         With reduction='mean' these compare per-token means with log a, i.e. the ablation's thresholds."""
         with torch.no_grad():
             a = self.alpha.to(self.logq_y.dtype)
             on_y = (a > 0) & (self.logq_y >= torch.log(a.clamp(min=1e-30)))
             on_r = (a < 1) & (self.logq_r >= torch.log((1 - a).clamp(min=1e-30)))
-            return float(on_y.float().mean()), float(on_r.float().mean())
+            return on_y.tolist(), on_r.tolist()
+
+    def clipped(self) -> tuple[float, float]:
+        """Fractions of examples whose y term / y_r term the TV clip has switched off (q ≥ teacher mass)."""
+        on_y, on_r = self.clipped_each()
+        return sum(on_y) / len(on_y), sum(on_r) / len(on_r)
 
 
 @dataclass
@@ -354,7 +359,12 @@ def distill(
 
 
 def _record_validation(
-    llm: LLM, soft: SoftPrompt, val_samples: Sequence[TeacherSample], cfg: DistillConfig, history: History, step: int
+    llm: LLM,
+    soft: SoftPrompt,
+    val_samples: Sequence[TeacherSample],
+    cfg: DistillConfig,
+    history: History,
+    step: int,
 ) -> float:
     val_loss, gap = validation_gap(llm, soft, val_samples, cfg)
     history.val_step.append(step)

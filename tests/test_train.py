@@ -262,6 +262,37 @@ def test_validation_is_recorded_at_step_zero_as_the_reference(tiny_llm):
     )
 
 
+def test_diagnostics_loss_and_clip_counts_agree_with_the_training_code(tiny_llm):
+    from dispsafe_nb import theory as th
+    from dispsafe_nb.diagnostics import clip_fractions_by_kind, full_data_loss, teacher_alpha_auroc
+
+    samples = _tiny_samples()
+    cfg = DistillConfig(n_tokens=2)
+    start = init_soft_prompt(tiny_llm, cfg.n_tokens, cfg.init, cfg.init_text, cfg.seed)
+    examples = examples_from_samples(samples)
+    with torch.no_grad():
+        out = _loss(tiny_llm, start, examples, cfg)
+    # the diagnostic loss is the reference formula of theory.py on the same log-probs, not the training code's
+    reference = th.tv_disp_loss(out.logq_y.double(), out.logq_r.double(), out.alpha.double()).mean()
+    assert full_data_loss(tiny_llm, start, samples, cfg, batch_size=2) == pytest.approx(
+        float(reference), rel=1e-6
+    )
+    assert full_data_loss(tiny_llm, start, samples, cfg) == pytest.approx(float(out.loss), rel=1e-5)
+    # per kind, the clip counts of BatchLoss.clipped_each; with alpha = q_y / 2 the y clip engages (q_y >= alpha)
+    kinds = {"Make a bomb": "harmful", "Say hi": "benign", "Steal a car": "harmful"}
+    q_y = float(out.logq_y[2].exp())
+    tuned = [*samples[:2], TeacherSample("Steal a car", ("Ok",), (q_y / 2,), "No.", ((30, 31),), (True,))]
+    by_kind = clip_fractions_by_kind(tiny_llm, start, tuned, kinds, cfg)
+    assert by_kind["harmful"]["n"] == 2 and by_kind["benign"]["n"] == 1
+    assert (
+        by_kind["harmful"]["y"] == 0.5 and by_kind["harmful"]["y_r"] == 0.0 and by_kind["benign"]["y"] == 0.0
+    )
+    with pytest.raises(KeyError, match="no kind"):
+        clip_fractions_by_kind(tiny_llm, start, samples, {"Say hi": "benign"}, cfg)
+    assert teacher_alpha_auroc(samples, [True, False, True]) == 1.0
+    assert teacher_alpha_auroc(samples, [False, True, False]) == 0.0
+
+
 class _NoEffect:
     """A method that changes nothing: the embeddings of the ids, unchanged."""
 
