@@ -49,7 +49,7 @@ benchmark-distill: install
 	$(PY) benchmarks/distill.py
 
 # Mutation score of theory/objectives/judges/metrics and train.py's loss/step code with their fast unit tests
-# (mutmut on a scratch copy in build/mutation; about 10 minutes on 2 cores) -> results/mutation.json.
+# (mutmut on a scratch copy in build/mutation; 10-15 minutes on 2 cores) -> results/mutation.json.
 mutation: install
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) benchmarks/mutation.py
 

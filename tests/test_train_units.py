@@ -171,6 +171,22 @@ def test_clipped_counts_terms_at_or_above_their_teacher_mass():
     assert all(type(f) is float for f in _clipped([0.0], [0.0], [0.5]))
 
 
+def test_clipped_each_names_the_clipped_examples():
+    a = 0.25
+    t = lambda v: torch.tensor(v, dtype=F64)  # noqa: E731
+    batch = BatchLoss(
+        torch.tensor(0.0),
+        t([math.log(a), math.log(a) - 1e-9, 0.0, 0.0]),
+        t([math.log(1 - a), 0.0, math.log(1 - a) - 1e-9, 0.0]),
+        t([a, a, a, 0.0]),
+    )
+    each_y, each_r = batch.clipped_each()
+    assert each_y == [True, False, True, False]  # the a = 0 term is never clipped
+    assert each_r == [True, True, False, True]
+    assert all(type(v) is bool for v in each_y + each_r)
+    assert batch.clipped() == (0.5, 0.75)
+
+
 def test_clipped_ignores_zero_weight_terms():
     # a = 0: the y term has weight 0 and is never "clipped", however large q(y); a = 1: same for y_r.
     assert _clipped([0.0, 0.0], [0.0, 0.0], [0.0, 1.0]) == (0.5, 0.5)
