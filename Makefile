@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 DISPSAFE_DATA ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
 export DISPSAFE_DATA
 
-.PHONY: install test lint format reproduce benchmark benchmark-distill mutation lab clean
+.PHONY: install test nbval lint format reproduce benchmark benchmark-distill mutation lab clean
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,13 @@ test: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest
+	$(MAKE) --no-print-directory nbval
+
+# The cells of notebook 01 marked NBVAL_CHECK_OUTPUT must reproduce their committed outputs (exact values of the
+# theory); cells marked NBVAL_SKIP (the real model) are left to the smoke run above.
+nbval: install
+	tmp=$$(mktemp -d) && DISPSAFE_FIGURES=$$tmp DISPSAFE_RESULTS=$$tmp $(PY) -m pytest -p no:cacheprovider -q \
+	  --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg notebooks/01_tv_bound.ipynb
 
 lint: install
 	$(PY) -m ruff check .

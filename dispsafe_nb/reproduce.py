@@ -1,6 +1,6 @@
 """`make reproduce`: run every notebook headlessly with its default (real-study) parameters.
 
-Executed copies go to results/notebooks/, figures to figures/, key numbers to results/metrics/; a short summary
+Executed copies (and their HTML renders) go to results/notebooks/, figures to figures/, key numbers to results/metrics/; a short summary
 is printed at the end, with each notebook's named checks (`dispsafe_nb.checks`) as reproduced or not. `python -m dispsafe_nb.reproduce --smoke` runs the smoke parameters instead.
 """
 
@@ -43,6 +43,16 @@ def run_notebook(path: Path, output_dir: Path, parameters: dict | None = None) -
     return out
 
 
+def render_html(executed: Path) -> Path:
+    """An HTML render of an executed notebook beside it (read it in a browser, no Jupyter needed)."""
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_filename(str(executed))
+    out = executed.with_suffix(".html")
+    out.write_text(body, encoding="utf-8")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="run with SMOKE=True (minutes instead of hours)")
@@ -56,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     for path in selected:
         started = time.time()
         print(f"== {path.name}", flush=True)
-        run_notebook(path, results_dir() / "notebooks", {"SMOKE": True} if args.smoke else {})
+        executed = run_notebook(path, results_dir() / "notebooks", {"SMOKE": True} if args.smoke else {})
+        print(f"   executed copy {executed}, rendered {render_html(executed)}", flush=True)
         record = load_metrics(path.stem)
         verdicts = run_checks(path.stem, record["metrics"]) if path.stem in NOTEBOOK_CHECKS else {}
         for ok, message in verdicts.values():
