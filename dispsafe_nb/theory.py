@@ -379,6 +379,24 @@ def expected_disp_loss(
     return (p * per).sum(-1)
 
 
+def minimise_expected_loss(
+    base_probs: ArrayLike, alpha: ArrayLike, loss: str = "tv", steps: int = 500, lr: float = 0.05
+) -> np.ndarray:
+    """The student q over K + 1 outcomes (refusal last) that minimises :func:`expected_disp_loss`, found by Adam on
+    free logits from the uniform start: a fully flexible student, the population-level optimum of each loss."""
+    _loss_fn(loss)
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, not {steps}")
+    p = _t(base_probs)
+    z = torch.zeros(p.shape[-1] + 1, dtype=DTYPE, requires_grad=True)
+    opt = torch.optim.Adam([z], lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        expected_disp_loss(torch.log_softmax(z, -1), p, alpha, loss=loss).backward()
+        opt.step()
+    return torch.softmax(z, -1).detach().numpy()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # sequence level
 # ----------------------------------------------------------------------------------------------------------

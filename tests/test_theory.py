@@ -932,3 +932,17 @@ def test_toy_experiment_clips_jittered_alphas_into_the_open_unit_interval():
     )
     for name in ("tv", "kl"):
         np.testing.assert_allclose(res[name]["loss"], ref[name]["loss"], rtol=1e-10)
+
+
+def test_minimise_expected_loss_finds_the_teacher_for_kl_and_the_clipped_optimum_for_tv():
+    base, alpha = np.array([0.5, 0.5]), np.array([0.9, 0.1])
+    teacher = th.safe_system_distribution(base, alpha).numpy()
+    np.testing.assert_allclose(th.minimise_expected_loss(base, alpha, "kl", steps=2000), teacher, atol=2e-3)
+    # TV: a weighted NLL on the atoms still below their clip -> (0.45, 0.05, 0.45) / 0.95 (notebook 01, 6.3)
+    q_tv = th.minimise_expected_loss(base, alpha, "tv", steps=2000)
+    np.testing.assert_allclose(q_tv, np.array([0.45, 0.05, 0.45]) / 0.95, atol=2e-3)
+    assert q_tv[2] < teacher[2]  # less refusal than the teacher
+    with pytest.raises(ValueError, match="loss must be one of"):
+        th.minimise_expected_loss(base, alpha, "hinge")
+    with pytest.raises(ValueError, match="steps"):
+        th.minimise_expected_loss(base, alpha, steps=0)
