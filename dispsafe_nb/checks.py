@@ -178,3 +178,109 @@ def run_checks(notebook: str, metrics: Mapping[str, Any]) -> dict[str, tuple[boo
 def failures(notebook: str, metrics: Mapping[str, Any]) -> list[str]:
     """Messages of the checks that fail (empty when all hold)."""
     return [msg for ok, msg in run_checks(notebook, metrics).values() if not ok]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# findings: what a notebook's prose claims about a full run (they may fail; a check above must not)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A qualitative finding a notebook's text states (e.g. the sign of the KL - TV over-refusal gap). Unlike a
+    `Check`, it is about the study's outcome, so a full run may legitimately fail to reproduce it; `make reproduce`
+    reports it as reproduced or not."""
+
+    name: str
+    statement: str
+    test: Callable[[Mapping[str, Any]], bool]
+
+    def holds(self, metrics: Mapping[str, Any]) -> tuple[bool, str]:
+        try:
+            ok = bool(self.test(metrics))
+        except (KeyError, TypeError, IndexError) as err:
+            return False, f"{self.name}: metric missing or malformed ({err!r})"
+        return ok, f"{self.name}: {self.statement}"
+
+
+def _rate(m: Mapping[str, Any], system: str, bench: str, key: str) -> float:
+    return m[system][bench][key]
+
+
+HARMFUL_SETS = ("advbench_test", "jbb_harmful", "bundled_harmful_test")
+
+NOTEBOOK_CLAIMS: dict[str, tuple[Claim, ...]] = {
+    "01_tv_bound": (
+        Claim(
+            "kl_minimiser_is_the_teacher",
+            "in exact expectation, the KL-DiSP minimiser refuses as much as the teacher (within 0.01)",
+            lambda m: abs(m["kl_minimiser_refusal"] - m["teacher_minimiser_example_refusal"]) < 0.01,
+        ),
+        Claim(
+            "tv_minimiser_refuses_less",
+            "in exact expectation, the TV-DiSP minimiser refuses less than the teacher",
+            lambda m: m["tv_minimiser_refusal"] < m["teacher_minimiser_example_refusal"],
+        ),
+        Claim(
+            "toy_kl_over_refuses",
+            "in the capacity-limited toy, KL-DiSP refuses more benign prompts than TV-DiSP",
+            lambda m: m["toy_kl_benign_refusal"] > m["toy_tv_benign_refusal"],
+        ),
+        Claim(
+            "real_bound_holds",
+            "on the real model, gap <= TV (two standard errors) on every prompt where TV < 0.99",
+            lambda m: m["real_bound_holds_fraction_informative"] == 1.0,
+        ),
+    ),
+    "02_safe_system": (
+        Claim(
+            "dual_safer_on_every_harmful_set",
+            "the dual system refuses more than the base model on every harmful set (deployed, greedy)",
+            lambda m: all(_rate(m, "dual", b, "sgs") > _rate(m, "base", b, "sgs") for b in HARMFUL_SETS),
+        ),
+        Claim(
+            "dual_over_refuses_more",
+            "the guard costs over-refusal: the dual system refuses more XSTest safe prompts than the base model",
+            lambda m: (
+                _rate(m, "dual", "xstest_safe", "over_refusal")
+                > _rate(m, "base", "xstest_safe", "over_refusal")
+            ),
+        ),
+    ),
+    "03_distill": (
+        Claim(
+            "kl_over_refuses_more_than_tv",
+            "KL-DiSP over-refuses more than TV-DiSP on XSTest safe prompts (greedy; the paper's finding)",
+            lambda m: (
+                _rate(m, "kl-disp", "xstest_safe", "over_refusal")
+                > _rate(m, "tv-disp", "xstest_safe", "over_refusal")
+            ),
+        ),
+        Claim(
+            "students_safer_than_base",
+            "both students refuse more AdvBench test prompts than the base model (greedy)",
+            lambda m: all(
+                _rate(m, s, "advbench_test", "sgs") > _rate(m, "base", "advbench_test", "sgs")
+                for s in ("tv-disp", "kl-disp")
+            ),
+        ),
+        Claim(
+            "students_keep_benign_answers",
+            "both students answer at least 90 % of Alpaca test prompts (greedy)",
+            lambda m: all(_rate(m, s, "alpaca_test", "compliance") >= 0.9 for s in ("tv-disp", "kl-disp")),
+        ),
+        Claim(
+            "students_reach_the_dual_system",
+            "both students reach at least 90 % of the dual system's AdvBench SGS (greedy)",
+            lambda m: all(
+                _rate(m, s, "advbench_test", "sgs") >= 0.9 * _rate(m, "dual", "advbench_test", "sgs")
+                for s in ("tv-disp", "kl-disp")
+            ),
+        ),
+    ),
+}
+
+
+def run_claims(notebook: str, metrics: Mapping[str, Any]) -> dict[str, tuple[bool, str]]:
+    """{claim name: (reproduced, statement)} for one notebook's findings (empty for a notebook without claims)."""
+    return {c.name: c.holds(metrics) for c in NOTEBOOK_CLAIMS.get(notebook, ())}

@@ -1,7 +1,8 @@
 """`make reproduce`: run every notebook headlessly with its default (real-study) parameters.
 
 Executed copies (and their HTML renders) go to results/notebooks/, figures to figures/, key numbers to results/metrics/; a short summary
-is printed at the end, with each notebook's named checks (`dispsafe_nb.checks`) as reproduced or not. `python -m dispsafe_nb.reproduce --smoke` runs the smoke parameters instead.
+is printed at the end, with each notebook's named checks and, on full runs, its stated findings (`dispsafe_nb.checks`) as reproduced
+or not. `python -m dispsafe_nb.reproduce --smoke` runs the smoke parameters instead.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from dispsafe_nb.checks import NOTEBOOK_CHECKS, run_checks
+from dispsafe_nb.checks import NOTEBOOK_CHECKS, run_checks, run_claims
 from dispsafe_nb.notebook import load_metrics, results_dir
 from dispsafe_nb.paths import REPO_ROOT
 
@@ -70,11 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   executed copy {executed}, rendered {render_html(executed)}", flush=True)
         record = load_metrics(path.stem)
         verdicts = run_checks(path.stem, record["metrics"]) if path.stem in NOTEBOOK_CHECKS else {}
-        for ok, message in verdicts.values():
+        # findings are about the study's outcome: judged on full runs only (smoke runs are too small to show them)
+        claims = {} if args.smoke else run_claims(path.stem, record["metrics"])
+        for ok, message in [*verdicts.values(), *claims.values()]:
             print(f"   {'reproduced' if ok else 'NOT reproduced in this run'}: {message}", flush=True)
         summary[path.stem] = {
             "seconds": round(time.time() - started),
             "checks": {name: ok for name, (ok, _) in verdicts.items()},
+            "claims": {name: ok for name, (ok, _) in claims.items()},
             **record["metrics"],
         }
     print("\nSummary (also in results/metrics/):")

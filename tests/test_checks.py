@@ -1,0 +1,58 @@
+"""Checks and claims on hand-made metrics: what each reads, and how a missing metric is reported."""
+
+from __future__ import annotations
+
+from dispsafe_nb import checks
+
+
+def _eval(over_refusal_kl: float, over_refusal_tv: float) -> dict:
+    def system(sgs, over, comp):
+        return {
+            "advbench_test": {"sgs": sgs},
+            "xstest_safe": {"over_refusal": over},
+            "alpaca_test": {"compliance": comp},
+        }
+
+    return {
+        "base": system(0.05, 0.02, 1.0),
+        "dual": system(0.85, 0.06, 0.96),
+        "tv-disp": system(0.80, over_refusal_tv, 0.95),
+        "kl-disp": system(0.80, over_refusal_kl, 0.95),
+    }
+
+
+def test_a_claim_reports_whether_it_reproduced():
+    found = checks.run_claims("03_distill", _eval(0.20, 0.10))
+    assert found["kl_over_refuses_more_than_tv"][0] is True
+    assert found["students_reach_the_dual_system"][0] is True  # 0.80 >= 0.9 * 0.85
+    flipped = checks.run_claims("03_distill", _eval(0.10, 0.20))
+    assert flipped["kl_over_refuses_more_than_tv"][0] is False
+    assert "XSTest" in flipped["kl_over_refuses_more_than_tv"][1]
+
+
+def test_a_missing_metric_is_reported_not_raised():
+    ok, message = checks.run_claims("01_tv_bound", {})["toy_kl_over_refuses"]
+    assert not ok and "missing" in message
+    assert checks.run_claims("99_unknown", {}) == {}
+
+
+def test_every_notebook_with_checks_states_its_findings_as_claims():
+    assert set(checks.NOTEBOOK_CLAIMS) == set(checks.NOTEBOOK_CHECKS)
+    names = [c.name for claims in checks.NOTEBOOK_CLAIMS.values() for c in claims]
+    assert len(names) == len(set(names))
+
+
+def test_reproduce_reports_checks_always_and_claims_on_full_runs_only(monkeypatch, tmp_path, capsys):
+    from dispsafe_nb import reproduce
+
+    monkeypatch.setenv("DISPSAFE_RESULTS", str(tmp_path))
+    monkeypatch.setattr(reproduce, "run_notebook", lambda path, out, params: tmp_path / path.name)
+    monkeypatch.setattr(reproduce, "render_html", lambda executed: executed.with_suffix(".html"))
+    monkeypatch.setattr(reproduce, "load_metrics", lambda name: {"metrics": _eval(0.10, 0.20), "config": {}})
+    assert reproduce.main(["03_distill"]) == 0
+    full = capsys.readouterr().out
+    assert "NOT reproduced in this run: kl_over_refuses_more_than_tv" in full
+    assert "reproduced: students_safer_than_base" in full
+    assert "prompt_moved: metric missing" in full  # a check whose metric the run did not emit
+    assert reproduce.main(["--smoke", "03_distill"]) == 0
+    assert "kl_over_refuses_more_than_tv" not in capsys.readouterr().out.split("Summary")[0]
