@@ -1,0 +1,60 @@
+"""What the second model costs: parameters of the LLM and the guard, and the measured time split.
+
+A first piece of the on-device cost accounting (the costs issue adds bytes at each model's real precision, FLOPs per
+token and latency). Parameters are counted once even where two parts share them (a guard whose prompt and response
+sides use the same encoder).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+
+def count_parameters(*modules: nn.Module) -> int:
+    """Distinct parameters across `modules` (a tensor shared by two of them counts once)."""
+    seen: dict[int, int] = {}
+    for module in modules:
+        for p in module.parameters():
+            seen[id(p)] = p.numel()
+    return sum(seen.values())
+
+
+def guard_modules(guard: Any) -> list[nn.Module]:
+    """The torch modules that make up a guard: an `EmbeddingGuard`'s encoders and heads, or a generative guard's
+    model (e.g. `LlamaGuard`)."""
+    parts = ("prompt_encoder.model", "response_encoder.model", "prompt_head", "response_head")
+    found = []
+    for path in parts:
+        obj = guard
+        for name in path.split("."):
+            obj = getattr(obj, name, None)
+        if isinstance(obj, nn.Module):
+            found.append(obj)
+    if not found and isinstance(getattr(guard, "model", None), nn.Module):
+        found.append(guard.model)
+    if not found:
+        raise TypeError(
+            f"cannot find the modules of a {type(guard).__name__}: give it encoders and heads or a .model"
+        )
+    return found
+
+
+def dual_system_costs(llm: Any, guard: Any, timing: dict[str, float]) -> dict[str, float]:
+    """Parameters (millions) of the LLM and the guard, the dual system's parameter ratio, and the time per prompt
+    spent generating vs. guarding (`timing` as `evaluate.evaluate_base_and_dual` returns it) with its ratio."""
+    if timing.get("n", 0) < 1 or timing.get("generate_s", 0.0) <= 0.0:
+        raise ValueError(f"timing must cover at least one prompt with some generation time, got {timing}")
+    llm_params = count_parameters(llm.model)
+    guard_params = count_parameters(*guard_modules(guard))
+    generate_ms = 1000 * timing["generate_s"] / timing["n"]
+    guard_ms = 1000 * timing["guard_s"] / timing["n"]
+    return {
+        "llm_params_M": llm_params / 1e6,
+        "guard_params_M": guard_params / 1e6,
+        "dual_param_ratio": (llm_params + guard_params) / llm_params,
+        "generate_ms_per_prompt": generate_ms,
+        "guard_ms_per_prompt": guard_ms,
+        "dual_cost_ratio": (generate_ms + guard_ms) / generate_ms,
+    }

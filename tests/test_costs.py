@@ -1,0 +1,44 @@
+"""Parameter counting and the dual system's cost summary, on small stand-in modules."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from torch import nn
+
+from dispsafe_nb.costs import count_parameters, dual_system_costs, guard_modules
+
+
+def test_shared_parameters_are_counted_once():
+    encoder, head = nn.Linear(4, 3), nn.Linear(3, 1)  # 15 and 4 parameters
+    assert count_parameters(encoder, head) == 19
+    assert count_parameters(encoder, encoder, head) == 19
+    tied = nn.Sequential(nn.Linear(3, 3, bias=False), nn.Linear(3, 3, bias=False))
+    tied[1].weight = tied[0].weight  # weight tying, as between an LLM's embeddings and its head
+    assert count_parameters(tied) == 9
+
+
+def test_an_embedding_guard_sharing_its_encoder_and_a_generative_guard():
+    encoder = SimpleNamespace(model=nn.Linear(4, 3))
+    guard = SimpleNamespace(
+        prompt_encoder=encoder,
+        response_encoder=encoder,
+        prompt_head=nn.Linear(3, 1),
+        response_head=nn.Linear(3, 1),
+    )
+    assert count_parameters(*guard_modules(guard)) == 15 + 4 + 4
+    assert guard_modules(SimpleNamespace(model=nn.Linear(2, 2)))[0].weight.shape == (2, 2)
+    with pytest.raises(TypeError, match="cannot find the modules"):
+        guard_modules(object())
+
+
+def test_dual_system_costs():
+    llm = SimpleNamespace(model=nn.Linear(10, 10))  # 110
+    guard = SimpleNamespace(model=nn.Linear(5, 2))  # 12
+    costs = dual_system_costs(llm, guard, {"generate_s": 2.0, "guard_s": 0.5, "n": 4})
+    assert costs["dual_param_ratio"] == pytest.approx(122 / 110)
+    assert costs["generate_ms_per_prompt"] == 500.0 and costs["guard_ms_per_prompt"] == 125.0
+    assert costs["dual_cost_ratio"] == pytest.approx(1.25)
+    with pytest.raises(ValueError, match="at least one prompt"):
+        dual_system_costs(llm, guard, {"generate_s": 0.0, "guard_s": 0.0, "n": 0})
