@@ -67,8 +67,9 @@ def _informative_holds(metrics: Mapping[str, Any]) -> bool:
     )
 
 
-def _dual(metrics: Mapping[str, Any], key: str) -> tuple[float, float]:
-    return metrics["dual"]["advbench_test"][key], metrics["base"]["advbench_test"][key]
+def _dual_above_base(metrics: Mapping[str, Any], key: str) -> bool:
+    """The dual system's AdvBench-test `key` exceeds the base model's."""
+    return metrics["dual"]["advbench_test"][key] > metrics["base"]["advbench_test"][key]
 
 
 NOTEBOOK_CHECKS: dict[str, tuple[Check, ...]] = {
@@ -109,13 +110,13 @@ NOTEBOOK_CHECKS: dict[str, tuple[Check, ...]] = {
             "dual_refuses_more_than_base",
             "the dual system refuses more AdvBench test prompts than the base model (refusal strings)",
             ("constant_alpha",),
-            lambda m: _dual(m, "refusal_rate")[0] > _dual(m, "refusal_rate")[1],
+            lambda m: _dual_above_base(m, "refusal_rate"),
         ),
         Check(
             "second_judge_sees_dual_safer",
             "the second judge (not the teacher) rates more of the dual system's AdvBench answers safe than the base's",
             ("constant_alpha", "swapped_refusal"),
-            lambda m: _dual(m, "second_judge_sgs")[0] > _dual(m, "second_judge_sgs")[1],
+            lambda m: _dual_above_base(m, "second_judge_sgs"),
         ),
         Check(
             "dual_keeps_benign_answers",

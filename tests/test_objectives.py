@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
+import stand_ins
 import torch
+from stand_ins import BOS, EOS, PAD
 
 from dispsafe_nb import theory
 from dispsafe_nb.objectives import (
@@ -249,40 +251,17 @@ def test_fidelity_is_zero_for_the_base_and_positive_for_a_soft_prompt(llm):
 # sequence log-probs on tiny stand-in models (random 1-layer Llama and GPT-2 with a character tokenizer): fast
 # ----------------------------------------------------------------------------------------------------------
 
-EOS, PAD, BOS = 1, 0, 2
 
+class _CharTokenizer(stand_ins.CharTokenizer):
+    """The stand-in tokenizer that, like a Hugging Face one, adds BOS unless told add_special_tokens=False."""
 
-class _CharTokenizer:
-    """Just what sequence_logprobs needs of a tokenizer: one id per character, eos/pad ids, a chat template.
-    Like a Hugging Face tokenizer, it adds a special token (BOS) unless told add_special_tokens=False."""
-
-    eos_token_id, pad_token_id, model_max_length, padding_side = EOS, PAD, 256, "left"
-
-    def __call__(self, text, add_special_tokens=True):
-        ids = [3 + ord(c) % 61 for c in text]
-        return {"input_ids": [BOS, *ids] if add_special_tokens else ids}
-
-    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
-        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+    def __init__(self):
+        super().__init__(bos=BOS)
 
 
 def _tiny_llama(seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-        pad_token_id=PAD,
-        eos_token_id=EOS,
-        initializer_range=0.3,  # larger than the default 0.02: a prefix or a padding slip shows in the log-probs
-    )
-    return LlamaForCausalLM(config).eval().requires_grad_(False)
+    # larger than the default 0.02: a prefix or a padding slip shows in the log-probs
+    return stand_ins.tiny_llama(seed, initializer_range=0.3)
 
 
 def _tiny_gpt2(seed: int = 0):

@@ -6,7 +6,9 @@ import math
 from dataclasses import replace
 
 import pytest
+import stand_ins
 import torch
+from stand_ins import EOS
 
 from dispsafe_nb import data
 from dispsafe_nb.methods import init_soft_prompt
@@ -94,41 +96,10 @@ def test_distill_needs_examples():
 # _loss on a tiny stand-in model (a random 1-layer Llama with a character tokenizer): fast, no download
 # ----------------------------------------------------------------------------------------------------------
 
-EOS, PAD = 1, 0
-
-
-class _CharTokenizer:
-    """Just what sequence_logprobs needs of a tokenizer: one id per character, eos/pad ids, a chat template."""
-
-    eos_token_id, pad_token_id, model_max_length, padding_side = EOS, PAD, 256, "left"
-
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": [3 + ord(c) % 61 for c in text]}
-
-    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
-        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
-
 
 @pytest.fixture(scope="module")
 def tiny_llm():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from dispsafe_nb.models import LLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-        pad_token_id=PAD,
-        eos_token_id=EOS,
-    )
-    model = LlamaForCausalLM(config).eval().requires_grad_(False)
-    return LLM(model, _CharTokenizer(), "tiny-stand-in")
+    return stand_ins.tiny_llm()
 
 
 def _brute_force_logprob(llm, soft, prompt: str, ids: list[int]) -> float:

@@ -9,7 +9,9 @@ import re
 from dataclasses import replace
 
 import pytest
+import stand_ins
 import torch
+from stand_ins import EOS
 
 from dispsafe_nb.objectives import kl_disp_loss, tv_disp_loss
 from dispsafe_nb.safe_system import TeacherSample, TeacherSampleError
@@ -226,42 +228,11 @@ def test_clipped_agrees_with_the_tv_gradient_being_zero():
 # _loss on a tiny stand-in model (a random 1-layer Llama with a character tokenizer)
 # ----------------------------------------------------------------------------------------------------------
 
-EOS, PAD = 1, 0
-
-
-class _CharTokenizer:
-    """Just what sequence_logprobs needs of a tokenizer: one id per character, eos/pad ids, a chat template."""
-
-    eos_token_id, pad_token_id, model_max_length, padding_side = EOS, PAD, 256, "left"
-
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": [3 + ord(c) % 61 for c in text]}
-
-    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=True):
-        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
-
 
 @pytest.fixture(scope="module")
 def tiny_llm():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from dispsafe_nb.models import LLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=64,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-        pad_token_id=PAD,
-        eos_token_id=EOS,
-        initializer_range=0.3,  # larger than the default: the soft prompt visibly moves the log-probs
-    )
-    model = LlamaForCausalLM(config).eval().requires_grad_(False)
-    return LLM(model, _CharTokenizer(), "tiny-stand-in")
+    # a larger init than the default: the soft prompt visibly moves the log-probs
+    return stand_ins.tiny_llm(initializer_range=0.3)
 
 
 @pytest.fixture
