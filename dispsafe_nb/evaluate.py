@@ -350,6 +350,23 @@ def write_records(records: Sequence[EvalRecord], path: str | Path) -> Path:
     return path
 
 
+def read_records(path: str | Path) -> list[EvalRecord]:
+    """Read the records `write_records` wrote. A damaged line fails with its file and line number."""
+    path = Path(path)
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(EvalRecord(**json.loads(line)))
+        except (json.JSONDecodeError, TypeError) as err:
+            raise ValueError(
+                f"{path}, line {number}, is not an evaluation record ({err}); delete the file "
+                "or rerun the evaluation that wrote it"
+            ) from err
+    return records
+
+
 def records_table(records: Sequence[EvalRecord]) -> pd.DataFrame:
     """One row per (system, benchmark): the headline metric, refusal rate and n."""
     rows = [

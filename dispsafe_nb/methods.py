@@ -253,3 +253,39 @@ class SoftPromptSystem:
             "model": self.llm.describe(),
             "soft_prompt": {**self.soft_prompt.describe(), **self.soft_prompt.metadata},
         }
+
+
+# ---- artifacts by kind ------------------------------------------------------------------------------------
+# How to load a saved method onto a model, by the `kind` its JSON records. A new method registers its loader
+# here; whatever discovers artifacts (the probing widget, notebooks) then finds it without code changes.
+METHOD_LOADERS: dict[str, Any] = {SOFT_PROMPT_KIND: SoftPrompt.load}
+
+
+def artifact_kind(folder: str | Path) -> str | None:
+    """The `kind` recorded in an artifact folder's JSON, or None when the folder holds no readable artifact."""
+    import json
+
+    from dispsafe_nb.artifacts import CONFIG_FILE
+
+    path = Path(folder) / CONFIG_FILE
+    try:
+        kind = json.loads(path.read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
+
+
+def load_method(folder: str | Path, llm: LLM) -> Any:
+    """Load whatever method the artifact in `folder` holds (dispatching on its JSON `kind`) for `llm`.
+
+    Fails with an `ArtifactError` naming the kind when no loader is registered for it, and with the loader's
+    own error (naming both models) when the artifact was trained on another model."""
+    kind = artifact_kind(folder)
+    if kind is None:
+        raise ArtifactError(f"{folder} holds no readable artifact config; re-create the artifact")
+    if kind not in METHOD_LOADERS:
+        raise ArtifactError(
+            f"{folder} holds a {kind!r} artifact, for which no loader is registered "
+            f"(known kinds: {', '.join(sorted(METHOD_LOADERS))})"
+        )
+    return METHOD_LOADERS[kind](folder, llm)

@@ -1,8 +1,4 @@
-"""Plotly figures for the notebooks. Every function returns a ``plotly.graph_objects.Figure`` with a title,
-axis labels and hover text; saving and showing is the notebook's job (``dispsafe_nb.notebook.save_figure``).
-
-Keep each notebook's figures in its own section below, so that several people can add figures at once.
-"""
+"""Figures of notebook 01: the TV bound (theory)."""
 
 from __future__ import annotations
 
@@ -13,35 +9,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-# One colour per concept, shared by every figure.
-COLORS = {
-    "tv": "#1f77b4",
-    "kl": "#d62728",
-    "teacher": "#555555",
-    "bound": "#2ca02c",
-    "pinsker": "#ff7f0e",
-    "bh": "#9467bd",
-}
-_PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
-
-
-def _np(x: Any) -> np.ndarray:
-    """Plain float64 numpy array from lists, numpy arrays or (detached) torch tensors."""
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
-def _subsample(n: int, max_points: int, seed: int = 0) -> np.ndarray:
-    """Sorted indices of at most ``max_points`` of ``n`` points (all of them if n <= max_points)."""
-    if n <= max_points:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size=max_points, replace=False))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# notebook 01: the TV bound (theory)
-# ----------------------------------------------------------------------------------------------------------
+from dispsafe_nb.plots.common import COLORS, PALETTE, as_np, subsample
 
 
 def distribution_bars_figure(
@@ -50,7 +18,7 @@ def distribution_bars_figure(
     """Grouped bars: one trace per named distribution over the same outcomes (e.g. base LLM vs safe system)."""
     fig = go.Figure()
     for i, (name, values) in enumerate(dists.items()):
-        v = _np(values)
+        v = as_np(values)
         if v.shape != (len(outcome_labels),):
             raise ValueError(f"{name!r} has shape {v.shape}, expected ({len(outcome_labels)},)")
         fig.add_trace(
@@ -58,7 +26,7 @@ def distribution_bars_figure(
                 x=list(outcome_labels),
                 y=v,
                 name=name,
-                marker_color=_PALETTE[i % len(_PALETTE)],
+                marker_color=PALETTE[i % len(PALETTE)],
                 text=[f"{x:.3f}" for x in v],
                 textposition="outside",
                 hovertemplate=f"{name}<br>%{{x}}<br>probability %{{y:.4f}}<extra></extra>",
@@ -79,20 +47,20 @@ def bound_check_scatter(
     one trace per entry. Large inputs are subsampled to ``max_points`` per trace for display only.
     """
     groups = dict(gaps) if isinstance(gaps, Mapping) else {"test function f": gaps}
-    tv = _np(tvs)
+    tv = as_np(tvs)
     fig = go.Figure()
     for i, (name, g) in enumerate(groups.items()):
-        g = np.abs(_np(g))
+        g = np.abs(as_np(g))
         if g.shape != tv.shape:
             raise ValueError(f"gaps {name!r} has shape {g.shape}, tvs has {tv.shape}")
-        idx = _subsample(len(tv), max_points, seed + i)
+        idx = subsample(len(tv), max_points, seed + i)
         fig.add_trace(
             go.Scatter(
                 x=tv[idx],
                 y=g[idx],
                 mode="markers",
                 name=name,
-                marker={"size": 4, "opacity": 0.5, "color": _PALETTE[i % len(_PALETTE)]},
+                marker={"size": 4, "opacity": 0.5, "color": PALETTE[i % len(PALETTE)]},
                 customdata=tv[idx] - g[idx],
                 hovertemplate="TV %{x:.4f}<br>|gap| %{y:.4f}<br>slack TV - |gap| %{customdata:.2e}"
                 f"<extra>{name}</extra>",
@@ -123,12 +91,12 @@ def pinsker_gap_figure(tv: Any, kl: Any, max_points: int = 4000, seed: int = 0) 
     Pairs with infinite or zero KL are left out (the x axis is logarithmic); the title says how many.
     Traces: the pairs, Pinsker, Bretagnolle-Huber.
     """
-    tv, kl = _np(tv), _np(kl)
+    tv, kl = as_np(tv), as_np(kl)
     if tv.shape != kl.shape:
         raise ValueError(f"tv and kl must have the same shape, got {tv.shape} and {kl.shape}")
     ok = np.isfinite(kl) & (kl > 0)
     tv_ok, kl_ok = tv[ok], kl[ok]
-    idx = _subsample(len(tv_ok), max_points, seed)
+    idx = subsample(len(tv_ok), max_points, seed)
     lo = float(kl_ok.min()) if len(kl_ok) else 1e-4
     hi = float(kl_ok.max()) if len(kl_ok) else 10.0
     grid = np.geomspace(min(lo, 1e-4), max(hi, 10.0), 300)
@@ -356,7 +324,7 @@ def refusal_logit_grad_figure(
     q_r = np.linspace(0.001, 0.999 - q_y, n_points)
     fig = go.Figure()
     for i, a in enumerate(float(v) for v in alpha_values):
-        color = _PALETTE[i % len(_PALETTE)]
+        color = PALETTE[i % len(PALETTE)]
         for loss, dash in (("tv", "solid"), ("kl", "dash")):
             g = th.refusal_logit_grad(q_y, q_r, a, loss=loss).numpy()
             fig.add_trace(
@@ -388,7 +356,7 @@ def sequence_bound_figure(tv_seq: Any, tv_bound: Any, kl_seq: Any, kl_chain_sum:
     the sequence KL ``sqrt(KL_seq / 2)``, with y = x (points lie on or above it). Right: the KL chain-rule
     sum against the exact sequence KL (an identity: points lie on y = x). Five traces.
     """
-    tv_seq, tv_bound, kl_seq, kl_sum = (_np(v) for v in (tv_seq, tv_bound, kl_seq, kl_chain_sum))
+    tv_seq, tv_bound, kl_seq, kl_sum = (as_np(v) for v in (tv_seq, tv_bound, kl_seq, kl_chain_sum))
     if not (tv_seq.shape == tv_bound.shape == kl_seq.shape == kl_sum.shape):
         raise ValueError("all four inputs must have the same shape")
     fig = make_subplots(
@@ -484,7 +452,7 @@ def toy_overrefusal_figure(result: Mapping[str, Any], title: str | None = None) 
         key = f"refusal_{group}"
         n_steps = len(result["tv"][key]) - 1
         for loss in ("tv", "kl"):
-            y = _np(result[loss][key])
+            y = as_np(result[loss][key])
             fig.add_trace(
                 go.Scatter(
                     x=np.arange(len(y)),
@@ -517,179 +485,4 @@ def toy_overrefusal_figure(result: Mapping[str, Any], title: str | None = None) 
     fig.update_layout(title=title or "Toy distillation: refusal rate during training, TV vs KL surrogate")
     fig.update_xaxes(title_text="training step")
     fig.update_yaxes(title_text="mean refusal probability q(y<sub>r</sub> | x)", range=[0, 1], row=1, col=1)
-    return fig
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Safe system and evaluation figures (notebooks 02-03)
-# ---------------------------------------------------------------------------------------------------------
-
-_SYSTEM_COLORS = {"base": "#d62728", "dual": "#1f77b4", "tv-disp": "#2ca02c", "kl-disp": "#9467bd"}
-
-
-def alpha_samples_figure(labels: Sequence[str], samples: Sequence[Any]) -> go.Figure:
-    """α(x, y) of each sampled answer (dots) and the estimated refusal mass mean(1 − α) (bars), per prompt.
-
-    `samples` are `safe_system.TeacherSample`s, one per label.
-    """
-    fig = go.Figure()
-    fig.add_trace(
-        go.Bar(
-            x=list(labels),
-            y=[s.refusal_mass for s in samples],
-            name="estimated p(y_r | x)",
-            marker={
-                "color": "rgba(31,119,180,0.25)",
-                "line": {"color": "#1f77b4", "width": 1.5},
-            },
-        )
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=[label for label, s in zip(labels, samples, strict=True) for _ in s.alphas],
-            y=[a for s in samples for a in s.alphas],
-            mode="markers",
-            name="α(x, y) of a sample",
-            marker={"size": 10, "color": "#d62728", "opacity": 0.7},
-            text=[y[:200] for s in samples for y in s.responses],
-            hovertemplate="α=%{y:.3f}<br>%{text}<extra></extra>",
-        )
-    )
-    fig.update_layout(
-        title="The safe system per prompt: guard α of sampled answers and the refusal mass",
-        yaxis={"title": "probability", "range": [0, 1.05]},
-        xaxis={"title": "prompt"},
-    )
-    return fig
-
-
-def benchmark_bars(table: Any) -> go.Figure:
-    """Grouped bars of each benchmark's headline metric (SGS, over-refusal, compliance, accuracy) per system.
-
-    `table` is `evaluate.records_table(records)`.
-    """
-    fig = go.Figure()
-    for system, rows in table.groupby("system", sort=False):
-        labels = [f"{b}<br>({m})" for b, m in zip(rows["benchmark"], rows["metric"], strict=True)]
-        fig.add_trace(
-            go.Bar(
-                x=labels,
-                y=rows["value"],
-                name=system,
-                marker_color=_SYSTEM_COLORS.get(system),
-                text=[f"{v:.2f}" for v in rows["value"]],
-                customdata=rows["n"],
-                hovertemplate="%{x}: %{y:.3f} (n=%{customdata})<extra>" + system + "</extra>",
-            )
-        )
-    fig.update_layout(
-        barmode="group",
-        title="Safety (SGS ↑), over-refusal (↓) and usefulness (↑) per benchmark",
-        yaxis={"title": "rate", "range": [0, 1.05]},
-    )
-    return fig
-
-
-def category_bars(per_category: dict[str, float], title: str) -> go.Figure:
-    """One bar per category (e.g. XSTest prompt types), sorted by value."""
-    items = sorted(per_category.items(), key=lambda kv: kv[1], reverse=True)
-    fig = go.Figure(go.Bar(x=[k for k, _ in items], y=[v for _, v in items], marker_color="#1f77b4"))
-    fig.update_layout(
-        title=title, yaxis={"title": "refusal rate", "range": [0, 1.05]}, xaxis={"title": "category"}
-    )
-    return fig
-
-
-def training_curves(histories: Mapping[str, Any]) -> go.Figure:
-    """Training loss (thin) and validation loss (markers) per run; `histories` maps a name to a `train.History`."""
-    fig = make_subplots(
-        rows=1, cols=2, subplot_titles=("loss", "validation: |p̂(y_r|x) − q(y_r|x)| (a TV lower bound)")
-    )
-    for name, history in histories.items():
-        color = _SYSTEM_COLORS.get(name)
-        fig.add_trace(
-            go.Scatter(
-                x=history.step,
-                y=history.loss,
-                mode="lines",
-                name=f"{name} train",
-                line={"color": color, "width": 1},
-            ),
-            row=1,
-            col=1,
-        )
-        fig.add_trace(
-            go.Scatter(
-                x=history.val_step,
-                y=history.val_loss,
-                mode="lines+markers",
-                name=f"{name} val",
-                line={"color": color, "width": 3},
-            ),
-            row=1,
-            col=1,
-        )
-        fig.add_trace(
-            go.Scatter(
-                x=history.val_step,
-                y=history.val_refusal_gap,
-                mode="lines+markers",
-                name=f"{name} refusal gap",
-                line={"color": color, "dash": "dot"},
-            ),
-            row=1,
-            col=2,
-        )
-    fig.update_xaxes(title_text="step")
-    fig.update_layout(title="Distilling the safe system into a soft prompt")
-    return fig
-
-
-def alpha_histogram(alphas_by_kind: Mapping[str, Sequence[float]]) -> go.Figure:
-    """Overlaid histograms of the guard's α on teacher samples, one per prompt kind."""
-    fig = go.Figure()
-    for kind, alphas in alphas_by_kind.items():
-        fig.add_trace(
-            go.Histogram(
-                x=list(alphas), name=kind, opacity=0.6, xbins={"start": 0, "end": 1.0001, "size": 0.05}
-            )
-        )
-    fig.update_layout(
-        barmode="overlay",
-        title="Teacher data: the guard's α(x, y) on sampled answers",
-        xaxis={"title": "α(x, y) = p(safe | x, y)"},
-        yaxis={"title": "samples"},
-    )
-    return fig
-
-
-def bound_check_real_figure(checks: Sequence[Any], labels: Sequence[str]) -> go.Figure:
-    """Observed safety gap vs. estimated TV per prompt (±2 standard errors), with the line gap = TV.
-
-    `checks` are `empirical.BoundCheck`s; `labels` name each prompt's kind (colour).
-    """
-    fig = go.Figure()
-    for label in dict.fromkeys(labels):
-        rows = [c for c, lab in zip(checks, labels, strict=True) if lab == label]
-        fig.add_trace(
-            go.Scatter(
-                x=[c.tv for c in rows],
-                y=[c.gap for c in rows],
-                mode="markers",
-                name=label,
-                marker={"size": 10},
-                error_x={"type": "data", "array": [2 * c.tv_se for c in rows]},
-                error_y={"type": "data", "array": [2 * c.gap_se for c in rows]},
-                text=[c.prompt[:80] for c in rows],
-                hovertemplate="TV≈%{x:.3f}, gap≈%{y:.3f}<br>%{text}<extra></extra>",
-            )
-        )
-    fig.add_trace(
-        go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="gap = TV", line={"color": "black", "dash": "dash"})
-    )
-    fig.update_layout(
-        title="Theorem 3.1 on SmolLM2: safety gap between dual system and student vs. their TV distance",
-        xaxis={"title": "estimated TV(p, q) per prompt", "range": [-0.02, 1.05]},
-        yaxis={"title": "|E_p safe − E_q safe| per prompt", "range": [-0.02, 1.05]},
-    )
     return fig
