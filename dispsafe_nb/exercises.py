@@ -99,6 +99,15 @@ def clip_fractions(logq_y: torch.Tensor, logq_r: torch.Tensor, alpha: torch.Tens
     return float(on_y.double().mean()), float(on_r.double().mean())
 
 
+def dual_refusal_probability(alphas: Sequence[float], refused: Sequence[bool]) -> float:
+    """The probability that the dual system (sampling form: keep y with probability α) answers with a refusal,
+    estimated from k samples y_i ~ p(y | x): each sample is replaced with probability 1 - α_i, and kept but itself
+    a refusal (`refused[i]`) otherwise; the estimate is the mean of (1 - α_i) + α_i · refused_i."""
+    if len(alphas) != len(refused) or not alphas:
+        raise ValueError("give one α and one refusal flag per sample (at least one)")
+    return float(np.mean([(1 - a) + a * float(r) for a, r in zip(alphas, refused, strict=True)]))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # checkers
 # ---------------------------------------------------------------------------------------------------------------
@@ -371,6 +380,26 @@ def _check_clip_fractions(fn: Callable) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def _check_dual_refusal_probability(fn: Callable) -> int:
+    rng = np.random.default_rng(7)
+    cases = [([1.0, 1.0], [True, False]), ([0.0, 0.0, 0.0], [False, False, False]), ([0.25], [True])]
+    cases += [
+        (list(rng.uniform(size=k)), list(rng.uniform(size=k) < 0.3)) for k in rng.integers(1, 9, size=30)
+    ]
+    for alphas, refused in cases:
+        want = dual_refusal_probability(alphas, refused)
+        got = fn(alphas, refused)
+        if not math.isclose(float(got), want, abs_tol=1e-12):
+            _fail(
+                "dual_refusal_probability",
+                f"alphas={np.round(alphas, 3).tolist()}, refused={[bool(r) for r in refused]}",
+                got,
+                want,
+                "a sample the guard replaces is a refusal; a kept sample is one only if it refuses by itself",
+            )
+    return len(cases)
+
+
 @dataclass(frozen=True)
 class Exercise:
     name: str
@@ -454,6 +483,14 @@ EXERCISES: dict[str, Exercise] = {
             "has switched off in a batch.",
             clip_fractions,
             _check_clip_fractions,
+        ),
+        Exercise(
+            "dual_refusal_probability",
+            "06_probe",
+            "Write dual_refusal_probability(alphas, refused): the dual system's (sampling form) probability of "
+            "refusing, estimated from k base samples with their α and whether each is itself a refusal.",
+            dual_refusal_probability,
+            _check_dual_refusal_probability,
         ),
     )
 }

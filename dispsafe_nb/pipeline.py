@@ -66,3 +66,27 @@ def run_pipeline(cfg: PipelineConfig, llm: LLM | None = None, progress: bool = F
         "guard": guard.describe(),
         "config": {**asdict(cfg), "threads": torch.get_num_threads()},
     }
+
+
+def train_student(
+    llm: LLM,
+    system: SafeSystem,
+    folder: Any,
+    distill_config: DistillConfig,
+    mix: tuple[int, int, int] = (24, 24, 16),
+    k_samples: int = 1,
+    max_new_tokens: int = 32,
+    progress: bool = True,
+) -> Any:
+    """Distil `system` into a soft prompt on a small training mix (teacher samples from the cache) and save it to
+    `folder` -- the student notebooks and the prober use when notebook 03 has not been run. Returns the folder."""
+    seed = distill_config.seed
+    records = training_mix(*mix, seed=seed)
+    decoding = DecodingConfig(max_new_tokens, temperature=0.7, top_p=0.95, seed=seed)
+    samples = teacher_samples(
+        system, [r.text for r in records], k=k_samples, decoding=decoding, progress=progress
+    )
+    soft, _ = distill(llm, samples, distill_config, progress=progress)
+    return soft.save(
+        folder, {"notebook": "06_probe", "mix": list(mix), "teacher_max_new_tokens": max_new_tokens}
+    )

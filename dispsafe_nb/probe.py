@@ -515,3 +515,23 @@ def presets(per_set: int = 25, seed: int = 0) -> list[PresetSet]:
             name = label if category is None else f"{label} · {type_label(bench, category)}"
             out.append(PresetSet(mark + name, bench, category, harmful, tuple(texts[:per_set])))
     return out
+
+
+# Notebook 06's fixed probing list: a few test-split prompts of each kind, from these benchmarks.
+FIXED_SETS: dict[str, str] = {
+    "harmful": "advbench_test",
+    "borderline": "xstest_safe",
+    "benign": "alpaca_test",
+}
+
+
+def fixed_prompts(per_kind: int = 4, seed: int = 0) -> dict[str, list[str]]:
+    """{kind: prompts}: `per_kind` test prompts of each kind (harmful, borderline-safe, benign), deterministic."""
+    from dispsafe_nb.evaluate import benchmark_records
+
+    if per_kind < 1:
+        raise ValueError(f"per_kind must be at least 1, not {per_kind}")
+    return {
+        kind: [r.text for r in benchmark_records(b, limit=per_kind, seed=seed)]
+        for kind, b in FIXED_SETS.items()
+    }

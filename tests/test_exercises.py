@@ -49,6 +49,11 @@ WRONG = {
         lambda ly, lr, a: th.kl_disp_loss(ly, lr, a),  # KL-DiSP: no clip
         lambda ly, lr, a: ex.clipped_nll(ly, a) + ex.clipped_nll(lr, a),  # the refusal's weight is 1 - a
     ],
+    "dual_refusal_probability": [
+        lambda a, r: float(np.mean([1 - x for x in a])),  # forgets samples that refuse by themselves
+        lambda a, r: float(np.mean([x * float(f) for x, f in zip(a, r, strict=True)])),  # only kept refusals
+        lambda a, r: float(np.mean([float(f) for f in r])),  # the base model's rate: ignores the guard
+    ],
     "clip_fractions": [
         lambda ly, lr, a: (
             float(((a > 0) & (ly > torch.log(a))).double().mean()),
@@ -64,8 +69,11 @@ WRONG = {
 
 def test_every_exercise_has_wrong_answers_to_reject_and_a_notebook():
     assert set(WRONG) == set(ex.EXERCISES)
-    counts = {nb: len(ex.for_notebook(nb)) for nb in ("01_tv_bound", "02_safe_system", "03_distill")}
+    counts = {
+        nb: len(ex.for_notebook(nb)) for nb in ("01_tv_bound", "02_safe_system", "03_distill", "06_probe")
+    }
     assert counts["01_tv_bound"] >= 3 and counts["02_safe_system"] >= 2 and counts["03_distill"] >= 2, counts
+    assert counts["06_probe"] >= 1, counts
 
 
 @pytest.mark.parametrize("name", list(ex.EXERCISES))
