@@ -127,6 +127,7 @@ class Prober:
         self.session = session
         self.preset_sets = {p.label: p for p in (preset_sets if preset_sets is not None else presets())}
         self.last_result: ProbeResult | None = None
+        self.last_figure: Any = None  # the batch figure shown last (also kept for tests: no kernel, no Output)
         self.preset_set = w.Dropdown(
             options=["(none)", *self.preset_sets], description="preset set", layout={"width": "60%"}
         )
@@ -244,8 +245,9 @@ class Prober:
         self.last_result = result
         if self.mode.value == "batch":
             self.results.value = summary_html(result) + answers_html(result)
+            self.last_figure = plots.refusal_probability_figure(result.table())
             with self.figure:
-                display(plots.refusal_probability_figure(result.table()))
+                display(self.last_figure)
         else:
             self.results.value = answers_html(result)
 
@@ -261,6 +263,7 @@ class OverRefusalExplorer:
             raise ValueError("no evaluation records to explore: run explorer.load_or_compute(...) first")
         self.rows = {name: explorer.prompt_rows(records) for name, records in sources.items()}
         self.paper = dict(paper or {})
+        self.last_figure: Any = None
         self.source = w.Dropdown(options=list(self.rows), description="records")
         self.benchmark = w.Dropdown(description="benchmark")
         self.category = w.Dropdown(description="prompt type")
@@ -299,8 +302,9 @@ class OverRefusalExplorer:
         self.category.value = explorer.ALL
         self.figure.clear_output()
         paper = self.paper if self.benchmark.value == "xstest_safe" else None
+        self.last_figure = plots.over_refusal_by_type_figure(self.table(), paper, title=self.benchmark.label)
         with self.figure:
-            display(plots.over_refusal_by_type_figure(self.table(), paper, title=self.benchmark.label))
+            display(self.last_figure)
         self._render_refused()
 
     def _render_refused(self) -> None:

@@ -236,3 +236,28 @@ def test_notebook_03_checks_catch_their_sabotages(llm, teacher, monkeypatch):
     results = {name: _distill_metrics(llm, teacher, name, monkeypatch) for name in names}
     assert train_module.OBJECTIVES["tv"].__name__ == "tv_disp_loss"  # the patches are gone
     _assert_caught("03_distill", results)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# notebook 06: probing
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_notebook_06_checks_catch_their_sabotages(llm, guard, judge_guard, teacher, tmp_path):
+    from dispsafe_nb.probe import ProbeDecoding, ProbeSession, fixed_prompts, probe
+
+    fixed = fixed_prompts(2, seed=0)  # notebook 06's smoke sizes
+    greedy = ProbeDecoding(max_new_tokens=24)
+    guards = {
+        "real": guard,
+        "constant_alpha": _SabotagedGuard(guard, "constant", teacher["mean_alpha"]),
+        "inverted_alpha": _SabotagedGuard(guard, "inverted"),
+    }
+    results = {}
+    for name, teacher_guard in guards.items():
+        session = ProbeSession(llm, teacher_guard, judge_guard, artifacts_dir=tmp_path)
+        batch = {
+            k: probe(session, p, ["base", "dual"], greedy).to_metrics()["systems"] for k, p in fixed.items()
+        }
+        results[name] = {"batch": batch}
+    _assert_caught("06_probe", results)
