@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 DISPSAFE_DATA ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
 export DISPSAFE_DATA
 
-.PHONY: install test nbval lint format reproduce benchmark benchmark-distill mutation lab clean
+.PHONY: install test nbval ui-check lint format reproduce benchmark benchmark-distill mutation lab clean
 
 install: $(VENV)/.installed
 
@@ -37,6 +37,14 @@ test: install
 nbval: install
 	tmp=$$(mktemp -d) && DISPSAFE_FIGURES=$$tmp DISPSAFE_RESULTS=$$tmp $(PY) -m pytest -p no:cacheprovider -q \
 	  --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg notebooks/01_tv_bound.ipynb
+
+# Notebook 06 in a real browser: JupyterLab headless + Debian's Chromium driven by Playwright; runs the notebook
+# (smoke sizes), uses the prober and saves figures/06_prober.png. Says SKIPPED (exit 2 -> make fails loudly unless
+# UI_CHECK_OPTIONAL=1) when no Chromium is installed: `apt-get install chromium`.
+ui-check: install
+	@$(PY) scripts/ui_check.py; rc=$$?; \
+	if [ $$rc -eq 2 ] && [ -n "$(UI_CHECK_OPTIONAL)" ]; then echo "ui-check skipped (UI_CHECK_OPTIONAL set)"; exit 0; fi; \
+	exit $$rc
 
 lint: install
 	$(PY) -m ruff check .

@@ -72,3 +72,23 @@ def test_notebooks_are_committed_without_outputs_except_the_nbval_checked_cells(
             assert cell.get("execution_count") is None, f"{path.name} has execution counts"
         assert nb["metadata"]["kernelspec"]["name"] == "python3", f"{path.name} must use the python3 kernel"
     assert checked >= 5, "notebook 01's exact-value cells are checked by nbval"
+
+
+def test_ci_runs_the_browser_check_after_the_tests_and_never_silently():
+    script = (ROOT / ".ci" / "run").read_text()
+    assert script.index("make test") < script.index("make ui-check")
+    makefile = (ROOT / "Makefile").read_text()
+    assert "scripts/ui_check.py" in makefile and "skipped" in makefile
+
+
+def test_the_browser_check_runs_a_smoke_copy_of_notebook_06(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ui_check", ROOT / "scripts" / "ui_check.py")
+    ui_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ui_check)
+    copy = json.loads(ui_check.smoke_copy(tmp_path).read_text())
+    tags = [c["metadata"].get("tags", []) for c in copy["cells"]]
+    params = next(i for i, t in enumerate(tags) if "parameters" in t)
+    assert "injected-parameters" in tags[params + 1]
+    assert "".join(copy["cells"][params + 1]["source"]) == "SMOKE = True"
