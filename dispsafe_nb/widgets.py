@@ -127,7 +127,9 @@ class Prober:
         self.session = session
         self.preset_sets = {p.label: p for p in (preset_sets if preset_sets is not None else presets())}
         self.last_result: ProbeResult | None = None
-        self.last_figure: Any = None  # the batch figure shown last (also kept for tests: no kernel, no Output)
+        self.last_figure: Any = (
+            None  # the batch figure shown last (also kept for tests: no kernel, no Output)
+        )
         self.preset_set = w.Dropdown(
             options=["(none)", *self.preset_sets], description="preset set", layout={"width": "60%"}
         )
