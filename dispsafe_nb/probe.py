@@ -383,19 +383,14 @@ def _answers_of(session: ProbeSession, name: str, prompts: list[str], decoding: 
     """k answers per prompt; for the dual system also the LLM's own answers and their α."""
     system, _ = session.system(name)
     dec = decoding.to_decoding()
-    if name == DUAL:
+    if name == DUAL:  # the LLM's answers, then the guard's part of the same system
         raw = session.llm.generate(prompts, dec, num_samples=decoding.k, per_prompt_seed=True)
         raw = [[r] for r in raw] if decoding.k == 1 else raw
-        flat = [y for ys in raw for y in ys]
-        alphas = system.guard.prob_safe([p for p, ys in zip(prompts, raw, strict=True) for _ in ys], flat)
-        alphas = alphas.tolist()
+        flat_prompts = [p for p, ys in zip(prompts, raw, strict=True) for _ in ys]
+        outputs = system.apply_guard(flat_prompts, [y for ys in raw for y in ys], dec.seed)
         k = decoding.k
-        per = [alphas[i * k : (i + 1) * k] for i in range(len(prompts))]
-        finals = [
-            [y if a >= system.threshold else system.refusal for y, a in zip(ys, al, strict=True)]
-            for ys, al in zip(raw, per, strict=True)
-        ]
-        return finals, raw, per
+        rows = [outputs[i * k : (i + 1) * k] for i in range(len(prompts))]
+        return [[o.final for o in row] for row in rows], raw, [[o.alpha for o in row] for row in rows]
     out = system.generate(prompts, dec, num_samples=decoding.k, per_prompt_seed=True)
     return ([[a] for a in out] if decoding.k == 1 else out), None, None
 

@@ -70,15 +70,21 @@ class SafeSystem:
         responses = self.llm.generate(
             prompts, decoding, batch_size=batch_size, progress=progress, per_prompt_seed=per_prompt_seed
         )
-        alphas = self.guard.prob_safe(prompts, responses).tolist()
-        rng = random.Random(decoding.seed)
-        outputs = []
-        for prompt, response, alpha in zip(prompts, responses, alphas, strict=True):
-            keep = self._keeps(alpha, rng)
-            outputs.append(
-                SafeSystemOutput(prompt, response, float(alpha), response if keep else self.refusal)
+        return self.apply_guard(prompts, responses, decoding.seed)
+
+    def apply_guard(
+        self, prompts: Sequence[str], responses: Sequence[str], seed: int = 0
+    ) -> list[SafeSystemOutput]:
+        """The guard's part on answers already given: α for each (prompt, response) and what the system returns
+        (the response, or y_r); `seed` drives the coins of mode "sample", drawn in order."""
+        alphas = self.guard.prob_safe(list(prompts), list(responses)).tolist()
+        rng = random.Random(seed)
+        return [
+            SafeSystemOutput(
+                prompt, response, float(alpha), response if self._keeps(alpha, rng) else self.refusal
             )
-        return outputs
+            for prompt, response, alpha in zip(prompts, responses, alphas, strict=True)
+        ]
 
     def _keeps(self, alpha: float, rng: random.Random) -> bool:
         """Does the system return the LLM's answer (else y_r)? α ≥ threshold, or a coin with probability α."""
@@ -108,9 +114,8 @@ class SafeSystem:
             per_prompt_seed=per_prompt_seed,
         )
         flat = [y for ys in gens for y in ys]
-        alphas = self.guard.prob_safe([p for p in prompts for _ in range(num_samples)], flat).tolist()
-        rng = random.Random(decoding.seed)
-        finals = [y if self._keeps(a, rng) else self.refusal for y, a in zip(flat, alphas, strict=True)]
+        outputs = self.apply_guard([p for p in prompts for _ in range(num_samples)], flat, decoding.seed)
+        finals = [o.final for o in outputs]
         return [finals[i * num_samples : (i + 1) * num_samples] for i in range(len(prompts))]
 
     def describe(self) -> dict[str, Any]:
