@@ -368,6 +368,27 @@ def row_seed(prompt: str, seed: int, sample: int) -> int:
     return int(hashlib.sha256(f"{seed}:{sample}:{prompt}".encode()).hexdigest()[:12], 16)
 
 
+def sampling_log_probs(
+    logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0, keep: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Log-probabilities of the distribution a sampler draws from: softmax(logits / temperature), cut to the
+    nucleus (the smallest set of most likely tokens whose mass reaches `top_p`) and renormalised; tokens outside
+    it get -inf. `keep` (one token id per row, optional) is never cut: a token that was sampled must stay in the
+    support even when recomputed logits put it a rounding error outside the nucleus."""
+    if temperature <= 0:
+        raise ValueError(f"sampling needs a temperature > 0, not {temperature}")
+    log_probs = torch.log_softmax(logits / temperature, dim=-1)
+    if top_p >= 1.0:
+        return log_probs
+    sorted_lp, order = log_probs.sort(dim=-1, descending=True)
+    sorted_p = sorted_lp.exp()
+    outside_sorted = sorted_p.cumsum(-1) - sorted_p > top_p  # the mass before a token already reaches top_p
+    outside = torch.zeros_like(outside_sorted).scatter(-1, order, outside_sorted)
+    if keep is not None:
+        outside[torch.arange(len(keep), device=logits.device), keep] = False
+    return torch.log_softmax(log_probs.masked_fill(outside, float("-inf")), dim=-1)
+
+
 class RowSeededSampler:
     """A logits processor that samples every row from its own `torch.Generator` (temperature, nucleus top-p)
     and returns logits that allow only the sampled token."""
@@ -380,7 +401,7 @@ class RowSeededSampler:
         if scores.shape[0] != len(self.generators):
             raise ValueError(f"{scores.shape[0]} rows but {len(self.generators)} row seeds")
         probs = torch.softmax(scores.float().cpu() / self.temperature, dim=-1)
-        if self.top_p < 1.0:
+        if self.top_p < 1.0:  # the same nucleus as `sampling_log_probs` (a test keeps the two equal)
             sorted_p, order = probs.sort(dim=-1, descending=True)
             outside = sorted_p.cumsum(-1) - sorted_p > self.top_p  # keep the smallest set reaching top_p
             sorted_p[outside] = 0.0

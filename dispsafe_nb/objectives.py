@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from dispsafe_nb.models import LLM, prepend_prefix
+from dispsafe_nb.models import LLM, prepend_prefix, sampling_log_probs
 from dispsafe_nb.theory import weighted_clipped_nll, weighted_nll
 
 REDUCTIONS = ("sum", "mean")
@@ -58,6 +58,8 @@ def sequence_logprobs(
     method: Any | None = None,
     batch_size: int | None = None,
     response_ids: Sequence[Sequence[int]] | None = None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
 ) -> torch.Tensor:
     """Teacher-forced ``log q(response | prompt [, prefix])`` under the chat template, one value per pair.
 
@@ -76,6 +78,8 @@ def sequence_logprobs(
     ``apply(llm, input_ids, attention_mask) -> (inputs_embeds, attention_mask)`` (e.g. a ``SoftPrompt``).
     reduction: "sum" (the sequence log-prob) or "mean" (per-token average, sum / number of response tokens).
     batch_size: score in chunks of this many rows (the results are concatenated; gradients still flow).
+    temperature, top_p: score under the distribution a sampler with these settings draws from (tempered, cut to
+    the nucleus and renormalised: `models.sampling_log_probs`) instead of the model's own (1.0, 1.0).
 
     Memory: vocabulary logits are computed only at the positions that predict response tokens. The backbone
     returns hidden states (B x T x d); we gather the few rows that predict a response token and apply the
@@ -104,11 +108,15 @@ def sequence_logprobs(
                 False,  # the ids below already end in eos where they should
                 method,
                 response_ids=resp_ids[s : s + batch_size],
+                temperature=temperature,
+                top_p=top_p,
             )
             for s in range(0, len(prompts), batch_size)
         ]
         return torch.cat(chunks)
-    log_probs, targets, row_of, n_resp = _response_log_softmax(llm, prompts, resp_ids, prefix, method)
+    log_probs, targets, row_of, n_resp = _response_log_softmax(
+        llm, prompts, resp_ids, prefix, method, temperature, top_p
+    )
     token_logp = log_probs.gather(-1, targets[:, None])[:, 0]
     out = torch.zeros(len(prompts), dtype=token_logp.dtype, device=token_logp.device).index_add(
         0, row_of, token_logp
@@ -158,8 +166,11 @@ def _response_log_softmax(
     resp_ids: list[list[int]],
     prefix: torch.Tensor | None,
     method: Any | None,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Log-softmax over the vocabulary at the positions that predict response tokens only.
+    """Log-softmax over the vocabulary at the positions that predict response tokens only (of the tempered,
+    nucleus-cut distribution when `temperature`, `top_p` are not 1).
 
     `resp_ids`: the token ids to score per row (eos included where it should be). Returns (log_probs
     [n_tokens, V], target ids [n_tokens], row index of each token [n_tokens], number of response tokens per
@@ -209,7 +220,10 @@ def _response_log_softmax(
     if cap:
         logits = torch.tanh(logits / cap) * cap
     row_of = select.nonzero()[:, 0]
-    return torch.log_softmax(logits, dim=-1), targets[:, 1:][select], row_of, n_resp
+    target_ids = targets[:, 1:][select]
+    if temperature == 1.0 and top_p >= 1.0:
+        return torch.log_softmax(logits, dim=-1), target_ids, row_of, n_resp
+    return sampling_log_probs(logits, temperature, top_p, keep=target_ids), target_ids, row_of, n_resp
 
 
 @torch.no_grad()

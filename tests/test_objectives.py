@@ -675,3 +675,54 @@ def test_a_float32_alpha_is_cast_to_the_log_probs_dtype_before_its_log():
     # integer log-probs: α follows torch's default dtype, whatever α's own dtype
     out = kl_disp_loss(torch.tensor([0, -1]), torch.tensor([-1, 0]), torch.tensor(0.25, dtype=torch.float64))
     assert out.dtype == torch.get_default_dtype() and out.tolist() == pytest.approx([0.75, 0.25])
+
+
+def test_sampling_log_probs_is_the_distribution_the_row_sampler_draws_from():
+    from dispsafe_nb.models import RowSeededSampler, sampling_log_probs
+
+    logits = torch.randn(3, 40, generator=torch.Generator().manual_seed(0)) * 3
+    for temperature, top_p in ((1.0, 1.0), (0.7, 0.95), (1.3, 0.5), (0.5, 0.01)):
+        probs = sampling_log_probs(logits, temperature, top_p).exp()
+        assert torch.allclose(probs.sum(-1), torch.ones(3), atol=1e-6)
+        # the sampler's (unnormalised) nucleus probabilities, renormalised
+        sampler = RowSeededSampler([0, 1, 2], temperature, top_p)
+        raw = torch.softmax(logits / temperature, -1)
+        if top_p < 1:
+            sorted_p, order = raw.sort(-1, descending=True)
+            sorted_p[sorted_p.cumsum(-1) - sorted_p > top_p] = 0.0
+            raw = torch.zeros_like(raw).scatter(-1, order, sorted_p)
+        assert torch.allclose(probs, raw / raw.sum(-1, keepdim=True), atol=1e-6)
+        # and every token the sampler draws lies in that support
+        chosen = sampler(None, logits).argmax(-1)
+        assert torch.isfinite(sampling_log_probs(logits, temperature, top_p)[torch.arange(3), chosen]).all()
+    assert (
+        sampling_log_probs(logits, 1.0, 0.01).isfinite().sum(-1) == 1
+    ).all()  # the nucleus keeps one token
+    kept = sampling_log_probs(logits, 1.0, 0.01, keep=logits.argmin(-1))
+    assert (kept.isfinite().sum(-1) == 2).all()  # a sampled token is never cut
+    with pytest.raises(ValueError, match="temperature"):
+        sampling_log_probs(logits, 0.0)
+
+
+def test_tiny_sequence_logprobs_under_a_tempered_truncated_sampler(tiny_llm):
+    from dispsafe_nb.models import sampling_log_probs
+
+    prompt, ids = TINY_PROMPTS[1], _ids(tiny_llm, TINY_RESPONSES[1])
+    prompt_ids = tiny_llm.tokenizer(tiny_llm.chat_text(prompt), add_special_tokens=False)["input_ids"]
+    logits = tiny_llm.model(torch.tensor([prompt_ids + ids])).logits[0].float()
+    start = len(prompt_ids)
+    for temperature, top_p in ((1.0, 1.0), (0.7, 0.95), (2.0, 0.9)):
+        lp = sampling_log_probs(logits[start - 1 : -1], temperature, top_p, keep=torch.tensor(ids))
+        want = float(lp[torch.arange(len(ids)), torch.tensor(ids)].sum())
+        got = sequence_logprobs(
+            tiny_llm,
+            [prompt],
+            None,
+            response_ids=[ids],
+            append_eos=False,
+            temperature=temperature,
+            top_p=top_p,
+        )
+        assert float(got) == pytest.approx(want, abs=1e-4)
+    plain = sequence_logprobs(tiny_llm, [prompt], None, response_ids=[ids], append_eos=False)
+    assert float(plain) == pytest.approx(sum(_tiny_brute_force(tiny_llm, prompt, ids)), abs=1e-4)

@@ -8,7 +8,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from dispsafe_nb.plots.common import SYSTEM_COLORS
+from dispsafe_nb.plots.common import PALETTE, SYSTEM_COLORS
 
 # ---------------------------------------------------------------------------------------------------------
 # Safe system and evaluation figures (notebooks 02-03)
@@ -152,32 +152,38 @@ def alpha_histogram(alphas_by_kind: Mapping[str, Sequence[float]]) -> go.Figure:
 
 
 def bound_check_real_figure(checks: Sequence[Any], labels: Sequence[str]) -> go.Figure:
-    """Observed safety gap vs. estimated TV per prompt (±2 standard errors), with the line gap = TV.
+    """Observed score gaps vs. estimated TV per prompt (±2 standard errors), with the line gap = TV: the safety gap
+    (filled markers) and the refusal gap (open markers) of every prompt.
 
     `checks` are `empirical.BoundCheck`s; `labels` name each prompt's kind (colour).
     """
     fig = go.Figure()
-    for label in dict.fromkeys(labels):
+    for i, label in enumerate(dict.fromkeys(labels)):
         rows = [c for c, lab in zip(checks, labels, strict=True) if lab == label]
-        fig.add_trace(
-            go.Scatter(
-                x=[c.tv for c in rows],
-                y=[c.gap for c in rows],
-                mode="markers",
-                name=label,
-                marker={"size": 10},
-                error_x={"type": "data", "array": [2 * c.tv_se for c in rows]},
-                error_y={"type": "data", "array": [2 * c.gap_se for c in rows]},
-                text=[c.prompt[:80] for c in rows],
-                hovertemplate="TV≈%{x:.3f}, gap≈%{y:.3f}<br>%{text}<extra></extra>",
+        for f, symbol, gap, se in (
+            ("safe", "circle", "gap", "gap_se"),
+            ("refused", "circle-open", "refusal_gap", "refusal_gap_se"),
+        ):
+            fig.add_trace(
+                go.Scatter(
+                    x=[c.tv for c in rows],
+                    y=[getattr(c, gap) for c in rows],
+                    mode="markers",
+                    name=f"{label}, f = {f}",
+                    legendgroup=label,
+                    marker={"size": 10, "symbol": symbol, "color": PALETTE[i % len(PALETTE)]},
+                    error_x={"type": "data", "array": [2 * c.tv_se for c in rows]},
+                    error_y={"type": "data", "array": [2 * getattr(c, se) for c in rows]},
+                    text=[c.prompt[:80] for c in rows],
+                    hovertemplate="TV≈%{x:.3f}, gap≈%{y:.3f}<br>%{text}<extra>f = " + f + "</extra>",
+                )
             )
-        )
     fig.add_trace(
         go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="gap = TV", line={"color": "black", "dash": "dash"})
     )
     fig.update_layout(
-        title="Theorem 3.1 on SmolLM2: safety gap between dual system and student vs. their TV distance",
+        title="Theorem 3.1 on SmolLM2: score gaps between dual system and student vs. their TV distance",
         xaxis={"title": "estimated TV(p, q) per prompt", "range": [-0.02, 1.05]},
-        yaxis={"title": "|E_p safe − E_q safe| per prompt", "range": [-0.02, 1.05]},
+        yaxis={"title": "|E_p f − E_q f| per prompt (f = safe, f = refused)", "range": [-0.02, 1.05]},
     )
     return fig
