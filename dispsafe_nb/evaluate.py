@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -490,6 +490,33 @@ def evaluate_base_and_dual(
             )
         records += [base, dual]
     return records, timing
+
+
+def evaluate_students(
+    dual: Any,
+    students: Mapping[str, Any],
+    benchmarks: Sequence[str],
+    decoding: DecodingConfig,
+    *,
+    student_decoding: DecodingConfig | None = None,
+    names: tuple[str, str] = ("base", "dual"),
+    **common: Any,
+) -> list[EvalRecord]:
+    """The base model and the dual system (`evaluate_base_and_dual`, one generation pass) and every student
+    ({name: system with `generate`}) on `benchmarks`, all judged alike (each benchmark's rule recognising the dual
+    system's y_r). Students decode with `student_decoding` (default: `decoding`); `common` goes to both calls
+    (limit, second_judge, seed, samples_per_prompt, progress, ...)."""
+    records, _ = evaluate_base_and_dual(dual, benchmarks, decoding=decoding, names=names, **common)
+    for name, system in students.items():
+        records += evaluate(
+            system,
+            benchmarks,
+            system_name=name,
+            decoding=student_decoding or decoding,
+            refusal_text=dual.refusal,
+            **common,
+        )
+    return records
 
 
 def judge_agreement(records: Sequence[EvalRecord]) -> dict[str, dict[str, dict[str, Any]]]:

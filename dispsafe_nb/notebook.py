@@ -65,3 +65,23 @@ def is_interactive() -> bool:
     except ImportError:
         return False
     return shell is not None and type(shell).__name__ == "ZMQInteractiveShell"
+
+
+def config_of(namespace: dict[str, Any], names: str) -> dict[str, Any]:
+    """The notebook's parameters as a config dict: `config_of(globals(), "SMOKE STEPS SEED")`. A name that is not
+    defined fails, naming it (a renamed parameter must not vanish from the record silently)."""
+    missing = [n for n in names.split() if n not in namespace]
+    if missing:
+        raise NameError(f"parameters {missing} are not defined in this notebook")
+    return {n: namespace[n] for n in names.split()}
+
+
+def emit_and_check(notebook: str, metrics: dict[str, Any], config: dict[str, Any]) -> Path:
+    """The end of every notebook: write its metrics (`emit_metrics`) and print each named check as holding or not
+    (`dispsafe_nb.checks`); returns the metrics file."""
+    from dispsafe_nb.checks import run_checks
+
+    path = emit_metrics(notebook, metrics, config)
+    for ok, message in run_checks(notebook, metrics).values():
+        print(("✓ " if ok else "✗ ") + message)
+    return path

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -276,6 +276,18 @@ def save_checkpoint(
         "split_version": data.SPLIT_VERSION,
     }
     return save_artifact(folder, CHECKPOINT_KIND, tensors, meta)
+
+
+def history_summary(histories: Mapping[str, History]) -> dict[str, dict[str, float | None]]:
+    """{name: final training loss, final validation loss and validation refusal gap (None when not recorded)}."""
+    return {
+        name: {
+            "final_loss": h.loss[-1],
+            "final_val_loss": h.val_loss[-1] if h.val_loss else None,
+            "final_val_refusal_gap": h.val_refusal_gap[-1] if h.val_refusal_gap else None,
+        }
+        for name, h in histories.items()
+    }
 
 
 def distill(

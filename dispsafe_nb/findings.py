@@ -1,0 +1,124 @@
+"""Notebook prose rendered from a run's own metrics: "what this run found" passages, as Markdown strings.
+
+A notebook states its findings by calling these on the metrics it emits, so the text can never disagree with
+the numbers (a typed-in number could, after the next run).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+# (label, benchmark, metric) rows of notebook 03's findings
+DISTILL_ROWS = (
+    ("SGS, AdvBench test", "advbench_test", "sgs"),
+    ("over-refusal, XSTest safe", "xstest_safe", "over_refusal"),
+    ("compliance, Alpaca test", "alpaca_test", "compliance"),
+)
+
+
+def _rate(metrics: Mapping[str, Any], system: str, bench: str, key: str) -> str:
+    found = metrics.get(system, {}).get(bench)
+    return f"{found[key]:.0%}" if found and found.get(key) is not None else "n/a"
+
+
+def _kl_over_tv(metrics: Mapping[str, Any]) -> str:
+    try:
+        kl = metrics["kl-disp"]["xstest_safe"]["over_refusal"]
+        tv = metrics["tv-disp"]["xstest_safe"]["over_refusal"]
+    except KeyError:
+        return "n/a"
+    return "yes" if kl > tv else "no"
+
+
+def distill_findings(
+    metrics: Mapping[str, Any], seed: int, limit: Any, sampled_limit: Any, k_eval: int
+) -> str:
+    """Notebook 03: base, dual and students on safety, over-refusal and usefulness, greedy and sampled, and whether
+    KL-DiSP over-refused more than TV-DiSP (the paper's finding) in this run."""
+    sampled = metrics.get("sampled", {})
+    lines = [
+        f"**This run** (seed {seed}; greedy: {limit} prompts per set at most; sampled: {sampled_limit} x {k_eval}):"
+    ]
+    for label, bench, key in DISTILL_ROWS:
+        greedy = ", ".join(
+            f"{name} {_rate(metrics, system, bench, key)}"
+            for name, system in (("base", "base"), ("dual", "dual"), ("TV", "tv-disp"), ("KL", "kl-disp"))
+        )
+        drawn = ", ".join(
+            f"{name} {_rate(sampled, system, bench, key)}"
+            for name, system in (("dual", "dual-distribution"), ("TV", "tv-disp"), ("KL", "kl-disp"))
+        )
+        lines.append(f"- {label}: greedy {greedy} | sampled: {drawn}")
+    lines.append(
+        f"- KL-DiSP over-refuses more than TV-DiSP on XSTest: greedy {_kl_over_tv(metrics)}, sampled "
+        f"{_kl_over_tv(sampled)} (one seed)."
+    )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# notebook 01: the toy over-refusal experiment and the bound on the real model
+# ---------------------------------------------------------------------------------------------------------
+
+
+def toy_metrics(toy: Mapping[str, Any], toy_full: Mapping[str, Any]) -> dict[str, float]:
+    """The numbers notebook 01 emits and states about its toy experiment (final step of each student)."""
+    out = {}
+    for loss in ("tv", "kl"):
+        for kind in ("benign", "harmful"):
+            out[f"toy_{loss}_{kind}_refusal"] = float(toy[loss][f"refusal_{kind}"][-1])
+            out[f"toy_full_{loss}_{kind}_refusal"] = float(toy_full[loss][f"refusal_{kind}"][-1])
+        out[f"toy_{loss}_final_tv"] = float(toy[loss]["tv"][-1])
+        out[f"toy_full_{loss}_final_tv"] = float(toy_full[loss]["tv"][-1])
+    for kind in ("benign", "harmful"):
+        out[f"toy_teacher_{kind}_refusal"] = float(toy["teacher"][f"refusal_{kind}"])
+    return out
+
+
+def toy_findings(m: Mapping[str, float], paper_gap_points: float = 48.0) -> str:
+    """Notebook 01, section 9: what the toy showed in this run (from `toy_metrics`)."""
+    gap = 100 * (m["toy_kl_benign_refusal"] - m["toy_tv_benign_refusal"])
+    teacher = m["toy_teacher_benign_refusal"]
+    ratio = lambda loss: m[f"toy_{loss}_benign_refusal"] / teacher if teacher > 0 else float("inf")  # noqa: E731
+    full_gap = 100 * (m["toy_full_kl_benign_refusal"] - m["toy_full_tv_benign_refusal"])
+    return "\n".join(
+        [
+            "**What this run found.**",
+            f"- *Capacity-limited student.* Benign refusal: KL-DiSP {m['toy_kl_benign_refusal']:.3f}, TV-DiSP "
+            f"{m['toy_tv_benign_refusal']:.3f}, a KL − TV gap of {gap:+.1f} points (the paper reports about "
+            f"{paper_gap_points:.0f} on XSTest). Against the teacher's {teacher:.3f}, that is "
+            f"{ratio('kl'):.1f}× (KL) and {ratio('tv'):.1f}× (TV). Harmful refusal: KL {m['toy_kl_harmful_refusal']:.3f}, "
+            f"TV {m['toy_tv_harmful_refusal']:.3f}, teacher {m['toy_teacher_harmful_refusal']:.3f}. Mean TV to the "
+            f"teacher: KL {m['toy_kl_final_tv']:.3f}, TV {m['toy_tv_final_tv']:.3f}.",
+            f"- *Full-capacity student.* Benign refusal: KL-DiSP {m['toy_full_kl_benign_refusal']:.3f}, TV-DiSP "
+            f"{m['toy_full_tv_benign_refusal']:.3f} (gap {full_gap:+.1f} points); harmful: KL "
+            f"{m['toy_full_kl_harmful_refusal']:.3f}, TV {m['toy_full_tv_harmful_refusal']:.3f}; mean TV to the "
+            f"teacher: KL {m['toy_full_kl_final_tv']:.3f}, TV {m['toy_full_tv_final_tv']:.3f}.",
+        ]
+    )
+
+
+def bound_findings(checks: Sequence[Any], kinds: Sequence[str], n_samples: int, student_source: str) -> str:
+    """Notebook 01, section 10: the bound on the real model in this run, per prompt kind, for both test functions."""
+    if not checks or len(checks) != len(kinds):
+        raise ValueError("one prompt kind per bound check, at least one check")
+    holds = sum(c.holds for c in checks) / len(checks)
+    holds_r = sum(c.refusal_holds for c in checks) / len(checks)
+    lines = [
+        f"**This run** ({len(checks)} prompts, {n_samples} samples each, student {student_source}): within two "
+        f"standard errors, safety gap ≤ TV on {holds:.0%} of prompts and refusal gap ≤ TV on {holds_r:.0%}."
+    ]
+    for kind in dict.fromkeys(kinds):
+        mine = [c for c, k in zip(checks, kinds, strict=True) if k == kind]
+
+        def mean(attr: str, mine: list = mine) -> float:
+            return sum(getattr(c, attr) for c in mine) / len(mine)
+
+        lines.append(
+            f"- {kind}: TV {mean('tv'):.2f} on average ({min(c.tv for c in mine):.2f}–{max(c.tv for c in mine):.2f}); "
+            f"safety gap {mean('gap'):.2f} (teacher {mean('teacher_safe'):.0%} safe, student "
+            f"{mean('student_safe'):.0%}); refusal gap {mean('refusal_gap'):.2f} (teacher refuses "
+            f"{mean('teacher_refusal'):.0%}, student {mean('student_refusal'):.0%})."
+        )
+    return "\n".join(lines)
