@@ -324,3 +324,60 @@ class OverRefusalExplorer:
             )
             blocks.append(f"<h4>{_esc(system)}: {len(part)} refused</h4><ul>{items}</ul>")
         self.refused.value = "".join(blocks)
+
+
+class ToyExplorer:
+    """Sliders over notebook 01's toy over-refusal experiment: the guard's α on benign prompts and on the unsafe
+    answers of harmful prompts (how well it separates them), and the noise in the student's view of harmfulness.
+    Each change reruns `theory.toy_overrefusal_experiment` and redraws its figure and the final refusal rates."""
+
+    def __init__(self, steps: int = 300, seed: int = 0) -> None:
+        self.steps, self.seed = steps, seed
+        style = {"description_width": "initial"}
+        common = dict(continuous_update=False, style=style, layout={"width": "420px"})
+        self.alpha_safe = w.FloatSlider(
+            0.95, min=0.5, max=0.99, step=0.01, description="α on benign", **common
+        )
+        self.alpha_unsafe = w.FloatSlider(
+            0.1, min=0.01, max=0.5, step=0.01, description="α on unsafe answers", **common
+        )
+        self.feature_noise = w.FloatSlider(
+            1.0, min=0.0, max=2.0, step=0.1, description="feature noise", **common
+        )
+        self.summary = w.HTML()
+        self.figure = w.Output()
+        self.last_figure: Any = None
+        self.last_result: Any = None
+        for slider in (self.alpha_safe, self.alpha_unsafe, self.feature_noise):
+            slider.observe(lambda _: self.update(), names="value")
+        self.update()
+
+    def update(self) -> None:
+        from dispsafe_nb import theory
+
+        result = theory.toy_overrefusal_experiment(
+            alpha_safe=self.alpha_safe.value,
+            alpha_unsafe=self.alpha_unsafe.value,
+            feature_noise=self.feature_noise.value,
+            steps=self.steps,
+            seed=self.seed,
+        )
+        self.last_result = result
+        teacher, tv, kl = result["teacher"], result["tv"], result["kl"]
+        self.summary.value = (
+            f"<p>benign refusal after {self.steps} steps: teacher {teacher['refusal_benign']:.3f}, TV-DiSP "
+            f"{tv['refusal_benign'][-1]:.3f}, KL-DiSP {kl['refusal_benign'][-1]:.3f} (KL − TV "
+            f"{100 * (kl['refusal_benign'][-1] - tv['refusal_benign'][-1]):+.1f} points); harmful: teacher "
+            f"{teacher['refusal_harmful']:.3f}, TV {tv['refusal_harmful'][-1]:.3f}, KL "
+            f"{kl['refusal_harmful'][-1]:.3f}</p>"
+        )
+        self.last_figure = plots.toy_overrefusal_figure(result, title="Toy distillation with your settings")
+        self.figure.clear_output(wait=True)
+        with self.figure:
+            display(self.last_figure)
+
+    def widget(self) -> w.Widget:
+        return w.VBox([self.alpha_safe, self.alpha_unsafe, self.feature_noise, self.summary, self.figure])
+
+    def show(self) -> None:
+        display(self.widget())

@@ -206,3 +206,16 @@ def test_answers_html_shows_every_system_escaped_with_its_numbers_or_error():
     assert "9.36e-14" in page  # exp(-30)
     summary = summary_html(_result())
     assert "refusal_rate" in summary and "gone" in summary
+
+
+def test_toy_explorer_reruns_the_toy_when_a_slider_moves():
+    from dispsafe_nb.widgets import ToyExplorer
+
+    toy = ToyExplorer(steps=4)
+    first = toy.last_result
+    assert first["config"]["alpha_safe"] == 0.95 and "KL − TV" in toy.summary.value
+    toy.alpha_safe.value = 0.6
+    assert toy.last_result is not first and toy.last_result["config"]["alpha_safe"] == 0.6
+    toy.feature_noise.value = 0.2
+    assert toy.last_result["config"]["feature_noise"] == 0.2
+    assert len(toy.last_figure.data) == 6  # TV, KL and teacher, on benign and on harmful prompts

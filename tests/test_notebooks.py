@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from dispsafe_nb.checks import NOTEBOOK_CHECKS, failures
+from dispsafe_nb.checks import NOTEBOOK_CHECKS, failures, run_claims
 from dispsafe_nb.notebook import load_metrics
 from dispsafe_nb.reproduce import notebooks, run_notebook
 
@@ -44,4 +44,9 @@ def test_notebook_runs_in_smoke_mode(path, smoke_env):
     assert record["config"].get("SMOKE") is True, "the notebook must record its parameters in its config"
     failed = failures(path.stem, record["metrics"])
     assert not failed, "\n".join(failed)
+    # the findings are judged on full runs only (`make reproduce`), but every metric they need must be emitted
+    unjudgeable = [
+        m for _, m in run_claims(path.stem, record["metrics"]).values() if "missing or malformed" in m
+    ]
+    assert not unjudgeable, "\n".join(unjudgeable)
     assert list((smoke_env / "figures").glob(f"{path.stem[:2]}_*.html")), "the notebook saved no figure"
