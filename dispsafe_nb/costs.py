@@ -1,8 +1,10 @@
-"""What the second model costs: parameters of the LLM and the guard, and the measured time split.
+"""What the second model costs: parameters and bytes of the LLM and the guard, and the measured time split.
 
-A first piece of the on-device cost accounting (the costs issue adds bytes at each model's real precision, FLOPs per
-token and latency). Parameters are counted once even where two parts share them (a guard whose prompt and response
-sides use the same encoder).
+A first piece of the on-device cost accounting (the costs issue adds FLOPs per token and latency). Parameters are
+counted once even where two parts share them (a guard whose prompt and response sides use the same encoder). Bytes
+are counted at each model's real precision: the embedded LLM's as its GGUF file stores them (4-bit blocks with their
+scales; transformers dequantises them to fp32 in memory on this CPU, an on-device runtime does not), every other
+module at the dtype it holds in memory (the guard: fp32).
 """
 
 from __future__ import annotations
@@ -19,6 +21,29 @@ def count_parameters(*modules: nn.Module) -> int:
         for p in module.parameters():
             seen[id(p)] = p.numel()
     return sum(seen.values())
+
+
+def module_bytes(*modules: nn.Module) -> int:
+    """Bytes of the distinct parameters and buffers across `modules`, each at its own dtype."""
+    seen: dict[int, int] = {}
+    for module in modules:
+        for t in [*module.parameters(), *module.buffers()]:
+            seen[id(t)] = t.numel() * t.element_size()
+    return sum(seen.values())
+
+
+def llm_weight_bytes(llm: Any) -> int:
+    """The LLM's weights in bytes as a device would hold them: for an embedded GGUF model, the sizes of the tensors
+    in its file (at their quantised types); otherwise the parameters at their in-memory dtypes (for an nf4 model,
+    bitsandbytes' packed 4-bit storage)."""
+    from dispsafe_nb.models import EMBEDDED_MODELS, embedded_model_folder
+
+    if getattr(llm, "name", None) in EMBEDDED_MODELS:
+        import gguf
+
+        path = embedded_model_folder(llm.name) / EMBEDDED_MODELS[llm.name].gguf_file
+        return sum(int(t.n_bytes) for t in gguf.GGUFReader(str(path)).tensors)
+    return module_bytes(llm.model)
 
 
 def guard_modules(guard: Any) -> list[nn.Module]:
@@ -42,18 +67,23 @@ def guard_modules(guard: Any) -> list[nn.Module]:
 
 
 def dual_system_costs(llm: Any, guard: Any, timing: dict[str, float]) -> dict[str, float]:
-    """Parameters (millions) of the LLM and the guard, the dual system's parameter ratio, and the time per prompt
-    spent generating vs. guarding (`timing` as `evaluate.evaluate_base_and_dual` returns it) with its ratio."""
+    """Parameters (millions) and weight megabytes (each at its real precision) of the LLM and the guard, the dual
+    system's parameter and memory ratios, and the time per prompt spent generating vs. guarding (`timing` as
+    `evaluate.evaluate_base_and_dual` returns it) with its ratio."""
     if timing.get("n", 0) < 1 or timing.get("generate_s", 0.0) <= 0.0:
         raise ValueError(f"timing must cover at least one prompt with some generation time, got {timing}")
     llm_params = count_parameters(llm.model)
     guard_params = count_parameters(*guard_modules(guard))
+    llm_bytes, guard_bytes = llm_weight_bytes(llm), module_bytes(*guard_modules(guard))
     generate_ms = 1000 * timing["generate_s"] / timing["n"]
     guard_ms = 1000 * timing["guard_s"] / timing["n"]
     return {
         "llm_params_M": llm_params / 1e6,
         "guard_params_M": guard_params / 1e6,
         "dual_param_ratio": (llm_params + guard_params) / llm_params,
+        "llm_MB": llm_bytes / 1e6,
+        "guard_MB": guard_bytes / 1e6,
+        "dual_memory_ratio": (llm_bytes + guard_bytes) / llm_bytes,
         "generate_ms_per_prompt": generate_ms,
         "guard_ms_per_prompt": guard_ms,
         "dual_cost_ratio": (generate_ms + guard_ms) / generate_ms,
