@@ -519,6 +519,33 @@ def evaluate_students(
     return records
 
 
+def side_by_side(
+    records: Sequence[EvalRecord],
+    benchmarks: Sequence[str],
+    systems: Sequence[str],
+    per_benchmark: int = 2,
+    width: int = 160,
+) -> pd.DataFrame:
+    """The first `per_benchmark` prompts of each benchmark with every system's answer (cut to `width` characters),
+    one row per prompt: what each system actually said, from greedy records."""
+    by_key = {(r.system, r.benchmark): r for r in records}
+    missing = [(s, b) for b in benchmarks for s in systems if (s, b) not in by_key]
+    if missing:
+        raise KeyError(f"no records for {missing}")
+    rows = []
+    for bench in benchmarks:
+        first = by_key[(systems[0], bench)]
+        for i in range(min(per_benchmark, first.n)):
+            row = {"benchmark": bench, "prompt": first.outputs[i]["prompt"]}
+            for name in systems:
+                out = by_key[(name, bench)].outputs[i]
+                if out["prompt"] != row["prompt"]:
+                    raise ValueError(f"{name} on {bench} answered other prompts in another order")
+                row[name] = out["response"][:width]
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def judge_agreement(records: Sequence[EvalRecord]) -> dict[str, dict[str, dict[str, Any]]]:
     """Cohen's κ between the string judge (refused = safe) and the second judge on every harmful benchmark, per
     system (one answer per prompt): {benchmark: {system: {"kappa", "agreement", "n", ...}}}.

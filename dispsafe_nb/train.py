@@ -133,6 +133,16 @@ def training_mix(
     return records
 
 
+def prompt_kinds(records: Sequence[data.PromptRecord]) -> dict[str, str]:
+    """{prompt text: "harmful", "borderline" (the bundled borderline-safe set) or "benign"} for a training mix."""
+    return {
+        r.text: "harmful"
+        if r.is_harmful
+        else ("borderline" if r.source == "bundled_borderline" else "benign")
+        for r in records
+    }
+
+
 @dataclass
 class History:
     """What happened during training, step by step (JSON-able)."""

@@ -88,3 +88,35 @@ def test_history_summary():
     assert history_summary({"tv-disp": h}) == {
         "tv-disp": {"final_loss": 2.0, "final_val_loss": 2.5, "final_val_refusal_gap": None}
     }
+
+
+def test_prompt_kinds_of_a_training_mix():
+    from dispsafe_nb.data import PromptRecord
+    from dispsafe_nb.train import prompt_kinds
+
+    records = [
+        PromptRecord("a", "harm me", True, "x", "advbench", "train"),
+        PromptRecord("b", "kill a process", False, "homonyms", "bundled_borderline", "train"),
+        PromptRecord("c", "a poem", False, "alpaca", "alpaca", "train"),
+    ]
+    assert prompt_kinds(records) == {"harm me": "harmful", "kill a process": "borderline", "a poem": "benign"}
+
+
+def test_side_by_side_lines_up_every_systems_answer_to_the_same_prompt():
+    from dispsafe_nb import data
+    from dispsafe_nb.evaluate import score_responses, side_by_side
+
+    prompts = data.load_dataset("xstest_safe", limit=3, seed=0)
+    records = [
+        score_responses(name, "xstest_safe", prompts, [f"{name} says {i}" * 50 for i in range(3)])
+        for name in ("base", "dual")
+    ]
+    table = side_by_side(records, ["xstest_safe"], ["base", "dual"], per_benchmark=2, width=20)
+    assert list(table.prompt) == [p.text for p in prompts[:2]] and list(table.dual) == [
+        "dual says 0dual says"
+    ] * 1 + ["dual says 1dual says"]
+    with pytest.raises(KeyError, match="kl-disp"):
+        side_by_side(records, ["xstest_safe"], ["base", "kl-disp"])
+    shuffled = score_responses("dual", "xstest_safe", prompts[::-1], ["x"] * 3)
+    with pytest.raises(ValueError, match="another order"):
+        side_by_side([records[0], shuffled], ["xstest_safe"], ["base", "dual"])
