@@ -242,13 +242,14 @@ NOTEBOOK_CLAIMS: dict[str, tuple[Claim, ...]] = {
         ),
         Claim(
             "real_bound_holds",
-            "on the real model, the safety gap and the refusal gap are <= TV (two standard errors) on every prompt "
-            "where TV < 0.99",
-            lambda m: (
-                m["real_informative_prompts"] >= 1
-                and m["real_bound_holds_fraction_informative"] == 1.0
-                and m["real_refusal_bound_holds_fraction_informative"] == 1.0
-            ),
+            "on the real model, the safety gap and the refusal gap are <= TV (two standard errors) on every prompt",
+            lambda m: m["real_bound_holds_fraction"] == 1.0 and m["real_refusal_bound_holds_fraction"] == 1.0,
+        ),
+        Claim(
+            "real_bound_informative",
+            "on the real model, the bound says something (TV < 0.99) on at least one prompt: for whole sampled "
+            "answers the TV between the dual system and a small student is often ~1, and then it bounds nothing",
+            lambda m: m["real_informative_prompts"] >= 1,
         ),
     ),
     "02_safe_system": (
