@@ -10,8 +10,8 @@ coin integrated out (Rao-Blackwell),
                                                       + (1 − α_i) (1 − q(y_r) / p̂(y_r))_+ ],   y_i ~ π,
 
 where p̂(y_r) = mean(1 − α_i) estimates the refusal mass (the only part that is not exact). It is an *estimate*:
-with few samples it is biased upward (a plug-in of a concave function of p̂ is not the truth), never a guaranteed
-lower bound. Two test functions f give gaps |E_p f − E_q f| (E_q f from student samples): f = "the answer is safe"
+with few samples it is biased upward (p̂ enters through the convex (p̂ − q)_+, so Jensen pushes it up), never a
+guaranteed lower bound; its standard error treats the terms as independent, ignoring that they share p̂. Two test functions f give gaps |E_p f − E_q f| (E_q f from student samples): f = "the answer is safe"
 (a refusal, or any answer to a safe prompt: constant 1 on safe prompts), and f = "the answer is a refusal", which
 on safe prompts is over-refusal -- where the bound says something about it. Theorem 3.1 says no gap exceeds TV;
 here both sides are Monte-Carlo estimates with standard errors.
@@ -118,6 +118,7 @@ def _logprobs(
         response_ids=[g.token_ids for g in samples],
         temperature=decoding.temperature if decoding else 1.0,
         top_p=decoding.top_p if decoding else 1.0,
+        keep_targets=True,  # the sampler drew these very tokens
     )
     return lp.detach().double().cpu()
 

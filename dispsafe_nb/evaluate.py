@@ -538,10 +538,14 @@ def side_by_side(
         for i in range(min(per_benchmark, first.n)):
             row = {"benchmark": bench, "prompt": first.outputs[i]["prompt"]}
             for name in systems:
-                out = by_key[(name, bench)].outputs[i]
-                if out["prompt"] != row["prompt"]:
-                    raise ValueError(f"{name} on {bench} answered other prompts in another order")
-                row[name] = out["response"][:width]
+                outputs = by_key[(name, bench)].outputs
+                if i >= len(outputs) or outputs[i]["prompt"] != row["prompt"]:
+                    raise ValueError(f"{name} on {bench} answered other prompts, or in another order")
+                if "response" not in outputs[i]:
+                    raise ValueError(
+                        f"{name} on {bench} is a sampled record; side_by_side shows greedy answers"
+                    )
+                row[name] = outputs[i]["response"][:width]
             rows.append(row)
     return pd.DataFrame(rows)
 

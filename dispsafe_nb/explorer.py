@@ -67,19 +67,23 @@ def load_sources(
     return out
 
 
-def _settings(limit: int | None, seed: int, max_new_tokens: int) -> dict[str, Any]:
-    return {"limit": limit, "seed": seed, "decoding": DecodingConfig(max_new_tokens, seed=seed).to_dict()}
+def _system_key(session: Any, name: str, limit: int | None, seed: int, max_new_tokens: int) -> str:
+    """What a record of system `name` depends on: the system itself (its full description: model, guard,
+    threshold, the artifact's weights' config), the judge's refusal text, the settings and the split version."""
+    import hashlib
+    import json
 
-
-def _covers(
-    records: Sequence[EvalRecord], systems: Sequence[str], benchmarks: Sequence[str], want: dict
-) -> bool:
-    have = {
-        (r.system, r.benchmark)
-        for r in records
-        if {k: r.config.get(k) for k in ("limit", "seed", "decoding")} == want
+    system = session.dual_system() if name == "dual" else session.system(name)[0]
+    parts = {
+        "system": system.describe(),
+        "refusal": session.refusal,
+        "limit": limit,
+        "seed": seed,
+        "decoding": DecodingConfig(max_new_tokens, seed=seed).to_dict(),
+        "split_version": data.SPLIT_VERSION,
     }
-    return all((s, b) in have for s in systems for b in benchmarks)
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def compute_records(
@@ -120,16 +124,23 @@ def load_or_compute(
     progress: bool = True,
 ) -> list[EvalRecord]:
     """The explorer's own records for `systems`: read from ``records/06_probe.jsonl`` when it holds every
-    (system, benchmark) at these settings, else computed and written there (replacing the file)."""
+    (system, benchmark) for these very systems (a retrained artifact or another guard is another system) at these
+    settings, else computed and written there (replacing the file)."""
     from dispsafe_nb.evaluate import write_records
 
     path = records_folder() / f"{OWN_RECORDS}.jsonl"
-    want = _settings(limit, seed, max_new_tokens)
+    keys = {name: _system_key(session, name, limit, seed, max_new_tokens) for name in systems}
     if path.is_file():
-        cached = read_records(path)
-        if _covers(cached, systems, benchmarks, want):
-            return [r for r in cached if r.system in systems and r.benchmark in benchmarks]
+        cached = {
+            (r.system, r.benchmark): r
+            for r in read_records(path)
+            if r.config.get("explorer_key") == keys.get(r.system)
+        }
+        if all((s, b) in cached for s in systems for b in benchmarks):
+            return [cached[(s, b)] for s in systems for b in benchmarks]
     records = compute_records(session, systems, benchmarks, limit, seed, max_new_tokens, progress)
+    for r in records:
+        r.config["explorer_key"] = keys[r.system]
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.unlink(missing_ok=True)
     write_records(records, tmp)

@@ -60,6 +60,7 @@ def sequence_logprobs(
     response_ids: Sequence[Sequence[int]] | None = None,
     temperature: float = 1.0,
     top_p: float = 1.0,
+    keep_targets: bool = False,
 ) -> torch.Tensor:
     """Teacher-forced ``log q(response | prompt [, prefix])`` under the chat template, one value per pair.
 
@@ -79,7 +80,9 @@ def sequence_logprobs(
     reduction: "sum" (the sequence log-prob) or "mean" (per-token average, sum / number of response tokens).
     batch_size: score in chunks of this many rows (the results are concatenated; gradients still flow).
     temperature, top_p: score under the distribution a sampler with these settings draws from (tempered, cut to
-    the nucleus and renormalised: `models.sampling_log_probs`) instead of the model's own (1.0, 1.0).
+    the nucleus and renormalised: `models.sampling_log_probs`) instead of the model's own (1.0, 1.0). A token
+    outside the nucleus then has log-probability -inf, unless `keep_targets` (for responses that this very sampler
+    drew: recomputed logits can put a drawn token a rounding error outside the nucleus).
 
     Memory: vocabulary logits are computed only at the positions that predict response tokens. The backbone
     returns hidden states (B x T x d); we gather the few rows that predict a response token and apply the
@@ -110,12 +113,13 @@ def sequence_logprobs(
                 response_ids=resp_ids[s : s + batch_size],
                 temperature=temperature,
                 top_p=top_p,
+                keep_targets=keep_targets,
             )
             for s in range(0, len(prompts), batch_size)
         ]
         return torch.cat(chunks)
     log_probs, targets, row_of, n_resp = _response_log_softmax(
-        llm, prompts, resp_ids, prefix, method, temperature, top_p
+        llm, prompts, resp_ids, prefix, method, temperature, top_p, keep_targets
     )
     token_logp = log_probs.gather(-1, targets[:, None])[:, 0]
     out = torch.zeros(len(prompts), dtype=token_logp.dtype, device=token_logp.device).index_add(
@@ -168,6 +172,7 @@ def _response_log_softmax(
     method: Any | None,
     temperature: float = 1.0,
     top_p: float = 1.0,
+    keep_targets: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Log-softmax over the vocabulary at the positions that predict response tokens only (of the tempered,
     nucleus-cut distribution when `temperature`, `top_p` are not 1).
@@ -223,7 +228,8 @@ def _response_log_softmax(
     target_ids = targets[:, 1:][select]
     if temperature == 1.0 and top_p >= 1.0:
         return torch.log_softmax(logits, dim=-1), target_ids, row_of, n_resp
-    return sampling_log_probs(logits, temperature, top_p, keep=target_ids), target_ids, row_of, n_resp
+    keep = target_ids if keep_targets else None
+    return sampling_log_probs(logits, temperature, top_p, keep=keep), target_ids, row_of, n_resp
 
 
 @torch.no_grad()

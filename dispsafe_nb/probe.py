@@ -143,7 +143,7 @@ class ProbeSession:
         self.artifacts_dir = Path(artifacts_dir) if artifacts_dir is not None else default_artifacts_dir()
         self.use_second_judge = use_second_judge
         self._bound: dict[str, tuple[Any, Any | None]] = {}
-        self._base_greedy: dict[tuple[str, int, int], str] = {}
+        self._base_greedy: dict[tuple[str, int, int], Any] = {}
 
     # ---- lazily loaded parts ---------------------------------------------------------------------------
     @property
@@ -218,14 +218,15 @@ class ProbeSession:
             self._bound[name] = (method.bind(self.llm), method)
         return self._bound[name]
 
-    def base_greedy_answers(self, prompts: Sequence[str], max_new_tokens: int, seed: int) -> list[str]:
-        """The base model's greedy answers (cached per prompt): the y_base whose probability every method-applied
-        system reports."""
+    def base_greedy(self, prompts: Sequence[str], max_new_tokens: int, seed: int) -> list[Any]:
+        """The base model's greedy answers as `models.Generation`s (text, the generated token ids, whether it
+        finished), cached per prompt: the y_base whose probability every method-applied system reports. Scoring
+        the ids with the finish flag scores exactly what was generated (a cut answer as the prefix it is)."""
         missing = [p for p in prompts if (p, max_new_tokens, seed) not in self._base_greedy]
         if missing:
             decoding = DecodingConfig(max_new_tokens=max_new_tokens, seed=seed)
-            for prompt, answer in zip(missing, self.llm.generate(missing, decoding), strict=True):
-                self._base_greedy[(prompt, max_new_tokens, seed)] = answer
+            for prompt, gens in zip(missing, self.llm.generate_detailed(missing, decoding), strict=True):
+                self._base_greedy[(prompt, max_new_tokens, seed)] = gens[0]
         return [self._base_greedy[(p, max_new_tokens, seed)] for p in prompts]
 
 
@@ -247,8 +248,10 @@ class SystemAnswer:
     latency_s: float  # wall time to answer this prompt (the batch's time / its prompts); dual: LLM + guard
     llm_answers: list[str] | None = None  # dual only: what the LLM said before the guard
     llm_alphas: list[float] | None = None  # dual only: α of those answers (what decided a replacement)
-    logq_refusal: float | None = None  # log q(y_r | x) under this system (frozen LLM + method; base: none)
-    logq_base_answer: float | None = None  # log q(y_base | x), y_base the base model's greedy answer
+    # log q(y_r | x) and log q(y_base | x) at temperature 1 (the model's own distribution, which training fits) for
+    # the frozen LLM with its method (none for the base model); None for the dual system (a mixture)
+    logq_refusal: float | None = None
+    logq_base_answer: float | None = None  # y_base: the base model's greedy answer, scored as generated
 
     @property
     def refusal_rate(self) -> float:
@@ -417,8 +420,10 @@ def probe(
     total = len(systems) + 1
     if progress:
         progress(0, total, "the base model's greedy answers (y_base)")
+    base = []
     if any(name != DUAL for name in systems):
-        result.base_answers = session.base_greedy_answers(prompts, decoding.max_new_tokens, decoding.seed)
+        base = session.base_greedy(prompts, decoding.max_new_tokens, decoding.seed)
+        result.base_answers = [g.text for g in base]
     for i, name in enumerate(systems, start=1):
         if progress:
             progress(i, total, name)
@@ -427,27 +432,36 @@ def probe(
             started = time.perf_counter()
             finals, raw, raw_alphas = _answers_of(session, name, prompts, decoding)
             elapsed = time.perf_counter() - started
-        except (ArtifactError, ValueError, RuntimeError) as err:
+            logq_r = logq_b = None
+            if name != DUAL:  # the frozen LLM with a method (or none): its sequence probabilities are exact
+                n = len(prompts)
+                logq_r = sequence_logprobs(session.llm, prompts, [result.refusal] * n, method=method).tolist()
+                logq_b = sequence_logprobs(
+                    session.llm,
+                    prompts,
+                    None,
+                    append_eos=[g.finished for g in base],
+                    method=method,
+                    response_ids=[g.token_ids for g in base],
+                ).tolist()
+            flat_prompts = [p for p, ys in zip(prompts, finals, strict=True) for _ in ys]
+            alphas = session.guard.prob_safe(flat_prompts, [y for ys in finals for y in ys]).tolist()
+            verdicts = [
+                _judge_verdicts(session, prompt, ys) for prompt, ys in zip(prompts, finals, strict=True)
+            ]
+        except (ArtifactError, ValueError, RuntimeError) as err:  # this system fails; the others still answer
             result.errors[name] = f"{type(err).__name__}: {err}"
             continue
-        logq_r = logq_b = None
-        if name != DUAL:  # the frozen LLM with a method (or none): its sequence probabilities are exact
-            n = len(prompts)
-            logq_r = sequence_logprobs(session.llm, prompts, [result.refusal] * n, method=method).tolist()
-            logq_b = sequence_logprobs(session.llm, prompts, result.base_answers, method=method).tolist()
-        flat_prompts = [p for p, ys in zip(prompts, finals, strict=True) for _ in ys]
-        alphas = session.guard.prob_safe(flat_prompts, [y for ys in finals for y in ys]).tolist()
         start = 0
         for j, (prompt, ys) in enumerate(zip(prompts, finals, strict=True)):
-            verdicts = _judge_verdicts(session, prompt, ys)
-            strings = [verdicts[label] for label in STRING_JUDGES]
+            strings = [verdicts[j][label] for label in STRING_JUDGES]
             result.answers.append(
                 SystemAnswer(
                     system=name,
                     prompt=prompt,
                     answers=list(ys),
                     alphas=alphas[start : start + len(ys)],
-                    verdicts=verdicts,
+                    verdicts=verdicts[j],
                     refused=[any(v) for v in zip(*strings, strict=True)],
                     latency_s=elapsed / len(prompts),
                     llm_answers=None if raw is None else list(raw[j]),

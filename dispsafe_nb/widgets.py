@@ -61,8 +61,8 @@ def _answer_cell(a: SystemAnswer) -> str:
         note = ""
         if replaced is not None and replaced[i] and a.llm_answers is not None and a.llm_alphas is not None:
             note = (
-                f"<br><i>replaced: the LLM said “{_esc(a.llm_answers[i][:200])}” with α = "
-                f"{a.llm_alphas[i]:.3f} &lt; threshold</i>"
+                f"<br><i>replaced by the guard: the LLM said “{_esc(a.llm_answers[i][:200])}” "
+                f"(α = {a.llm_alphas[i]:.3f})</i>"
             )
         lines.append(
             f"<div style='margin-bottom:6px'>{head}{_esc(text)}{note}<br>"
@@ -93,8 +93,9 @@ def answers_html(result: ProbeResult) -> str:
         )
     legend = (
         f"<small>y_r = “{_esc(result.refusal)}”. α: the teacher guard's p(safe | x, y). Refusal: either string "
-        "rule (JailbreakBench's or XSTest's) says so. q(·| x): the system's probability of that exact answer; "
-        "y_base: the base model's greedy answer.</small>"
+        "rule (JailbreakBench's or XSTest's) says so. q(·| x): the probability of that exact answer under the "
+        "frozen LLM with the system's method at temperature 1 (the distribution distillation fits); y_base: the "
+        "base model's greedy answer, scored as generated.</small>"
     )
     return (
         f"<table style='border-collapse:collapse;width:100%'><tr>{head}</tr>{''.join(rows)}</table>{legend}"
@@ -213,7 +214,7 @@ class Prober:
     def _set_progress(self, done: int, total: int, what: str) -> None:
         self.progress.max = max(total, 1)
         self.progress.value = done
-        self.status.value = f"running: {what}" if done < total else "done"
+        self.status.value = f"running: {what}" if done < total else "rendering"
 
     def request(self) -> tuple[list[str] | str, list[str], ProbeDecoding]:
         """The prompts, systems and decoding the controls describe (raises ProbeInputError on bad values)."""
@@ -252,6 +253,7 @@ class Prober:
                 display(self.last_figure)
         else:
             self.results.value = answers_html(result)
+        self.status.value = "done"  # only once everything is shown
 
 
 class OverRefusalExplorer:
@@ -266,6 +268,7 @@ class OverRefusalExplorer:
         self.rows = {name: explorer.prompt_rows(records) for name, records in sources.items()}
         self.paper = dict(paper or {})
         self.last_figure: Any = None
+        self._quiet = False
         self.source = w.Dropdown(options=list(self.rows), description="records")
         self.benchmark = w.Dropdown(description="benchmark")
         self.category = w.Dropdown(description="prompt type")
@@ -291,14 +294,20 @@ class OverRefusalExplorer:
 
     def _on_source(self) -> None:
         benches = [b for b in explorer.EXPLORER_BENCHMARKS if b in set(self._rows["benchmark"])]
-        self.benchmark.options = [(explorer.EXPLORER_BENCHMARKS[b], b) for b in benches]
-        if self.benchmark.value is None and benches:
-            self.benchmark.value = benches[0]  # observed: renders
-        else:
-            self._on_benchmark()
+        self._quiet = True  # setting options may select a value and fire the observer: render once, below
+        try:
+            self.benchmark.options = [(explorer.EXPLORER_BENCHMARKS[b], b) for b in benches]
+            self.benchmark.value = benches[0] if benches else None
+        finally:
+            self._quiet = False
+        self._on_benchmark()
 
     def _on_benchmark(self) -> None:
-        if self.benchmark.value is None:
+        if self._quiet:
+            return
+        if self.benchmark.value is None:  # a source without any explorer benchmark: show nothing stale
+            self.figure.clear_output()
+            self.refused.value = "<p>These records hold no XSTest or JBB benign evaluation.</p>"
             return
         self.category.options = explorer.categories(self._rows, self.benchmark.value)
         self.category.value = explorer.ALL
@@ -310,7 +319,7 @@ class OverRefusalExplorer:
         self._render_refused()
 
     def _render_refused(self) -> None:
-        if self.benchmark.value is None or self.category.value is None:
+        if self._quiet or self.benchmark.value is None or self.category.value is None:
             return
         refused = explorer.refused_prompts(self._rows, self.benchmark.value, self.category.value)
         if refused.empty:

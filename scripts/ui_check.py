@@ -3,8 +3,8 @@
 Starts JupyterLab headless on localhost, opens a smoke-sized copy of notebook 06 in Chromium (Debian's package,
 driven by Playwright for Python), runs every cell, picks a preset prompt (an XSTest safe homonym) in the prober, clicks Run, waits for the
 answers, checks that the rendered table names every selected system, and saves a screenshot of the prober to
-figures/06_prober.png. Exits 0 when all of that worked, 1 when something failed, and 2 -- saying so -- when no
-browser is available to run it at all.
+figures/06_prober.png. Exits 0 when all of that worked, 1 when something failed, and 77 (SKIP_EXIT) -- saying
+so -- when no Chromium is installed to run it at all.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "06_probe.ipynb"
 PRESET_SET = "XSTest safe · homonyms"
+SKIP_EXIT = 77  # no browser here: the Makefile may treat this, and only this, as a skip
 CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
 # Without the background-networking flags Chromium keeps trying to reach Google on a closed network.
 CHROMIUM_ARGS = [
@@ -142,8 +143,15 @@ def _use_the_prober(page, url: str, screenshot: Path, timeout_s: int) -> dict:
         "s => Array.from(s.selectedOptions).map(o => o.text.replace(/\u00a0/g, ' '))"
     )
     prober.locator("button", has_text="Run").first.click()
-    status = prober.locator(".widget-label", has_text="done")
+    status = prober.locator(
+        ".widget-label", has_text="done"
+    )  # the widget says done once the answers are shown
     status.wait_for(state="visible", timeout=timeout_s * 1000)
+    page.wait_for_function(
+        "([el, n]) => el.querySelectorAll('.widget-html table th').length >= n",
+        arg=[prober.element_handle(), len(selected)],
+        timeout=60_000,
+    )
     headers = [
         h.replace("\xa0", " ").strip() for h in prober.locator(".widget-html table th").all_inner_texts()
     ]
@@ -167,12 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     chromium = find_chromium()
     if chromium is None:
         print("ui-check SKIPPED: no Chromium found (install Debian's `chromium` or set DISPSAFE_CHROMIUM)")
-        return 2
+        return SKIP_EXIT
     try:
         import playwright  # noqa: F401
     except ImportError:
-        print("ui-check SKIPPED: Playwright for Python is not installed (pip install -e '.[dev]')")
-        return 2
+        print("ui-check FAILED: Playwright for Python is not installed (pip install -e '.[dev]')")
+        return 1
     with tempfile.TemporaryDirectory(prefix="ui-check-") as tmp:
         work = Path(tmp)
         notebook = smoke_copy(work)

@@ -120,3 +120,8 @@ def test_side_by_side_lines_up_every_systems_answer_to_the_same_prompt():
     shuffled = score_responses("dual", "xstest_safe", prompts[::-1], ["x"] * 3)
     with pytest.raises(ValueError, match="another order"):
         side_by_side([records[0], shuffled], ["xstest_safe"], ["base", "dual"])
+    from dispsafe_nb.evaluate import score_samples
+
+    sampled = score_samples("dual", "xstest_safe", prompts, [["a", "b"]] * 3)
+    with pytest.raises(ValueError, match="sampled record"):
+        side_by_side([records[0], sampled], ["xstest_safe"], ["base", "dual"])

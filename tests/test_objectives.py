@@ -722,7 +722,13 @@ def test_tiny_sequence_logprobs_under_a_tempered_truncated_sampler(tiny_llm):
             append_eos=False,
             temperature=temperature,
             top_p=top_p,
+            keep_targets=True,
         )
         assert float(got) == pytest.approx(want, abs=1e-4)
+    # without keep_targets a token outside the nucleus has probability 0
+    tight = sequence_logprobs(tiny_llm, [prompt], None, response_ids=[ids], append_eos=False, top_p=1e-6)
+    lp = sampling_log_probs(logits[start - 1 : -1], 1.0, 1e-6)
+    outside = bool(torch.isinf(lp[torch.arange(len(ids)), torch.tensor(ids)]).any())
+    assert outside and float(tight) == float("-inf")
     plain = sequence_logprobs(tiny_llm, [prompt], None, response_ids=[ids], append_eos=False)
     assert float(plain) == pytest.approx(sum(_tiny_brute_force(tiny_llm, prompt, ids)), abs=1e-4)

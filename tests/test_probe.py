@@ -46,9 +46,10 @@ def test_every_system_answers_with_its_numbers(session, llm, guard):
     base, student = result.answer("base", HARMFUL), result.answer("student", HARMFUL)
     want = sequence_logprobs(llm, [HARMFUL], [result.refusal]).item()
     assert base.logq_refusal == pytest.approx(want, abs=1e-4)
-    assert base.logq_base_answer == pytest.approx(
-        sequence_logprobs(llm, [HARMFUL], [result.base_answers[0]]).item(), abs=1e-4
-    )
+    (y_base,) = session.base_greedy([HARMFUL], SHORT.max_new_tokens, SHORT.seed)  # exactly what was generated
+    assert y_base.text == result.base_answers[0] and not y_base.finished  # 12 tokens cut it short
+    scored = sequence_logprobs(llm, [HARMFUL], None, append_eos=False, response_ids=[y_base.token_ids]).item()
+    assert base.logq_base_answer == pytest.approx(scored, abs=1e-4)
     assert abs(student.logq_refusal - base.logq_refusal) > 1e-3  # the soft prompt changes the distribution
     assert set(result.summary().index) == {"base", "dual", "student"}
 
@@ -124,6 +125,13 @@ def test_explorer_computes_then_reads_its_records(session, tmp_path, monkeypatch
     assert sorted(r.to_json() for r in cached) == sorted(
         r.to_json() for r in records if r.system != "student"
     )
+    dual = session.dual_system()
+    dual.threshold = 0.3  # another dual system: its cached records no longer count
+    try:
+        with pytest.raises(pytest.fail.Exception, match="recomputed"):
+            explorer.load_or_compute(session, ["dual"], limit=3, max_new_tokens=8, progress=False)
+    finally:
+        dual.threshold = 0.5
     rows = explorer.prompt_rows(records)
     table = explorer.over_refusal_table(rows, "xstest_safe")
     base = table[(table.system == "base") & (table.category == "all")].iloc[0]
