@@ -79,7 +79,7 @@ def train_student(
     progress: bool = True,
 ) -> Any:
     """Distil `system` into a soft prompt on a small training mix (teacher samples from the cache) and save it to
-    `folder` -- the student notebooks and the prober use when notebook 03 has not been run. Returns the folder."""
+    `folder`: the student notebook 06 and the prober use when notebook 03 has not been run. Returns the folder."""
     seed = distill_config.seed
     records = training_mix(*mix, seed=seed)
     decoding = DecodingConfig(max_new_tokens, temperature=0.7, top_p=0.95, seed=seed)
