@@ -66,6 +66,16 @@ THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THRE
 # kinds: 'equivalent' (never), 'equivalent in practice' (only under conditions stated in the reason),
 # 'equivalent on CPU' (device placement: needs a GPU to show; every tensor is on the CPU here).
 REASONS: dict[str, tuple[str, str]] = {
+    "tempered_fast_path": (
+        "equivalent",
+        "at temperature 1 and top_p >= 1, sampling_log_probs returns log_softmax(logits / 1), the fast path's "
+        "value; the mutated condition or defaults only send some calls down the other, identical path (its only "
+        "caller, sequence_logprobs, passes every argument)",
+    ),
+    "softmax_dim_plus_one": (
+        "equivalent",
+        "the logits here are 2-D (tokens x vocabulary), so dim=+1 is dim=-1",
+    ),
     "alpha_dtype_train": (
         "equivalent",
         "log q(y) from sequence_logprobs is always float32 (logits.float()), which is torch's "
@@ -248,6 +258,20 @@ REASONS: dict[str, tuple[str, str]] = {
 # Surviving mutants judged equivalent: (module, function, the mutated line as it reads after the mutation,
 # stripped, a key of REASONS). A survivor not listed here is a gap in the tests (or a mutant to judge).
 EQUIVALENT: list[tuple[str, str, str, str]] = [
+    ("objectives", "_response_log_softmax", "temperature: float = 2.0,", "tempered_fast_path"),
+    ("objectives", "_response_log_softmax", "top_p: float = 2.0,", "tempered_fast_path"),
+    ("objectives", "_response_log_softmax", "keep_targets: bool = True,", "tempered_fast_path"),
+    ("objectives", "_response_log_softmax", "if temperature != 1.0 and top_p >= 1.0:", "tempered_fast_path"),
+    ("objectives", "_response_log_softmax", "if temperature == 2.0 and top_p >= 1.0:", "tempered_fast_path"),
+    ("objectives", "_response_log_softmax", "if temperature == 1.0 and top_p > 1.0:", "tempered_fast_path"),
+    ("objectives", "_response_log_softmax", "if temperature == 1.0 and top_p >= 2.0:", "tempered_fast_path"),
+    (
+        "objectives",
+        "_response_log_softmax",
+        "return torch.log_softmax(logits, dim=+1), target_ids, row_of, n_resp",
+        "softmax_dim_plus_one",
+    ),
+    ("objectives", "sequence_logprobs", "top_p: float = 2.0,", "tempered_fast_path"),
     ("theory", "_check_distribution", "if err >= SUM_TOL:", "sum_tol"),
     ("theory", "_t", "return torch.as_tensor(np.asarray(x, dtype=np.float64), )", "theory_t_dtype"),
     ("theory", "_t", "return torch.as_tensor(np.asarray(x, dtype=np.float64), dtype=None)", "theory_t_dtype"),

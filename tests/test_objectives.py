@@ -732,3 +732,16 @@ def test_tiny_sequence_logprobs_under_a_tempered_truncated_sampler(tiny_llm):
     assert outside and float(tight) == float("-inf")
     plain = sequence_logprobs(tiny_llm, [prompt], None, response_ids=[ids], append_eos=False)
     assert float(plain) == pytest.approx(sum(_tiny_brute_force(tiny_llm, prompt, ids)), abs=1e-4)
+
+
+def test_tiny_tempered_scoring_is_the_same_in_chunks(tiny_llm):
+    ids = [_ids(tiny_llm, r) for r in TINY_RESPONSES]
+    kwargs = dict(response_ids=ids, append_eos=False, temperature=0.7, top_p=0.6)
+    whole = sequence_logprobs(tiny_llm, TINY_PROMPTS, None, keep_targets=True, **kwargs)
+    chunked = sequence_logprobs(tiny_llm, TINY_PROMPTS, None, keep_targets=True, batch_size=1, **kwargs)
+    torch.testing.assert_close(chunked, whole)
+    assert torch.isfinite(whole).all()  # every target kept
+    cut = sequence_logprobs(tiny_llm, TINY_PROMPTS, None, batch_size=1, **kwargs)
+    assert torch.isinf(cut).any()  # without keep_targets some target falls outside the 0.6 nucleus
+    plain = sequence_logprobs(tiny_llm, TINY_PROMPTS, None, response_ids=ids, append_eos=False, batch_size=1)
+    assert not torch.allclose(plain, whole)  # the temperature reaches the chunks
