@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from dispsafe_nb import data
-from dispsafe_nb.evaluate import EvalRecord, benchmark, evaluate, evaluate_base_and_dual, read_records
+from dispsafe_nb.evaluate import EvalRecord, benchmark, evaluate_students, read_records
 from dispsafe_nb.models import DecodingConfig
 from dispsafe_nb.notebook import results_dir
 
@@ -99,19 +99,11 @@ def compute_records(
     evaluation (each benchmark's string rule recognising the dual system's y_r), the dual system deployed with
     its threshold."""
     greedy = DecodingConfig(max_new_tokens=max_new_tokens, seed=seed)
-    common = dict(limit=limit, decoding=greedy, seed=seed, progress=progress)
-    records: list[EvalRecord] = []
-    if {"base", "dual"} & set(systems):
-        pair, _ = evaluate_base_and_dual(session.dual_system(), list(benchmarks), **common)
-        records += [r for r in pair if r.system in systems]
-    for name in systems:
-        if name in ("base", "dual"):
-            continue
-        system, _ = session.system(name)
-        records += evaluate(
-            system, list(benchmarks), system_name=name, refusal_text=session.refusal, **common
-        )
-    return records
+    students = {name: session.system(name)[0] for name in systems if name not in ("base", "dual")}
+    records = evaluate_students(
+        session.dual_system(), students, list(benchmarks), greedy, limit=limit, seed=seed, progress=progress
+    )
+    return [r for r in records if r.system in systems]
 
 
 def load_or_compute(

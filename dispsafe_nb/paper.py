@@ -16,3 +16,18 @@ def xstest_over_refusal_box() -> str:
         f"> **Reference, the paper** ({CITATION}): XSTest over-refusal {r['kl-disp']:.1%} for KL-DiSP, "
         f"{r['tv-disp']:.1%} for TV-DiSP, {r['dual']:.1%} for the dual system."
     )
+
+
+# On-device costs the paper states: the dual system against the LLM alone, and the soft prompt against the LLM.
+DUAL_SYSTEM_COST = {"compute_factor": 2.0, "memory_extra_min": 0.30, "memory_extra_max": 1.00}
+SOFT_PROMPT_COST = {"memory_extra_below": 0.01, "compute_extra_below": 0.10}
+
+
+def cost_box() -> str:
+    """A Markdown reference box with the paper's cost figures for the dual system and the soft prompt."""
+    d, s = DUAL_SYSTEM_COST, SOFT_PROMPT_COST
+    return (
+        f"> **Reference, the paper** ({CITATION}): a guard beside the LLM costs about {d['compute_factor']:.0f}× "
+        f"the compute and {d['memory_extra_min']:.0%}–{d['memory_extra_max']:.0%} more memory; the distilled soft "
+        f"prompt adds < {s['memory_extra_below']:.0%} memory and < {s['compute_extra_below']:.0%} compute."
+    )

@@ -140,3 +140,20 @@ def test_explorer_computes_then_reads_its_records(session, tmp_path, monkeypatch
     tool = OverRefusalExplorer({"06": records})
     assert [b for _, b in tool.benchmark.options] == list(explorer.EXPLORER_BENCHMARKS)
     assert math.isclose(sum(tool.table().query("category != 'all'").n), 3 * 3)
+
+
+def test_train_student_saves_an_artifact_the_prober_finds(session, llm, guard, tmp_path):
+    from dispsafe_nb.pipeline import train_student
+    from dispsafe_nb.safe_system import SafeSystem
+    from dispsafe_nb.train import DistillConfig
+
+    cfg = DistillConfig(n_tokens=2, steps=1, batch_size=2, seed=0)
+    folder = train_student(
+        llm, SafeSystem(llm, guard), tmp_path / "quick", cfg, mix=(1, 1, 1), max_new_tokens=8
+    )
+    found = {s.name: s for s in ProbeSession(llm, guard, artifacts_dir=tmp_path).systems()}
+    assert found["quick"].kind == "soft_prompt" and found["quick"].loadable
+    soft = SoftPrompt.load(folder, llm)
+    assert (
+        soft.n_tokens == 2 and soft.metadata["notebook"] == "06_probe" and soft.metadata["mix"] == [1, 1, 1]
+    )
