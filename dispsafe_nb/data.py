@@ -14,7 +14,6 @@ Data flows one way: files -> :class:`PromptRecord` lists -> notebooks, training,
 from __future__ import annotations
 
 import csv
-import difflib
 import functools
 import hashlib
 import http.client
@@ -37,6 +36,7 @@ from typing import Any
 
 import pandas as pd
 
+from dispsafe_nb.names import unknown_name_message
 from dispsafe_nb.near_duplicates import NEAR_DUPLICATE_THRESHOLD, NearDuplicateIndex
 from dispsafe_nb.paths import REPO_ROOT, cache_root
 
@@ -310,10 +310,7 @@ REMOTE_FILES: dict[str, RemoteFile] = _remote_files()
 
 
 def _unknown_name_error(kind: str, name: str, known: Iterable[str]) -> ValueError:
-    known = sorted(known)
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    return ValueError(f"Unknown {kind} {name!r}.{hint} Known: {', '.join(known)}.")
+    return ValueError(unknown_name_message(kind, name, known))
 
 
 def remote_file(key: str | RemoteFile) -> RemoteFile:

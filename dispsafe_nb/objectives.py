@@ -15,12 +15,13 @@ both agree.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from dispsafe_nb.models import LLM, prepend_prefix, sampling_log_probs
+from dispsafe_nb.models import LLM, backbone_and_head, prepend_prefix, sampling_log_probs
 from dispsafe_nb.theory import weighted_clipped_nll, weighted_nll
 
 REDUCTIONS = ("sum", "mean")
@@ -29,17 +30,6 @@ REDUCTIONS = ("sum", "mean")
 # ----------------------------------------------------------------------------------------------------------
 # sequence log-probs
 # ----------------------------------------------------------------------------------------------------------
-
-
-def _backbone_and_head(model: Any) -> tuple[Any, Any]:
-    """The decoder stack (ids/embeds -> final normed hidden states) and the vocabulary head of a causal LM."""
-    head = model.get_output_embeddings()
-    backbone = model.get_decoder() if hasattr(model, "get_decoder") else None
-    if backbone is None:
-        backbone = getattr(model, "model", None) or getattr(model, "base_model", None)
-    if head is None or backbone is None or backbone is model:
-        raise TypeError(f"cannot split {type(model).__name__} into a backbone and an lm_head")
-    return backbone, head
 
 
 def _final_logit_softcap(model: Any) -> float | None:
@@ -173,9 +163,11 @@ def _response_log_softmax(
     temperature: float = 1.0,
     top_p: float = 1.0,
     keep_targets: bool = False,
+    hidden_out: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Log-softmax over the vocabulary at the positions that predict response tokens only (of the tempered,
-    nucleus-cut distribution when `temperature`, `top_p` are not 1).
+    nucleus-cut distribution when `temperature`, `top_p` are not 1). `hidden_out`, when given, receives the
+    final hidden states at those positions.
 
     `resp_ids`: the token ids to score per row (eos included where it should be). Returns (log_probs
     [n_tokens, V], target ids [n_tokens], row index of each token [n_tokens], number of response tokens per
@@ -197,13 +189,21 @@ def _response_log_softmax(
         input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long, device=device)
         attention_mask[i, width - len(row) :] = 1
 
-    if method is not None:
-        embeds, attention_mask = method.apply(llm, input_ids, attention_mask)
-    elif prefix is not None:
-        embeds, attention_mask = prepend_prefix(llm, input_ids, attention_mask, prefix)
-    else:
-        embeds = llm.model.get_input_embeddings()(input_ids)
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    # A method acts through its input embeddings (`apply`) and/or inside the forward pass (`active`: LoRA's
+    # adapters, a steering hook), so both calls sit inside its context.
+    context = method.active(llm) if hasattr(method, "active") else contextlib.nullcontext()
+    with context:
+        if method is not None:
+            embeds, attention_mask = method.apply(llm, input_ids, attention_mask)
+        elif prefix is not None:
+            embeds, attention_mask = prepend_prefix(llm, input_ids, attention_mask, prefix)
+        else:
+            embeds = llm.model.get_input_embeddings()(input_ids)
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        backbone, head = backbone_and_head(llm.model)
+        hidden = backbone(
+            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
 
     # Responses sit at the right end of every row; the token at column t is predicted by column t - 1.
     total = embeds.shape[1]
@@ -215,10 +215,6 @@ def _response_log_softmax(
         targets[i, total - len(r) :] = torch.tensor(r, dtype=torch.long, device=device)
     select = is_target[:, 1:]  # (B, T-1): hidden column t predicts column t + 1
 
-    backbone, head = _backbone_and_head(llm.model)
-    hidden = backbone(
-        inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-    ).last_hidden_state
     picked = hidden[:, :-1][select]  # (n_response_tokens, d)
     logits = head(picked).float()
     cap = _final_logit_softcap(llm.model)
@@ -226,10 +222,31 @@ def _response_log_softmax(
         logits = torch.tanh(logits / cap) * cap
     row_of = select.nonzero()[:, 0]
     target_ids = targets[:, 1:][select]
+    if hidden_out is not None:
+        hidden_out.append(picked)
     if temperature == 1.0 and top_p >= 1.0:
         return torch.log_softmax(logits, dim=-1), target_ids, row_of, n_resp
     keep = target_ids if keep_targets else None
     return sampling_log_probs(logits, temperature, top_p, keep=keep), target_ids, row_of, n_resp
+
+
+def token_logprobs(
+    llm: LLM,
+    prompts: Sequence[str],
+    response_ids: Sequence[Sequence[int]],
+    append_eos: bool | Sequence[bool],
+    method: Any | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token ``log q(y_t | x, y_<t)`` of given responses, with the final hidden state that predicted each.
+
+    Returns (log-probs [n_tokens], row index of each token [n_tokens], hidden states [n_tokens, d]), tokens
+    ordered row by row, left to right (the layout of `sequence_logprobs`, which sums them per row). For
+    token-level objectives (PPO's ratios, its value head and its per-token KL penalty)."""
+    prompts = list(prompts)
+    rows = response_token_ids(llm, None, response_ids, append_eos, len(prompts))
+    hidden: list[torch.Tensor] = []
+    log_probs, targets, row_of, _ = _response_log_softmax(llm, prompts, rows, None, method, hidden_out=hidden)
+    return log_probs.gather(-1, targets[:, None])[:, 0], row_of, hidden[0]
 
 
 @torch.no_grad()

@@ -1,7 +1,10 @@
-"""Distil the safe system into a soft prompt: `distill(...)` with TV-DiSP or KL-DiSP.
+"""Distil the safe system into a method (soft prompt, LoRA, steering vector): `distill(...)`.
 
 Each training example is one teacher sample (x, y, α(x, y)) plus the refusal y_r; the loss compares the student's
-sequence log-probabilities of y and y_r with the teacher's two-point distribution α δ_y + (1 − α) δ_{y_r}.
+sequence log-probabilities of y and y_r with the teacher's two-point distribution α δ_y + (1 − α) δ_{y_r}
+(TV-DiSP, Eq. 4, or KL-DiSP). The baseline objective "perplexity" fits fixed targets instead (y_r on prompts
+labelled harmful, the base model's own sample y on the others, no α); the reward objectives REINFORCE and PPO
+(`dispsafe_nb.rl`) sample from the student and are dispatched from here, so one call trains every combination.
 Adam (ε = 1e-7, as the paper), gradient accumulation, a progress bar with the live loss, a history with a
 validation estimate of the distillation gap, periodic checkpoints and exact resume.
 """
@@ -12,19 +15,30 @@ import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from dispsafe_nb import data
 from dispsafe_nb.artifacts import load_artifact, save_artifact
-from dispsafe_nb.methods import DEFAULT_INIT_TEXT, SoftPrompt, init_soft_prompt
+from dispsafe_nb.methods import DEFAULT_INIT_TEXT, DEFAULT_TARGETS, Method, check_method_name, new_method
 from dispsafe_nb.models import LLM
-from dispsafe_nb.objectives import kl_disp_loss, response_token_ids, sequence_logprobs, tv_disp_loss
+from dispsafe_nb.names import unknown_name_message
+from dispsafe_nb.objectives import (
+    kl_disp_loss,
+    perplexity_loss,
+    response_token_ids,
+    sequence_logprobs,
+    tv_disp_loss,
+)
 from dispsafe_nb.safe_system import TeacherSample, TeacherSampleError
 
-OBJECTIVES = {"tv": tv_disp_loss, "kl": kl_disp_loss}
+OBJECTIVES = {"tv": tv_disp_loss, "kl": kl_disp_loss}  # the distillation losses on teacher samples
+TARGET_OBJECTIVES = ("perplexity",)  # fixed targets from labels, no teacher α
+REWARD_OBJECTIVES = ("reinforce", "ppo")  # samples from the student, reward = the teacher guard's p(safe)
+ALL_OBJECTIVES = (*OBJECTIVES, *TARGET_OBJECTIVES, *REWARD_OBJECTIVES)
 CHECKPOINT_KIND = "distill_checkpoint"
 LR_SCHEDULES = ("linear", "constant")
 WEIGHTINGS = ("none", "per_token")
@@ -34,8 +48,11 @@ WEIGHTINGS = ("none", "per_token")
 class DistillConfig:
     """Hyperparameters of one distillation run (saved with the artifact). Paper settings in comments."""
 
-    objective: str = "tv"  # "tv" (TV-DiSP) or "kl" (KL-DiSP)
-    n_tokens: int = 20  # paper: 100 (ablation 10-200)
+    objective: str = "tv"  # "tv" (TV-DiSP), "kl" (KL-DiSP); baselines "perplexity", "reinforce", "ppo"
+    method: str = (
+        "soft_prompt"  # or "lora" (parameter-matched to the soft prompt at n_tokens), "steering_vector"
+    )
+    n_tokens: int = 20  # paper: 100 (ablation 10-200); LoRA's parameter budget is n_tokens x hidden size
     init: str = "text"
     init_text: str = DEFAULT_INIT_TEXT
     # paper: 6e-4 ... 3e-3 over about 200 iterations at effective batch 32 on 1-3B models. With ~60 small steps
@@ -57,10 +74,31 @@ class DistillConfig:
     seed: int = 0
     eval_every: int = 10
     checkpoint_every: int = 0  # 0: no periodic checkpoints
+    lora_rank: int | None = None  # None: the rank (and layers) matching the soft prompt's parameters
+    lora_targets: str = ",".join(DEFAULT_TARGETS)  # comma-separated module names
+    steering_layer: int | None = None  # None: the middle decoder layer
+    # Reward objectives (dispsafe_nb.rl): per prompt of a batch, `rl_samples` answers of up to
+    # `rl_max_new_tokens` tokens sampled from the student at temperature 1 (the budget's "teacher samples").
+    rl_samples: int = 2
+    rl_max_new_tokens: int = 32
+    ppo_beta: float = 0.05  # KL penalty to the base model (the paper found PPO unstable and needed beta ~ 0)
+    ppo_clip: float = 0.2
+    ppo_epochs: int = 2  # optimisation passes over each batch of samples
+    gae_lambda: float = 0.95
+    value_coef: float = 0.5
+    value_lr: float = 1e-3  # the value head's own learning rate
 
     def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {self.objective!r}; known: {', '.join(OBJECTIVES)}")
+        if self.objective not in ALL_OBJECTIVES:
+            raise ValueError(unknown_name_message("objective", self.objective, ALL_OBJECTIVES))
+        check_method_name(self.method)
+        for name in ("rl_samples", "rl_max_new_tokens", "ppo_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.objective in REWARD_OBJECTIVES and self.rl_samples < 2:
+            raise ValueError("reward objectives need rl_samples >= 2 (the leave-one-out baseline needs two)")
+        if self.ppo_beta < 0 or not 0 < self.ppo_clip < 1 or not 0 <= self.gae_lambda <= 1:
+            raise ValueError("need ppo_beta >= 0, 0 < ppo_clip < 1 and 0 <= gae_lambda <= 1")
         if self.reduction not in {"sum", "mean"}:
             raise ValueError(f"reduction must be 'sum' or 'mean', not {self.reduction!r}")
         if self.weighting not in WEIGHTINGS:
@@ -88,18 +126,37 @@ class Example:
     refusal: str
     response_ids: tuple[int, ...] = ()
     finished: bool = True
+    harmful: bool | None = None  # the prompt's label, when known (only the perplexity baseline uses it)
 
 
-def examples_from_samples(samples: Sequence[TeacherSample]) -> list[Example]:
-    """Flatten teacher samples into (x, y, α, y_r) examples; every sample must carry its token ids."""
+def examples_from_samples(
+    samples: Sequence[TeacherSample], labels: Mapping[str, bool] | None = None
+) -> list[Example]:
+    """Flatten teacher samples into (x, y, α, y_r) examples; every sample must carry its token ids.
+    `labels`: {prompt: is harmful} (for the perplexity baseline); every prompt must then have one."""
     missing = [s.prompt for s in samples if not s.has_ids]
     if missing:
         raise TeacherSampleError(
             f"{len(missing)} teacher sample(s) lack the sampled token ids (first: {missing[0][:60]!r}); "
             "build them with safe_system.teacher_samples(), which keeps the ids and finish flags generate() gave"
         )
+    if labels is not None:
+        unlabelled = [s.prompt for s in samples if s.prompt not in labels]
+        if unlabelled:
+            raise ValueError(
+                f"{len(unlabelled)} training prompt(s) have no harmful/benign label (first: "
+                f"{unlabelled[0][:60]!r}); pass labels for every prompt, e.g. from train.prompt_labels(records)"
+            )
     return [
-        Example(s.prompt, y, float(a), s.refusal, tuple(ids), bool(fin))
+        Example(
+            s.prompt,
+            y,
+            float(a),
+            s.refusal,
+            tuple(ids),
+            bool(fin),
+            None if labels is None else labels[s.prompt],
+        )
         for s in samples
         for y, a, ids, fin in zip(s.responses, s.alphas, s.response_ids, s.finished, strict=True)
     ]
@@ -133,6 +190,11 @@ def training_mix(
     return records
 
 
+def prompt_labels(records: Sequence[data.PromptRecord]) -> dict[str, bool]:
+    """{prompt text: is harmful} for a training mix (the perplexity baseline's targets)."""
+    return {r.text: bool(r.is_harmful) for r in records}
+
+
 def prompt_kinds(records: Sequence[data.PromptRecord]) -> dict[str, str]:
     """{prompt text: "harmful", "borderline" (the bundled borderline-safe set) or "benign"} for a training mix."""
     return {
@@ -157,6 +219,9 @@ class History:
     # separates TV from KL, logged rather than asserted. Computed for KL too (it ignores them).
     clipped_y: list[float] = field(default_factory=list)
     clipped_r: list[float] = field(default_factory=list)
+    # PPO only: the fraction of tokens whose probability ratio the clip held (the reward objectives log no TV
+    # clip; their mean_alpha is the mean reward, the guard's α of the student's own samples).
+    ppo_clip_fraction: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, list]:
         return asdict(self)
@@ -199,7 +264,7 @@ class SequenceTerms:
     len_r: list[int]
 
 
-def sequence_terms(llm: LLM, soft: SoftPrompt, batch: Sequence[Example], cfg: DistillConfig) -> SequenceTerms:
+def sequence_terms(llm: LLM, soft: Method, batch: Sequence[Example], cfg: DistillConfig) -> SequenceTerms:
     """Score a batch: the sampled ids exactly, a truncated sample without eos, the refusal with its eos."""
     prompts = [e.prompt for e in batch]
     if any(not e.response_ids and not e.finished for e in batch):
@@ -225,8 +290,11 @@ def sequence_terms(llm: LLM, soft: SoftPrompt, batch: Sequence[Example], cfg: Di
     )
 
 
-def _loss(llm: LLM, soft: SoftPrompt, batch: Sequence[Example], cfg: DistillConfig) -> BatchLoss:
-    """Eq. 4 (or KL-DiSP) on a batch: the sampled ids are scored exactly, a truncated sample without eos."""
+def _loss(llm: LLM, soft: Method, batch: Sequence[Example], cfg: DistillConfig) -> BatchLoss:
+    """Eq. 4 (or KL-DiSP, or the perplexity baseline) on a batch: the sampled ids are scored exactly, a truncated
+    sample without eos."""
+    if cfg.objective == "perplexity":
+        return _perplexity_loss(llm, soft, batch, cfg)
     t = sequence_terms(llm, soft, batch, cfg)
     weights: dict[str, torch.Tensor] = {}
     if cfg.weighting == "per_token":
@@ -236,16 +304,55 @@ def _loss(llm: LLM, soft: SoftPrompt, batch: Sequence[Example], cfg: DistillConf
     return BatchLoss(loss, t.logq_y, t.logq_r, t.alpha)
 
 
+def _perplexity_loss(llm: LLM, method: Method, batch: Sequence[Example], cfg: DistillConfig) -> BatchLoss:
+    """Plain NLL of fixed targets: y_r where the prompt is labelled harmful, else the base model's sample y."""
+    if any(e.harmful is None for e in batch):
+        raise ValueError("the perplexity objective needs each prompt's label: pass labels= to distill()")
+    refusal_ids = response_token_ids(llm, [e.refusal for e in batch], None, True, len(batch))
+    targets = [r if e.harmful else list(e.response_ids) for e, r in zip(batch, refusal_ids, strict=True)]
+    eos = [False if e.harmful else e.finished for e in batch]  # the refusal ids already end in eos
+    logq = sequence_logprobs(
+        llm,
+        [e.prompt for e in batch],
+        None,
+        reduction=cfg.reduction,
+        append_eos=eos,
+        method=method,
+        response_ids=targets,
+    )
+    # For the history: log q of the target when it is y (else of y_r), and α as given (the loss ignores it).
+    alpha = torch.tensor([e.alpha for e in batch], device=logq.device, dtype=logq.dtype)
+    harmful = torch.tensor([bool(e.harmful) for e in batch], device=logq.device)
+    nan = torch.full_like(logq, float("nan"))
+    return BatchLoss(
+        perplexity_loss(logq).mean(),
+        torch.where(harmful, nan, logq).detach(),
+        torch.where(harmful, logq, nan).detach(),
+        alpha,
+    )
+
+
 @torch.no_grad()
 def validation_gap(
-    llm: LLM, soft: SoftPrompt, samples: Sequence[TeacherSample], cfg: DistillConfig
+    llm: LLM,
+    soft: Method,
+    samples: Sequence[TeacherSample],
+    cfg: DistillConfig,
+    labels: Mapping[str, bool] | None = None,
 ) -> tuple[float, float]:
     """(mean loss, mean |p̂(y_r|x) − q(y_r|x)|) on validation samples.
 
     The second is a Monte-Carlo *lower bound* on the mean TV(p, q): TV ≥ |p(A) − q(A)| for the event A = {y_r}.
+    For the reward objectives, whose loss needs fresh samples, the loss reported is TV-DiSP's (Eq. 4): the
+    distillation gap every method and objective is compared by.
     """
-    examples = examples_from_samples(samples)
-    loss = _loss(llm, soft, examples, cfg).loss
+    examples = examples_from_samples(samples, labels)
+    scored = (
+        cfg
+        if cfg.objective in OBJECTIVES or cfg.objective in TARGET_OBJECTIVES
+        else replace(cfg, objective="tv")
+    )
+    loss = _loss(llm, soft, examples, scored).loss
     prompts = [s.prompt for s in samples]
     logq_r = sequence_logprobs(llm, prompts, [s.refusal for s in samples], reduction="sum", method=soft)
     p_r = torch.tensor([s.refusal_mass for s in samples], device=logq_r.device)
@@ -267,25 +374,43 @@ def _batch_indices(n: int, cfg: DistillConfig, step: int, micro: int) -> list[in
 
 def save_checkpoint(
     folder: str | Path,
-    soft: SoftPrompt,
-    opt: torch.optim.Adam,
+    method: Method,
+    opt: torch.optim.Optimizer,
     step: int,
     history: History,
     cfg: DistillConfig,
     training_data: str | None = None,
+    extra: Mapping[str, torch.nn.Module] | None = None,
 ) -> Path:
-    """W, Adam's moments and step, the history and config: everything needed to resume exactly."""
-    state = opt.state[soft.W]
-    tensors = {"W": soft.W, "exp_avg": state["exp_avg"], "exp_avg_sq": state["exp_avg_sq"]}
+    """The method's trainable tensors, Adam's moments and step, the history and config: everything needed to
+    resume exactly. `extra`: other trained modules (PPO's value head), saved and restored the same way."""
+    tensors, adam_steps = {}, {}
+    for prefix, module_params in _checkpointed(method, extra).items():
+        for name, p in module_params.items():
+            state = opt.state[p]
+            key = f"{prefix}{name}"
+            tensors[f"param.{key}"] = p
+            tensors[f"exp_avg.{key}"] = state["exp_avg"]
+            tensors[f"exp_avg_sq.{key}"] = state["exp_avg_sq"]
+            adam_steps[key] = float(state["step"])
     meta = {
         "step": step,
-        "adam_step": float(state["step"]),
+        "adam_steps": adam_steps,
         "history": history.to_dict(),
         "config": asdict(cfg),
         "training_data_hash": training_data,
         "split_version": data.SPLIT_VERSION,
     }
     return save_artifact(folder, CHECKPOINT_KIND, tensors, meta)
+
+
+def _checkpointed(
+    method: Method, extra: Mapping[str, torch.nn.Module] | None
+) -> dict[str, dict[str, torch.nn.Parameter]]:
+    groups = {"": method.named_trainable_parameters()}
+    for prefix, module in (extra or {}).items():
+        groups[f"{prefix}/"] = dict(module.named_parameters())
+    return groups
 
 
 def history_summary(histories: Mapping[str, History]) -> dict[str, dict[str, float | None]]:
@@ -308,31 +433,97 @@ def distill(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
-) -> tuple[SoftPrompt, History]:
-    """Train a soft prompt on teacher samples; returns it (with its training config as metadata) and the history.
+    labels: Mapping[str, bool] | None = None,
+    guard: Any | None = None,
+) -> tuple[Method, History]:
+    """Train the config's method with its objective on teacher samples; returns the trained method (with its
+    training config as metadata) and the history.
 
-    With `checkpoint_dir` and `checkpoint_every`, a checkpoint is written periodically and at the end;
-    `resume=True` continues from the checkpoint there (same batches, same optimiser state).
+    `labels` ({prompt: is harmful}) are needed by the perplexity baseline only; `guard` (the teacher's) by the
+    reward objectives, which sample from the student and are trained by `dispsafe_nb.rl.optimise` (the teacher
+    samples then give the prompts, and the validation loss). With `checkpoint_dir` and `checkpoint_every`, a
+    checkpoint is written periodically and at the end; `resume=True` continues from the checkpoint there (same
+    batches, same optimiser state).
     """
-    from tqdm.auto import tqdm
-
     cfg = cfg or DistillConfig()
-    examples = examples_from_samples(train_samples)
+    if cfg.objective in TARGET_OBJECTIVES and labels is None:
+        raise ValueError(
+            f"the {cfg.objective} objective needs labels={{prompt: is harmful}} (train.prompt_labels)"
+        )
+    examples = examples_from_samples(train_samples, labels)
     if not examples:
         raise ValueError("no training examples: pass teacher samples for at least one prompt")
     torch.manual_seed(cfg.seed)
-    soft = init_soft_prompt(llm, cfg.n_tokens, cfg.init, cfg.init_text, cfg.seed)
-    opt = torch.optim.Adam(soft.trainable_parameters(), lr=cfg.lr, eps=1e-7)
+    method = make_method(llm, cfg)
+    if not method.trainable_parameters():
+        raise ValueError(f"the {method.kind} has no trainable parameters")
+    if cfg.objective in REWARD_OBJECTIVES:
+        from dispsafe_nb.rl import optimise
+
+        if guard is None:
+            raise ValueError(
+                f"the {cfg.objective} objective needs guard= (the teacher's guard gives the reward)"
+            )
+        if checkpoint_dir is not None or resume:
+            raise ValueError(f"checkpoints are not supported for the {cfg.objective} objective yet")
+        history = optimise(llm, guard, method, train_samples, cfg, val_samples, progress)
+    else:
+        history = _fit(llm, method, examples, cfg, val_samples, checkpoint_dir, resume, progress, labels)
+    method.metadata.update(
+        {
+            "objective": cfg.objective,
+            "distill_config": asdict(cfg),
+            "training_data_hash": data_hash(examples),
+            "split_version": data.SPLIT_VERSION,
+            "decontamination": data.decontamination_report(),
+            "n_train_prompts": len(train_samples),
+            "n_train_examples": len(examples),
+            "final_loss": history.loss[-1] if history.loss else None,
+        }
+    )
+    return method, history
+
+
+def make_method(llm: LLM, cfg: DistillConfig) -> Method:
+    """The config's method, freshly initialised for `llm` (seeded by the config's seed)."""
+    return new_method(
+        cfg.method,
+        llm,
+        n_tokens=cfg.n_tokens,
+        init=cfg.init,
+        init_text=cfg.init_text,
+        seed=cfg.seed,
+        lora_rank=cfg.lora_rank,
+        lora_targets=tuple(t.strip() for t in cfg.lora_targets.split(",") if t.strip()),
+        steering_layer=cfg.steering_layer,
+    )
+
+
+def _fit(
+    llm: LLM,
+    method: Method,
+    examples: Sequence[Example],
+    cfg: DistillConfig,
+    val_samples: Sequence[TeacherSample],
+    checkpoint_dir: str | Path | None,
+    resume: bool,
+    progress: bool,
+    labels: Mapping[str, bool] | None,
+) -> History:
+    """The loop of the teacher-sample objectives (TV, KL, perplexity)."""
+    from tqdm.auto import tqdm
+
+    opt = torch.optim.Adam(method.trainable_parameters(), lr=cfg.lr, eps=1e-7)
     history, start = History(), 0
     if resume:
         if checkpoint_dir is None:
             raise ValueError("resume=True needs a checkpoint_dir")
-        start, history = _restore(checkpoint_dir, soft, opt, cfg, data_hash(examples))
+        start, history = restore_checkpoint(checkpoint_dir, method, opt, cfg, data_hash(examples))
     if val_samples and start == 0:  # step 0: the reference every later validation loss is compared with
-        _record_validation(llm, soft, val_samples, cfg, history, 0)
+        record_validation(llm, method, val_samples, cfg, history, 0, labels)
     bar = tqdm(
         range(start, cfg.steps),
-        desc=f"{cfg.objective}-disp",
+        desc=f"{cfg.objective}/{cfg.method}",
         disable=not progress,
         initial=start,
         total=cfg.steps,
@@ -344,7 +535,7 @@ def distill(
         total, alphas, clip_y, clip_r = 0.0, [], 0.0, 0.0
         for micro in range(cfg.grad_accum):
             batch = [examples[i] for i in _batch_indices(len(examples), cfg, step, micro)]
-            out = _loss(llm, soft, batch, cfg)
+            out = _loss(llm, method, batch, cfg)
             (out.loss / cfg.grad_accum).backward()
             total += out.loss.item() / cfg.grad_accum
             alphas += out.alpha.tolist()
@@ -358,50 +549,43 @@ def distill(
         history.clipped_r.append(clip_r)
         postfix = {"loss": f"{total:.3f}"}
         if val_samples and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
-            postfix["val"] = f"{_record_validation(llm, soft, val_samples, cfg, history, step + 1):.3f}"
+            val = record_validation(llm, method, val_samples, cfg, history, step + 1, labels)
+            postfix["val"] = f"{val:.3f}"
         bar.set_postfix(postfix)
         if not math.isfinite(total):
             raise FloatingPointError(f"loss became {total} at step {step + 1}; lower the learning rate")
         due = cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0
         if checkpoint_dir is not None and (due or step + 1 == cfg.steps):
-            save_checkpoint(checkpoint_dir, soft, opt, step + 1, history, cfg, data_hash(examples))
-    soft.metadata.update(
-        {
-            "objective": cfg.objective,
-            "distill_config": asdict(cfg),
-            "training_data_hash": data_hash(examples),
-            "split_version": data.SPLIT_VERSION,
-            "decontamination": data.decontamination_report(),
-            "n_train_prompts": len(train_samples),
-            "n_train_examples": len(examples),
-            "final_loss": history.loss[-1] if history.loss else None,
-        }
-    )
-    return soft, history
+            save_checkpoint(checkpoint_dir, method, opt, step + 1, history, cfg, data_hash(examples))
+    return history
 
 
-def _record_validation(
+def record_validation(
     llm: LLM,
-    soft: SoftPrompt,
+    method: Method,
     val_samples: Sequence[TeacherSample],
     cfg: DistillConfig,
     history: History,
     step: int,
+    labels: Mapping[str, bool] | None = None,
 ) -> float:
-    val_loss, gap = validation_gap(llm, soft, val_samples, cfg)
+    """Append the validation loss and refusal gap at `step` to the history; returns the loss."""
+    val_loss, gap = validation_gap(llm, method, val_samples, cfg, labels)
     history.val_step.append(step)
     history.val_loss.append(val_loss)
     history.val_refusal_gap.append(gap)
     return val_loss
 
 
-def _restore(
+def restore_checkpoint(
     folder: str | Path,
-    soft: SoftPrompt,
-    opt: torch.optim.Adam,
+    method: Method,
+    opt: torch.optim.Optimizer,
     cfg: DistillConfig,
     training_data: str | None = None,
+    extra: Mapping[str, torch.nn.Module] | None = None,
 ) -> tuple[int, History]:
+    """Load a checkpoint written by `save_checkpoint` into `method` (and `extra`) and `opt`: (step, history)."""
     tensors, meta = load_artifact(folder, CHECKPOINT_KIND)
     if meta.get("split_version") != data.SPLIT_VERSION:
         raise ValueError(
@@ -412,14 +596,20 @@ def _restore(
         raise ValueError(
             f"checkpoint in {folder} was trained on other data; resume with the same teacher samples"
         )
-    if meta["config"] != asdict(cfg):
-        changed = sorted(k for k, v in asdict(cfg).items() if meta["config"].get(k) != v)
+    saved_cfg, now = meta["config"], json.loads(json.dumps(asdict(cfg)))
+    if saved_cfg != now:
+        changed = sorted(k for k in set(now) | set(saved_cfg) if saved_cfg.get(k) != now.get(k))
         raise ValueError(f"checkpoint in {folder} was written with another config (differs in {changed})")
-    with torch.no_grad():
-        soft.W.copy_(tensors["W"].to(soft.W.device))
-    opt.state[soft.W] = {
-        "step": torch.tensor(meta["adam_step"]),
-        "exp_avg": tensors["exp_avg"].to(soft.W.device),
-        "exp_avg_sq": tensors["exp_avg_sq"].to(soft.W.device),
-    }
+    for prefix, module_params in _checkpointed(method, extra).items():
+        for name, p in module_params.items():
+            key = f"{prefix}{name}"
+            if f"param.{key}" not in tensors:
+                raise ValueError(f"checkpoint in {folder} has no tensor for {key}; start a new run")
+            with torch.no_grad():
+                p.copy_(tensors[f"param.{key}"].to(p.device))
+            opt.state[p] = {
+                "step": torch.tensor(meta["adam_steps"][key]),
+                "exp_avg": tensors[f"exp_avg.{key}"].to(p.device),
+                "exp_avg_sq": tensors[f"exp_avg_sq.{key}"].to(p.device),
+            }
     return int(meta["step"]), History(**meta["history"])

@@ -480,7 +480,7 @@ def test_tiny_response_token_ids():
 
 
 def test_backbone_and_head_split_and_its_errors(tiny_llm):
-    from dispsafe_nb.objectives import _backbone_and_head
+    from dispsafe_nb.models import backbone_and_head as _backbone_and_head
 
     backbone, head = _backbone_and_head(tiny_llm.model)
     assert backbone is tiny_llm.model.model and head is tiny_llm.model.lm_head
@@ -601,7 +601,7 @@ def test_a_methods_soft_tokens_count_against_the_prompt_budget(tiny_llm):
 
 
 def test_backbone_prefers_the_models_own_decoder():
-    from dispsafe_nb.objectives import _backbone_and_head
+    from dispsafe_nb.models import backbone_and_head as _backbone_and_head
 
     class WithDecoder:
         model = "the .model attribute"

@@ -32,7 +32,12 @@ def SAMPLES(llm):  # noqa: N802 - a constant of the module, built once the model
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"objective": "js"}, "unknown objective"),
+        ({"objective": "js"}, "Unknown objective 'js'"),
+        ({"objective": "reinfroce"}, "Did you mean 'reinforce'"),
+        ({"method": "lroa"}, "Did you mean 'lora'"),
+        ({"objective": "ppo", "rl_samples": 1}, "rl_samples >= 2"),
+        ({"ppo_clip": 0.0}, "ppo_clip"),
+        ({"rl_max_new_tokens": 0}, "rl_max_new_tokens"),
         ({"reduction": "max"}, "reduction"),
         ({"steps": 0}, "steps"),
         ({"batch_size": 0}, "batch_size"),

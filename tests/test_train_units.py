@@ -41,7 +41,7 @@ def _raises(exc, message):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"objective": "js"}, "unknown objective 'js'; known: tv, kl"),
+        ({"objective": "js"}, "Unknown objective 'js'. Known: kl, perplexity, ppo, reinforce, tv."),
         ({"reduction": "max"}, "reduction must be 'sum' or 'mean', not 'max'"),
         ({"weighting": "per_char"}, "weighting must be one of ('none', 'per_token'), not 'per_char'"),
         (
