@@ -537,4 +537,22 @@ def _load_hf(
         ) from err
     if quantization != "nf4":
         model = model.to(device)
+    else:
+        keep_nf4_differentiable(model)
     return model, tokenizer, {"source": "folder" if is_path else "hub"}
+
+
+def keep_nf4_differentiable(model: Any) -> int:
+    """Stop bitsandbytes from repacking nf4 weights for its CPU inference kernel; returns the layers changed.
+
+    On a CPU with AVX512-BF16, bitsandbytes (0.50) repacks a `Linear4bit` weight for a fused kernel the first time
+    the layer runs in eval mode on an input that needs no gradient, and from then on uses that kernel, which has
+    no autograd formula: gradients through the layer are silently wrong (zero for a soft prompt trained after the
+    teacher has sampled from the same model). Everything here trains through the frozen model, so we keep the
+    differentiable path."""
+    changed = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed

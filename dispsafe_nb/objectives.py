@@ -249,6 +249,14 @@ def token_logprobs(
     return log_probs.gather(-1, targets[:, None])[:, 0], row_of, hidden[0]
 
 
+def next_token_log_probs(llm: LLM, prompts: Sequence[str], method: Any | None = None) -> torch.Tensor:
+    """(B, V): ``log q(· | x)`` of the first answer token, where the assistant starts to speak."""
+    prompts = list(prompts)
+    eos = llm.tokenizer.eos_token_id
+    log_probs, _, _, _ = _response_log_softmax(llm, prompts, [[eos]] * len(prompts), None, method)
+    return log_probs
+
+
 @torch.no_grad()
 def fidelity_kl(
     llm: LLM, prompts: Sequence[str], responses: Sequence[str], method: Any, batch_size: int = 8

@@ -25,9 +25,9 @@ class CharTokenizer:
         return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
 
 
-def tiny_llama(seed: int = 0, initializer_range: float | None = None):
-    """A random 1-layer Llama over the tokenizer's 64 ids (frozen, eval mode); `initializer_range` None keeps
-    transformers' default."""
+def tiny_llama(seed: int = 0, initializer_range: float | None = None, layers: int = 1):
+    """A random Llama (1 layer unless told) over the tokenizer's 64 ids (frozen, eval mode);
+    `initializer_range` None keeps transformers' default."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -36,7 +36,7 @@ def tiny_llama(seed: int = 0, initializer_range: float | None = None):
         vocab_size=64,
         hidden_size=16,
         intermediate_size=32,
-        num_hidden_layers=1,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         num_key_value_heads=1,
         max_position_embeddings=256,
@@ -47,8 +47,8 @@ def tiny_llama(seed: int = 0, initializer_range: float | None = None):
     return LlamaForCausalLM(config).eval().requires_grad_(False)
 
 
-def tiny_llm(initializer_range: float | None = None, tokenizer: CharTokenizer | None = None):
+def tiny_llm(initializer_range: float | None = None, tokenizer: CharTokenizer | None = None, layers: int = 1):
     """The stand-in as an `LLM`."""
     from dispsafe_nb.models import LLM
 
-    return LLM(tiny_llama(0, initializer_range), tokenizer or CharTokenizer(), "tiny-stand-in")
+    return LLM(tiny_llama(0, initializer_range, layers), tokenizer or CharTokenizer(), "tiny-stand-in")
