@@ -400,6 +400,41 @@ def _check_dual_refusal_probability(fn: Callable) -> int:
     return len(cases)
 
 
+def rloo_advantages(rewards: Any) -> Any:
+    """REINFORCE's leave-one-out advantages: each sample's reward minus the mean reward of the prompt's other
+    samples (rewards: prompts x k, k >= 2)."""
+    import torch
+
+    rewards = torch.as_tensor(rewards, dtype=torch.float32)
+    k = rewards.shape[1]
+    return rewards - (rewards.sum(dim=1, keepdim=True) - rewards) / (k - 1)
+
+
+def _check_rloo_advantages(fn: Callable) -> int:
+    import torch
+
+    rng = np.random.default_rng(11)
+    cases = [
+        np.array([[1.0, 0.0]]),
+        np.array([[0.5, 0.5, 0.5]]),
+        np.array([[1.0, 0.0, 0.5], [0.2, 0.9, 0.4]]),
+    ]
+    cases += [rng.uniform(size=(int(p), int(k))) for p, k in rng.integers(1, 6, size=(20, 2)) + [0, 1]]
+    for rewards in cases:
+        want = rloo_advantages(rewards)
+        got = torch.as_tensor(fn(torch.tensor(rewards, dtype=torch.float32)), dtype=torch.float32)
+        if got.shape != want.shape or not torch.allclose(got, want, atol=1e-6):
+            _fail(
+                "rloo_advantages",
+                f"rewards={np.round(rewards, 3).tolist()}",
+                got.tolist(),
+                want.tolist(),
+                "the baseline of a sample leaves that sample out: the mean over the other k - 1 of its prompt; "
+                "an advantage of 0 everywhere means every sample of a prompt got the same reward",
+            )
+    return len(cases)
+
+
 @dataclass(frozen=True)
 class Exercise:
     name: str
@@ -483,6 +518,14 @@ EXERCISES: dict[str, Exercise] = {
             "has switched off in a batch.",
             clip_fractions,
             _check_clip_fractions,
+        ),
+        Exercise(
+            "rloo_advantages",
+            "04_baselines",
+            "Write rloo_advantages(rewards) with torch: for a (prompts x k) tensor of rewards, each sample's "
+            "reward minus the mean reward of the other k - 1 samples of its prompt (REINFORCE's baseline).",
+            rloo_advantages,
+            _check_rloo_advantages,
         ),
         Exercise(
             "dual_refusal_probability",

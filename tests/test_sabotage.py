@@ -261,3 +261,53 @@ def test_notebook_06_checks_catch_their_sabotages(llm, guard, judge_guard, teach
         }
         results[name] = {"batch": batch}
     _assert_caught("06_probe", results)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# notebook 04: the baselines' harness
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _unload_leftover_adapters(model) -> None:
+    """Undo the adapter_left_in_model sabotage on the shared model: put every base layer back."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoraLayer):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.get_base_layer())
+    if hasattr(model, "peft_config"):
+        del model.peft_config
+
+
+def _baselines_metrics(llm, teacher, sabotage: str, monkeypatch) -> dict:
+    from peft.tuners.lora import LoraModel
+
+    from dispsafe_nb import baselines
+    from dispsafe_nb.methods import lora as lora_module
+
+    pairs = (["Name a primary colour."], ["Red."])
+    before = baselines.base_fingerprint(llm, *pairs)
+    base = DistillConfig(n_tokens=4, steps=2, batch_size=2, seed=0)
+    runs = [baselines.Run("soft_prompt", "tv", 3e-2), baselines.Run("lora", "tv", 3e-2)]
+    try:
+        with monkeypatch.context() as m:
+            if sabotage == "no_optimiser_step":
+                m.setattr(torch.optim.Adam, "step", lambda self, closure=None: None)
+            if sabotage == "lora_budget_ignored":
+                m.setattr(lora_module, "match_budget", lambda llm, budget, targets, rank, tol: (8, None, 0))
+            trained = baselines.train_runs(llm, None, runs, base, teacher["train"], (), None, progress=False)
+            if sabotage == "adapter_left_in_model":  # the evaluation's use of the trained LoRA leaks it
+                m.setattr(LoraModel, "unload", lambda self, *a, **k: self.model)
+            lora = trained[runs[1].name][0]
+            lora.bind(llm).generate(pairs[0], DecodingConfig(max_new_tokens=2))
+            after = baselines.base_fingerprint(llm, *pairs)
+            return {"integrity": baselines.integrity_metrics(llm, trained, before, after)}
+    finally:
+        _unload_leftover_adapters(llm.model)
+
+
+def test_notebook_04_checks_catch_their_sabotages(llm, teacher, monkeypatch):
+    names = ["real", *sorted(_sabotaged_for("04_baselines"))]
+    results = {name: _baselines_metrics(llm, teacher, name, monkeypatch) for name in names}
+    _assert_caught("04_baselines", results)

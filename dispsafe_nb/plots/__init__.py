@@ -2,9 +2,10 @@
 axis labels and hover text; saving and showing is the notebook's job (``dispsafe_nb.notebook.save_figure``).
 
 One module per group of notebooks, so that several people can add figures at once: `theory` (01), `evaluation`
-(02-03), `probe` (06); `common` holds the shared colours. Everything is importable from here.
+(02-03), `baselines` (04), `probe` (06); `common` holds the shared colours. Everything is importable from here.
 """
 
+from dispsafe_nb.plots.baselines import tradeoff_scatter
 from dispsafe_nb.plots.common import COLORS, PALETTE, SYSTEM_COLORS
 from dispsafe_nb.plots.evaluation import (
     alpha_histogram,
@@ -43,5 +44,6 @@ __all__ = [
     "refusal_logit_grad_figure",
     "sequence_bound_figure",
     "toy_overrefusal_figure",
+    "tradeoff_scatter",
     "training_curves",
 ]
