@@ -400,19 +400,15 @@ def _check_dual_refusal_probability(fn: Callable) -> int:
     return len(cases)
 
 
-def rloo_advantages(rewards: Any) -> Any:
+def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
     """REINFORCE's leave-one-out advantages: each sample's reward minus the mean reward of the prompt's other
     samples (rewards: prompts x k, k >= 2)."""
-    import torch
-
     rewards = torch.as_tensor(rewards, dtype=torch.float32)
     k = rewards.shape[1]
     return rewards - (rewards.sum(dim=1, keepdim=True) - rewards) / (k - 1)
 
 
 def _check_rloo_advantages(fn: Callable) -> int:
-    import torch
-
     rng = np.random.default_rng(11)
     cases = [
         np.array([[1.0, 0.0]]),
