@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 DISPSAFE_DATA ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
 export DISPSAFE_DATA
 
-.PHONY: install test nbval ui-check lint format reproduce benchmark benchmark-distill mutation lab clean
+.PHONY: install test nbval ui-check lint format reproduce benchmark benchmark-distill benchmark-baselines mutation lab clean
 
 install: $(VENV)/.installed
 
@@ -62,6 +62,11 @@ benchmark: install
 
 benchmark-distill: install
 	$(PY) benchmarks/distill.py
+
+# Notebook 04's comparison over 3 seeds -> results/baselines.json (every method and objective, best learning rate
+# per group, the paper's orderings judged on the seed means).
+benchmark-baselines: install
+	$(PY) benchmarks/baselines.py
 
 # Mutation score of theory/objectives/judges/metrics and train.py's loss/step code with their fast unit tests
 # (mutmut on a scratch copy in build/mutation; 10-15 minutes on 2 cores) -> results/mutation.json.

@@ -35,3 +35,12 @@ def test_distill_targets_are_relative_to_the_dual_system():
     missed = targets(_metrics(0.71, 0.21, 0.94))
     assert not any(t["met"] for t in missed.values()), missed
     assert missed["tv_xstest_over_refusal_vs_dual"]["threshold"] == pytest.approx(0.2)
+
+
+def test_baselines_benchmark_averages_each_group_over_the_seeds_it_has():
+    over_seeds = _load("baselines").over_seeds
+    got = over_seeds([{"soft_prompt/tv": 0.6, "lora/tv": 0.2}, {"soft_prompt/tv": 0.8}])
+    assert got["soft_prompt/tv"]["mean"] == pytest.approx(0.7)
+    assert got["soft_prompt/tv"]["sd"] == pytest.approx(0.1414213562)
+    assert got["soft_prompt/tv"]["n_seeds"] == 2
+    assert got["lora/tv"] == {"mean": 0.2, "sd": None, "n_seeds": 1}

@@ -1,0 +1,171 @@
+"""Baselines benchmark: notebook 04's comparison (every method under TV-DiSP, every objective with the soft
+prompt, each at every learning rate of the grid) repeated over training seeds.
+
+Per seed: a seed-chosen training mix and teacher samples, every run trained with the same budget, the refusal
+direction fitted, everything evaluated greedily on fixed evaluation prompts beside the base model and the dual
+system. Writes results/baselines.json: per seed the full table and each (method, objective)'s best learning rate;
+over seeds the mean and standard deviation of its SGS and benign compliance (n seeds stated), which run reaches the
+best SGS at benign compliance >= 90 %, notebook 04's claims (the paper's orderings) judged on the seed means, the
+full config, machine and versions. Answers go to results/baselines.records.jsonl.
+Run: `make benchmark-baselines` (3 seeds), or `--seeds 0 --smoke` for a look at the plumbing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+import dispsafe_nb
+from dispsafe_nb import baselines
+from dispsafe_nb.checks import run_claims
+from dispsafe_nb.evaluate import evaluate_students, write_records
+from dispsafe_nb.guard_training import load_embedding_guard
+from dispsafe_nb.models import DecodingConfig, load_llm
+from dispsafe_nb.paths import RESULTS_DIR
+from dispsafe_nb.refusal_direction import fit_refusal_direction
+from dispsafe_nb.safe_system import SafeSystem, teacher_samples
+from dispsafe_nb.train import DistillConfig, prompt_labels, training_mix
+
+BENCHES = ("advbench_test", "jbb_harmful", "xstest_safe", "alpaca_test", "bundled_verifiable_test")
+
+
+def over_seeds(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """{"method/objective": {"mean", "sd", "n_seeds"}} of one best-per-group metric over seeds."""
+    keys = sorted(set().union(*per_seed))
+    out = {}
+    for key in keys:
+        values = [s[key] for s in per_seed if key in s]
+        sd = statistics.stdev(values) if len(values) > 1 else None
+        out[key] = {"mean": statistics.fmean(values), "sd": sd, "n_seeds": len(values)}
+    return out
+
+
+def one_seed(llm, guard, system, args, seed: int) -> tuple[list, dict]:
+    teacher = DecodingConfig(max_new_tokens=args.max_new_tokens, temperature=0.7, top_p=0.95, seed=seed)
+    train_records = training_mix(*args.mix, seed=seed)
+    val_records = training_mix(args.n_val, args.n_val, args.n_val, seed=seed, split="val")
+    train = teacher_samples(system, [r.text for r in train_records], k=args.k, decoding=teacher)
+    val = teacher_samples(system, [r.text for r in val_records], k=args.k, decoding=teacher)
+    labels = {**prompt_labels(train_records), **prompt_labels(val_records)}
+    base = DistillConfig(
+        n_tokens=args.n_tokens,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=seed,
+        rl_samples=args.k,
+        rl_max_new_tokens=args.rl_max_new_tokens,
+        ppo_beta=args.ppo_beta,
+        eval_every=max(1, args.steps // 3),
+    )
+    runs = baselines.default_runs(args.lrs, (seed,))
+    trained = baselines.train_runs(llm, guard, runs, base, train, val, labels)
+    harmful = [[r.text for r in rs if r.is_harmful] for rs in (train_records, val_records)]
+    harmless = [[r.text for r in rs if not r.is_harmful] for rs in (train_records, val_records)]
+    direction, fit = fit_refusal_direction(
+        llm, harmful[0], harmless[0], harmful[1], harmless[1], system.refusal
+    )
+    students = {name: m.bind(llm) for name, (m, _) in trained.items()} | {
+        "refusal direction": direction.bind(llm)
+    }
+    greedy = DecodingConfig(
+        max_new_tokens=args.max_new_tokens, seed=0
+    )  # evaluation prompts fixed across seeds
+    records = evaluate_students(system, students, list(BENCHES), greedy, limit=args.limit, seed=0)
+    methods = {name: m for name, (m, _) in trained.items()} | {"refusal direction": direction}
+    table = baselines.comparison_table(records, runs, methods)
+    for r in records:  # in the records file, every system of every seed under its own name
+        r.system = r.system if r.system in {run.name for run in runs} else f"{r.system} [seed {seed}]"
+    return records, {
+        "table": table.to_dict(orient="records"),
+        **baselines.best_metrics(table),
+        "best_at_compliance": baselines.best_at_compliance(table),
+        "refusal_direction": fit.to_dict(),
+        "budget": baselines.budget(base, args.k),
+        "run_configs": {run.name: baselines.run_config(run, base) for run in runs},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-2, 3e-2])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--n-tokens", type=int, default=20)
+    parser.add_argument("--k", type=int, default=2, help="teacher (and student) samples per prompt")
+    parser.add_argument("--mix", type=int, nargs=3, default=[32, 32, 16])
+    parser.add_argument("--n-val", type=int, default=6)
+    parser.add_argument("--limit", type=int, default=30, help="prompts per evaluation set")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--rl-max-new-tokens", type=int, default=32)
+    parser.add_argument("--ppo-beta", type=float, default=0.05)
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes: checks the plumbing in a few minutes"
+    )
+    parser.add_argument("--out", default=str(RESULTS_DIR / "baselines.json"))
+    args = parser.parse_args()
+    if args.smoke:
+        args.steps, args.batch_size, args.n_tokens, args.lrs, args.mix = 2, 2, 4, [3e-2], [2, 2, 1]
+        args.n_val, args.limit, args.max_new_tokens, args.rl_max_new_tokens = 1, 2, 12, 8
+    torch.manual_seed(0)
+    started = time.time()
+    llm, guard = load_llm(), load_embedding_guard()
+    system = SafeSystem(llm, guard)
+    per_seed, all_records = {}, []
+    for seed in args.seeds:
+        records, per_seed[seed] = one_seed(llm, guard, system, args, seed)
+        all_records += records
+    summary = {
+        "best_sgs": over_seeds([s["best_sgs"] for s in per_seed.values()]),
+        "best_compliance": over_seeds([s["best_compliance"] for s in per_seed.values()]),
+    }
+    means = {key: {k: v["mean"] for k, v in summary[key].items()} for key in summary}
+    claims = {
+        name: {"reproduced": ok, "statement": s}
+        for name, (ok, s) in run_claims("04_baselines", means).items()
+    }
+    out = {
+        "summary": summary,
+        "claims_on_seed_means": claims,
+        "per_seed": per_seed,
+        "config": {**vars(args), "benchmarks": list(BENCHES), "distill_defaults": asdict(DistillConfig())},
+        "machine": {
+            "package_version": dispsafe_nb.__version__,
+            "git_commit": _git_commit(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "wall_s": time.time() - started,
+    }
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2, default=str), encoding="utf-8")
+    write_records(all_records, path.with_suffix(".records.jsonl"))
+    print(f"wrote {path} in {out['wall_s'] / 60:.1f} min")
+    for name, c in claims.items():
+        print(("✓ " if c["reproduced"] else "✗ ") + f"{name}: {c['statement']}")
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The comparison table of notebook 04 and its reading, on hand-made evaluation records (no model)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dispsafe_nb import baselines
+from dispsafe_nb.evaluate import EvalRecord
+from dispsafe_nb.plots import tradeoff_scatter
+
+
+class _Counted:
+    def __init__(self, n: int) -> None:
+        self._n = n
+
+    def n_parameters(self) -> int:
+        return self._n
+
+
+def _records(system: str, sgs: float, compliance: float, over_refusal: float = 0.1) -> list[EvalRecord]:
+    return [
+        EvalRecord(system, "advbench_test", "harmful", 10, 1 - sgs, "sgs", sgs),
+        EvalRecord(system, "jbb_harmful", "harmful", 12, 1 - sgs, "sgs", sgs - 0.1),
+        EvalRecord(system, "xstest_safe", "borderline", 10, over_refusal, "over_refusal", over_refusal),
+        EvalRecord(system, "alpaca_test", "benign", 10, 1 - compliance, "compliance", compliance),
+        EvalRecord(system, "bundled_verifiable_test", "verifiable", 8, 0.0, "accuracy", 0.5),
+    ]
+
+
+RUNS = [
+    baselines.Run("soft_prompt", "tv", 0.01),
+    baselines.Run("soft_prompt", "tv", 0.03),
+    baselines.Run("lora", "tv", 0.03),
+    baselines.Run("soft_prompt", "reinforce", 0.03),
+]
+
+
+@pytest.fixture
+def table():
+    records = _records("base", 0.1, 1.0) + _records("dual", 0.8, 0.95)
+    records += _records(RUNS[0].name, 0.5, 0.97) + _records(RUNS[1].name, 0.9, 0.8)
+    records += _records(RUNS[2].name, 0.4, 0.95) + _records(RUNS[3].name, 0.95, 0.3)
+    methods = {r.name: _Counted(100) for r in RUNS}
+    return baselines.comparison_table(records, RUNS, methods)
+
+
+def test_the_table_averages_each_kind_and_names_each_run(table):
+    row = table.set_index("system").loc[RUNS[1].name]
+    assert row["method"] == "soft_prompt" and row["objective"] == "tv" and row["lr"] == 0.03
+    assert row["sgs"] == pytest.approx((0.9 + 0.8) / 2)  # the mean over the two harmful sets
+    assert row["benign_compliance"] == 0.8 and row["verifiable_accuracy"] == 0.5 and row["n_per_set"] == 8
+    assert table.set_index("system").loc["dual", "n_parameters"] == 0
+
+
+def test_each_group_is_read_at_its_best_learning_rate_that_keeps_benign_answers(table):
+    best = baselines.best_metrics(table, min_compliance=0.9)
+    # lr 0.03 has the higher SGS but answers only 80 % of benign prompts: lr 0.01 is the soft prompt's pick
+    assert best["best_lr"]["soft_prompt/tv"] == 0.01
+    assert best["best_sgs"]["soft_prompt/tv"] == pytest.approx(0.45)
+    # REINFORCE never keeps 90 % compliance: its best SGS overall, flagged
+    assert best["meets_compliance"]["soft_prompt/reinforce"] is False
+    assert baselines.best_at_compliance(table)["system"] == RUNS[0].name
+    text = baselines.findings_markdown(table, n_seeds=1)
+    assert RUNS[0].name in text and "n = 8" in text and "soft_prompt (0.45) > lora (0.35)" in text
+
+
+def test_the_scatter_has_a_point_per_system_and_marks_the_references(table):
+    fig = tradeoff_scatter(table)
+    assert sum(len(t.x) for t in fig.data) == len(table)
+    names = [t.name for t in fig.data]
+    assert "base" in names and "dual" in names
+    with pytest.raises(ValueError, match="usefulness"):
+        tradeoff_scatter(table, "speed")
