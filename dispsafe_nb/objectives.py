@@ -6,7 +6,8 @@ per-example log-probs (tensors of shape (B,)) and return per-example losses (cal
 * ``tv_disp_loss``  (paper Eq. 4)  ``L_TV = -a [log q(y) - log a]_- - (1 - a) [log q(y_r) - log(1 - a)]_-``
 * ``kl_disp_loss``                ``L_KL = -a log q(y) - (1 - a) log q(y_r)``
 * ``perplexity_loss``             plain NLL ``-log q(target)`` (baseline)
-* ``reinforce_loss``              policy-gradient surrogate ``-(r - b) log q(y)`` (baseline)
+* ``reinforce_loss``              policy-gradient surrogate ``-(r - b) log q(y)`` (baseline; `dispsafe_nb.rl`
+                                  passes leave-one-out advantages as r with b = 0)
 
 The conventions (zero-weight terms exactly 0 with zero gradient, strict clip at ``q = w``) are those of
 :mod:`dispsafe_nb.theory`, which holds the exact two-point versions and their proofs; the tests check that

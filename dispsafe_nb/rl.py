@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from dispsafe_nb.models import LLM, DecodingConfig
-from dispsafe_nb.objectives import sequence_logprobs, token_logprobs
+from dispsafe_nb.objectives import reinforce_loss, sequence_logprobs, token_logprobs
 
 if TYPE_CHECKING:
     from dispsafe_nb.methods import Method
@@ -42,15 +42,6 @@ def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
     k = rewards.shape[1]
     others = (rewards.sum(dim=1, keepdim=True) - rewards) / (k - 1)
     return rewards - others
-
-
-def reinforce_loss(logq: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
-    """The REINFORCE surrogate ``−mean(A · log q(y))``: its gradient estimates −∇ E_q[r] (A held constant)."""
-    logq = torch.as_tensor(logq).flatten()
-    adv = torch.as_tensor(advantages).detach().flatten().to(device=logq.device, dtype=logq.dtype)
-    if adv.shape != logq.shape:
-        raise ValueError(f"{adv.numel()} advantages for {logq.numel()} log-probabilities")
-    return -(adv * logq).mean()
 
 
 def token_rewards(

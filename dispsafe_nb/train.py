@@ -49,9 +49,8 @@ class DistillConfig:
     """Hyperparameters of one distillation run (saved with the artifact). Paper settings in comments."""
 
     objective: str = "tv"  # "tv" (TV-DiSP), "kl" (KL-DiSP); baselines "perplexity", "reinforce", "ppo"
-    method: str = (
-        "soft_prompt"  # or "lora" (parameter-matched to the soft prompt at n_tokens), "steering_vector"
-    )
+    # "soft_prompt", "lora" (parameter-matched to the soft prompt at n_tokens) or "steering_vector"
+    method: str = "soft_prompt"
     n_tokens: int = 20  # paper: 100 (ablation 10-200); LoRA's parameter budget is n_tokens x hidden size
     init: str = "text"
     init_text: str = DEFAULT_INIT_TEXT

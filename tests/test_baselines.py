@@ -28,7 +28,7 @@ from dispsafe_nb.methods import (
     new_method,
 )
 from dispsafe_nb.models import DecodingConfig, decoder_layers
-from dispsafe_nb.objectives import sequence_logprobs
+from dispsafe_nb.objectives import reinforce_loss, sequence_logprobs
 from dispsafe_nb.train import DistillConfig, Example, _loss
 
 PROMPTS = ["abc", "hello there"]
@@ -250,14 +250,12 @@ def test_rloo_advantages_and_the_reinforce_surrogate():
     adv = rl.rloo_advantages(torch.tensor([[1.0, 0.0, 0.5], [0.2, 0.2, 0.2]]))
     torch.testing.assert_close(adv, torch.tensor([[0.75, -0.75, 0.0], [0.0, 0.0, 0.0]]))
     logq = torch.tensor([-1.0, -2.0, -3.0], requires_grad=True)
-    loss = rl.reinforce_loss(logq, torch.tensor([0.75, -0.75, 0.0]))
+    loss = reinforce_loss(logq, torch.tensor([0.75, -0.75, 0.0]), baseline="none").mean()  # as rl.py uses it
     torch.testing.assert_close(loss, torch.tensor(-(0.75 * -1.0 + -0.75 * -2.0) / 3))
     loss.backward()
     torch.testing.assert_close(logq.grad, torch.tensor([-0.25, 0.25, 0.0]))
     with pytest.raises(ValueError, match="k >= 2"):
         rl.rloo_advantages(torch.tensor([[1.0], [0.0]]))
-    with pytest.raises(ValueError, match="2 advantages for 3"):
-        rl.reinforce_loss(logq, torch.tensor([1.0, 2.0]))
 
 
 def test_ppo_rewards_gae_clipping_and_value_loss():
