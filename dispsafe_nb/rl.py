@@ -218,8 +218,9 @@ def _reinforce_step(
     logq = sequence_logprobs(
         llm, rows, None, reduction="sum", append_eos=finished, method=method, response_ids=ids
     )
-    advantages = rloo_advantages(reward.view(-1, cfg.rl_samples).cpu()).flatten()
-    return reinforce_loss(logq, advantages)
+    advantages = rloo_advantages(reward.view(-1, cfg.rl_samples).cpu()).flatten().to(logq.device)
+    # the surrogate -A log q(y) with the leave-one-out advantages as rewards (their baseline is already in)
+    return reinforce_loss(logq, advantages, baseline="none").mean()
 
 
 def _ppo_step(
