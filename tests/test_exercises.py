@@ -54,6 +54,11 @@ WRONG = {
         lambda a, r: float(np.mean([x * float(f) for x, f in zip(a, r, strict=True)])),  # only kept refusals
         lambda a, r: float(np.mean([float(f) for f in r])),  # the base model's rate: ignores the guard
     ],
+    "rloo_advantages": [
+        lambda r: r - r.mean(dim=1, keepdim=True),  # the sample's own reward inside its baseline
+        lambda r: r - r.mean(),  # one baseline for the whole batch, not per prompt
+        lambda r: r,  # no baseline at all
+    ],
     "clip_fractions": [
         lambda ly, lr, a: (
             float(((a > 0) & (ly > torch.log(a))).double().mean()),
@@ -70,10 +75,11 @@ WRONG = {
 def test_every_exercise_has_wrong_answers_to_reject_and_a_notebook():
     assert set(WRONG) == set(ex.EXERCISES)
     counts = {
-        nb: len(ex.for_notebook(nb)) for nb in ("01_tv_bound", "02_safe_system", "03_distill", "06_probe")
+        nb: len(ex.for_notebook(nb))
+        for nb in ("01_tv_bound", "02_safe_system", "03_distill", "04_baselines", "06_probe")
     }
     assert counts["01_tv_bound"] >= 3 and counts["02_safe_system"] >= 2 and counts["03_distill"] >= 2, counts
-    assert counts["06_probe"] >= 1, counts
+    assert counts["04_baselines"] >= 1 and counts["06_probe"] >= 1, counts
 
 
 @pytest.mark.parametrize("name", list(ex.EXERCISES))
