@@ -42,9 +42,10 @@ def over_seeds(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, dict[st
     keys = sorted(set().union(*per_seed))
     out = {}
     for key in keys:
-        values = [s[key] for s in per_seed if key in s]
+        values = [s[key] for s in per_seed if s.get(key) is not None]  # None: no usable run in that seed
+        mean = statistics.fmean(values) if values else None
         sd = statistics.stdev(values) if len(values) > 1 else None
-        out[key] = {"mean": statistics.fmean(values), "sd": sd, "n_seeds": len(values)}
+        out[key] = {"mean": mean, "sd": sd, "n_seeds": len(values)}
     return out
 
 
@@ -128,6 +129,7 @@ def main() -> None:
     summary = {
         "best_sgs": over_seeds([s["best_sgs"] for s in per_seed.values()]),
         "best_compliance": over_seeds([s["best_compliance"] for s in per_seed.values()]),
+        "sgs_at_compliance": over_seeds([s["sgs_at_compliance"] for s in per_seed.values()]),
     }
     means = {key: {k: v["mean"] for k, v in summary[key].items()} for key in summary}
     claims = {

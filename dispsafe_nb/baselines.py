@@ -205,6 +205,11 @@ def best_metrics(table: pd.DataFrame, min_compliance: float = 0.9) -> dict[str, 
         "best_compliance": dict(zip(keys, best["benign_compliance"].astype(float), strict=True)),
         "best_lr": dict(zip(keys, best["lr"].astype(float), strict=True)),
         "meets_compliance": dict(zip(keys, best["meets_compliance"].astype(bool), strict=True)),
+        # what the paper's orderings compare: SGS at a usable benign compliance (None: no such run)
+        "sgs_at_compliance": {
+            k: float(v) if ok else None
+            for k, v, ok in zip(keys, best["sgs"], best["meets_compliance"], strict=True)
+        },
     }
 
 
@@ -216,7 +221,7 @@ def findings_markdown(table: pd.DataFrame, n_seeds: int, min_compliance: float =
     top = best_at_compliance(table, min_compliance)
     n = int(table["n_per_set"].min())
     lines = [
-        f"*{n_seeds} seed(s), n = {n} prompts per evaluation set: differences of a few points are within noise.*",
+        f"*{n_seeds} seed(s), n ≥ {n} prompts per evaluation set: differences of a few points are within noise.*",
         "",
         (
             f"- Best SGS at benign compliance ≥ {min_compliance:.0%}: **{top['system']}** (SGS {top['sgs']:.2f}, "
@@ -234,4 +239,25 @@ def findings_markdown(table: pd.DataFrame, n_seeds: int, min_compliance: float =
         "- Objectives with the soft prompt, best first: "
         + " > ".join(f"{k[12:]} ({sgs[k]:.2f})" for k in objectives)
     )
+    for key, ok in best["meets_compliance"].items():
+        if not ok:
+            lines.append(
+                f"- {key} kept benign compliance ≥ {min_compliance:.0%} at no learning rate: its best SGS "
+                f"({sgs[key]:.2f}) came with compliance {best['best_compliance'][key]:.2f}."
+            )
+    if _same_rows(table, "tv", "kl"):
+        lines.append(
+            "- TV-DiSP and KL-DiSP gave the same results at every learning rate: their gradients are equal until "
+            "a clip of Eq. 4 engages (q(y) ≥ α or q(y_r) ≥ 1 − α); at this budget the clip changed no answer."
+        )
     return "\n".join(lines)
+
+
+def _same_rows(table: pd.DataFrame, a: str, b: str) -> bool:
+    """Do the soft prompt's `a` and `b` runs have identical metrics at every learning rate (and exist)?"""
+    cols = ["lr", "seed", "sgs", "over_refusal", "benign_compliance", "verifiable_accuracy"]
+    soft = table[table["method"] == "soft_prompt"]
+    rows = [
+        soft[soft["objective"] == o][cols].sort_values(["lr", "seed"]).reset_index(drop=True) for o in (a, b)
+    ]
+    return not rows[0].empty and rows[0].equals(rows[1])

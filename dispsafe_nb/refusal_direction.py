@@ -30,7 +30,7 @@ from dispsafe_nb.methods.base import layer_count
 from dispsafe_nb.models import LLM, decoder_layers
 from dispsafe_nb.objectives import next_token_log_probs, sequence_logprobs
 
-DEFAULT_SCALES = (0.25, 0.5, 1.0, 1.5, 2.0)
+DEFAULT_SCALES = (0.5, 1.0, 2.0, 4.0, 8.0)
 DEFAULT_MAX_KL = 0.5
 _MARK = "\uffffINSTRUCTION\uffff"
 

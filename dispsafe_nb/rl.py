@@ -250,6 +250,6 @@ def _ppo_step(
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         fractions.append(fraction)
     return sum(losses) / len(losses), sum(fractions) / len(fractions)

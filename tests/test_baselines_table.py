@@ -60,8 +60,11 @@ def test_each_group_is_read_at_its_best_learning_rate_that_keeps_benign_answers(
     # REINFORCE never keeps 90 % compliance: its best SGS overall, flagged
     assert best["meets_compliance"]["soft_prompt/reinforce"] is False
     assert baselines.best_at_compliance(table)["system"] == RUNS[0].name
+    reading = baselines.findings_markdown(table, 1)
+    assert "soft_prompt/reinforce kept benign compliance ≥ 90% at no learning rate" in reading
+    assert "same results" not in reading  # there is no KL run to compare
     text = baselines.findings_markdown(table, n_seeds=1)
-    assert RUNS[0].name in text and "n = 8" in text and "soft_prompt (0.45) > lora (0.35)" in text
+    assert RUNS[0].name in text and "n ≥ 8" in text and "soft_prompt (0.45) > lora (0.35)" in text
 
 
 def test_the_scatter_has_a_point_per_system_and_marks_the_references(table):
@@ -71,3 +74,13 @@ def test_the_scatter_has_a_point_per_system_and_marks_the_references(table):
     assert "base" in names and "dual" in names
     with pytest.raises(ValueError, match="usefulness"):
         tradeoff_scatter(table, "speed")
+
+
+def test_identical_tv_and_kl_runs_are_pointed_out():
+    runs = [baselines.Run("soft_prompt", "tv", 0.01), baselines.Run("soft_prompt", "kl", 0.01)]
+    records = _records("base", 0.1, 1.0) + _records(runs[0].name, 0.3, 1.0) + _records(runs[1].name, 0.3, 1.0)
+    table = baselines.comparison_table(records, runs, {r.name: _Counted(10) for r in runs})
+    assert "TV-DiSP and KL-DiSP gave the same results" in baselines.findings_markdown(table, 1)
+    records[-5] = EvalRecord(runs[1].name, "advbench_test", "harmful", 10, 0.5, "sgs", 0.5)
+    table = baselines.comparison_table(records, runs, {r.name: _Counted(10) for r in runs})
+    assert "same results" not in baselines.findings_markdown(table, 1)

@@ -39,8 +39,9 @@ def test_distill_targets_are_relative_to_the_dual_system():
 
 def test_baselines_benchmark_averages_each_group_over_the_seeds_it_has():
     over_seeds = _load("baselines").over_seeds
-    got = over_seeds([{"soft_prompt/tv": 0.6, "lora/tv": 0.2}, {"soft_prompt/tv": 0.8}])
+    got = over_seeds([{"soft_prompt/tv": 0.6, "lora/tv": 0.2}, {"soft_prompt/tv": 0.8, "lora/tv": None}])
     assert got["soft_prompt/tv"]["mean"] == pytest.approx(0.7)
     assert got["soft_prompt/tv"]["sd"] == pytest.approx(0.1414213562)
     assert got["soft_prompt/tv"]["n_seeds"] == 2
-    assert got["lora/tv"] == {"mean": 0.2, "sd": None, "n_seeds": 1}
+    assert got["lora/tv"] == {"mean": 0.2, "sd": None, "n_seeds": 1}  # None: no usable run in that seed
+    assert over_seeds([{"ppo": None}])["ppo"] == {"mean": None, "sd": None, "n_seeds": 0}
