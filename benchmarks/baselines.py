@@ -133,8 +133,8 @@ def main() -> None:
     }
     means = {key: {k: v["mean"] for k, v in summary[key].items()} for key in summary}
     claims = {
-        name: {"reproduced": ok, "statement": s}
-        for name, (ok, s) in run_claims("04_baselines", means).items()
+        name: {"reproduced": ok, "statement": text.removeprefix(f"{name}: ")}
+        for name, (ok, text) in run_claims("04_baselines", means).items()
     }
     out = {
         "summary": summary,
