@@ -196,7 +196,8 @@ def optimise(
         history.step.append(step + 1)
         history.loss.append(total)
         history.mean_alpha.append(sum(rewards_seen) / len(rewards_seen))
-        history.ppo_clip_fraction.append(clip_fraction)
+        if value_head is not None:
+            history.ppo_clip_fraction.append(clip_fraction)
         postfix = {"loss": f"{total:.3f}", "reward": f"{history.mean_alpha[-1]:.3f}"}
         if val_samples and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
             postfix["val"] = f"{record_validation(llm, method, val_samples, cfg, history, step + 1):.3f}"
