@@ -68,11 +68,8 @@ def one_seed(llm, guard, system, args, seed: int) -> tuple[list, dict]:
     )
     runs = baselines.default_runs(args.lrs, (seed,))
     trained = baselines.train_runs(llm, guard, runs, base, train, val, labels)
-    harmful = [[r.text for r in rs if r.is_harmful] for rs in (train_records, val_records)]
-    harmless = [[r.text for r in rs if not r.is_harmful] for rs in (train_records, val_records)]
-    direction, fit = fit_refusal_direction(
-        llm, harmful[0], harmless[0], harmful[1], harmless[1], system.refusal
-    )
+    train_texts, val_texts = baselines.texts_by_label(train_records), baselines.texts_by_label(val_records)
+    direction, fit = fit_refusal_direction(llm, *train_texts, *val_texts, system.refusal)
     students = {name: m.bind(llm) for name, (m, _) in trained.items()} | {
         "refusal direction": direction.bind(llm)
     }

@@ -73,6 +73,11 @@ def train_runs(
     return out
 
 
+def texts_by_label(records: Sequence[Any]) -> tuple[list[str], list[str]]:
+    """(harmful prompts, harmless prompts) of a mix's records: what the refusal direction is fitted on."""
+    return [r.text for r in records if r.is_harmful], [r.text for r in records if not r.is_harmful]
+
+
 def budget(cfg: DistillConfig, k_teacher: int) -> dict[str, int]:
     """The training budget every run shares: steps, prompts per step and answers per prompt."""
     return {

@@ -84,3 +84,29 @@ def test_identical_tv_and_kl_runs_are_pointed_out():
     records[-5] = EvalRecord(runs[1].name, "advbench_test", "harmful", 10, 0.5, "sgs", 0.5)
     table = baselines.comparison_table(records, runs, {r.name: _Counted(10) for r in runs})
     assert "same results" not in baselines.findings_markdown(table, 1)
+
+
+def test_the_shared_budget_texts_by_label_and_a_runs_config():
+    from types import SimpleNamespace
+
+    from dispsafe_nb.train import DistillConfig
+
+    records = [SimpleNamespace(text="a", is_harmful=True), SimpleNamespace(text="b", is_harmful=False)]
+    assert baselines.texts_by_label(records) == (["a"], ["b"])
+    cfg = DistillConfig(steps=7, batch_size=3, grad_accum=2, rl_samples=4)
+    assert baselines.budget(cfg, 2) == {
+        "steps": 7,
+        "prompts_per_step": 6,
+        "teacher_samples_per_prompt": 2,
+        "student_samples_per_prompt": 4,
+    }
+    run = baselines.Run("lora", "ppo", 0.02, seed=3)
+    got = baselines.run_config(run, cfg)
+    assert (got["method"], got["objective"], got["lr"], got["seed"], got["steps"]) == (
+        "lora",
+        "ppo",
+        0.02,
+        3,
+        7,
+    )
+    assert run.name == "LoRA/ppo/lr=0.02/s3"

@@ -100,15 +100,14 @@ def new_method(
     The soft prompt has N = `n_tokens` vectors; LoRA matches the soft prompt's parameter count at the same N
     (N x d, within ±25 %: `lora.match_budget`; a given `lora_rank` is checked against it); the steering vector
     sits at `steering_layer` (default the middle layer) and starts at 0."""
+    check_method_name(name)
     if name == SOFT_PROMPT_KIND:
         return init_soft_prompt(llm, n_tokens, init, init_text, seed)
     if name == LORA_KIND:
         return init_lora(
             llm, budget=n_tokens * llm.hidden_size, rank=lora_rank, target_modules=lora_targets, seed=seed
         )
-    if name == STEERING_KIND:
-        return init_steering(llm, steering_layer)
-    raise ValueError(unknown_name_message("method", name, METHODS))
+    return init_steering(llm, steering_layer)
 
 
 def check_method_name(name: str) -> str:

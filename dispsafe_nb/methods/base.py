@@ -31,6 +31,50 @@ from dispsafe_nb.models import LLM, DecodingConfig, decoder_layers, generate_wit
 IDENTITY_FIELDS = ("method", "model_name", "hidden_size", "n_parameters")
 
 
+@dataclass
+class MethodSystem:
+    """The student: the frozen LLM with a method, answering ``generate(prompts)`` like every other system."""
+
+    llm: LLM
+    method: Method
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        decoding: DecodingConfig | None = None,
+        batch_size: int = 16,
+        progress: bool = False,
+        *,
+        num_samples: int = 1,
+        per_prompt_seed: bool = False,
+        details: bool = False,
+    ) -> list[Any]:
+        """One answer per prompt (``num_samples`` > 1: that many per prompt), greedy by default;
+        ``per_prompt_seed`` samples every (prompt, sample) row from its own seeded stream; ``details`` returns
+        `models.Generation`s (with token ids) as `LLM.generate_detailed` does."""
+        prefix = self.method.prefix()
+        with torch.no_grad(), self.method.active(self.llm):
+            return generate_with_prefix(
+                self.llm,
+                prompts,
+                None if prefix is None else prefix.detach(),
+                decoding,
+                batch_size=batch_size,
+                num_samples=num_samples,
+                progress=progress,
+                per_prompt_seed=per_prompt_seed,
+                details=details,
+            )
+
+    def describe(self) -> dict[str, Any]:
+        kind = self.method.kind
+        return {
+            "system": kind,
+            "model": self.llm.describe(),
+            kind: {**self.method.describe(), **self.method.metadata},
+        }
+
+
 class Method(nn.Module):
     """Base class: trainable parameters, their effect on a forward pass, a bound system, and artifacts.
 
@@ -40,6 +84,7 @@ class Method(nn.Module):
     """
 
     kind: ClassVar[str] = "method"
+    system_class: ClassVar[type[MethodSystem]] = MethodSystem  # what `bind` returns
 
     def __init__(self, model_name: str | None, hidden_size: int, metadata: dict[str, Any] | None = None):
         super().__init__()
@@ -98,7 +143,7 @@ class Method(nn.Module):
     def bind(self, llm: LLM) -> MethodSystem:
         """The student system (frozen LLM + this method) answering ``generate(prompts)``."""
         self.check_fits(llm)
-        return MethodSystem(llm, self)
+        return self.system_class(llm, self)
 
     def check_fits(self, llm: LLM) -> None:
         """Raise ValueError when the method cannot act on `llm` (naming both sides)."""
@@ -106,6 +151,15 @@ class Method(nn.Module):
             raise ValueError(
                 f"{self.kind} has hidden size {self.hidden_size} (trained on model '{self.model_name}') but "
                 f"model '{llm.name}' has hidden size {llm.hidden_size}"
+            )
+
+    def check_layer_count(self, llm: LLM, n_layers: int) -> None:
+        """Raise ValueError when the method was made for `n_layers` decoder layers and `llm` has another count."""
+        found = layer_count(llm)
+        if found != n_layers:
+            raise ValueError(
+                f"{self.kind} was made for {n_layers} decoder layers (model '{self.model_name}') but model "
+                f"'{llm.name}' has {found}"
             )
 
     # ---- artifacts ----------------------------------------------------------------------------------------
@@ -197,47 +251,3 @@ def _load_of_kind(folder: str | Path, kind: str) -> tuple[dict[str, torch.Tensor
 
 def layer_count(llm: LLM) -> int:
     return len(decoder_layers(llm))
-
-
-@dataclass
-class MethodSystem:
-    """The student: the frozen LLM with a method, answering ``generate(prompts)`` like every other system."""
-
-    llm: LLM
-    method: Method
-
-    def generate(
-        self,
-        prompts: Sequence[str],
-        decoding: DecodingConfig | None = None,
-        batch_size: int = 16,
-        progress: bool = False,
-        *,
-        num_samples: int = 1,
-        per_prompt_seed: bool = False,
-        details: bool = False,
-    ) -> list[Any]:
-        """One answer per prompt (``num_samples`` > 1: that many per prompt), greedy by default;
-        ``per_prompt_seed`` samples every (prompt, sample) row from its own seeded stream; ``details`` returns
-        `models.Generation`s (with token ids) as `LLM.generate_detailed` does."""
-        prefix = self.method.prefix()
-        with torch.no_grad(), self.method.active(self.llm):
-            return generate_with_prefix(
-                self.llm,
-                prompts,
-                None if prefix is None else prefix.detach(),
-                decoding,
-                batch_size=batch_size,
-                num_samples=num_samples,
-                progress=progress,
-                per_prompt_seed=per_prompt_seed,
-                details=details,
-            )
-
-    def describe(self) -> dict[str, Any]:
-        kind = self.method.kind
-        return {
-            "system": kind,
-            "model": self.llm.describe(),
-            kind: {**self.method.describe(), **self.method.metadata},
-        }

@@ -222,12 +222,7 @@ class LoRA(Method):
 
     def check_fits(self, llm: LLM) -> None:
         super().check_fits(llm)
-        n_layers = layer_count(llm)
-        if n_layers != self.n_layers:
-            raise ValueError(
-                f"LoRA was made for {self.n_layers} decoder layers (model '{self.model_name}') but model "
-                f"'{llm.name}' has {n_layers}"
-            )
+        self.check_layer_count(llm, self.n_layers)
         for name in self.module_names:
             try:
                 module = llm.model.get_submodule(name)

@@ -22,10 +22,22 @@ DEFAULT_INIT_TEXT = "You are a helpful assistant that refuses harmful requests a
 INITS = ("text", "random_vocab")
 
 
+class SoftPromptSystem(MethodSystem):
+    """The student: the frozen LLM with a soft prompt, answering ``generate(prompts)``."""
+
+    def __init__(self, llm: LLM, soft_prompt: SoftPrompt) -> None:
+        super().__init__(llm, soft_prompt)
+
+    @property
+    def soft_prompt(self) -> SoftPrompt:
+        return self.method  # type: ignore[return-value]
+
+
 class SoftPrompt(Method):
     """N trainable vectors ``W`` (N x d, float32) prepended to the frozen LLM's input embeddings."""
 
     kind = SOFT_PROMPT_KIND
+    system_class = SoftPromptSystem
 
     def __init__(
         self,
@@ -60,23 +72,9 @@ class SoftPrompt(Method):
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"W": self.W}
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return [self.W]
-
     def prefix(self) -> torch.Tensor:
         """The N x d prefix embeddings (with gradient)."""
         return self.W
-
-    def bind(self, llm: LLM) -> SoftPromptSystem:
-        self.check_fits(llm)
-        return SoftPromptSystem(llm, self)
-
-    def check_fits(self, llm: LLM) -> None:
-        if llm.hidden_size != self.hidden_size:
-            raise ValueError(
-                f"soft prompt has hidden size {self.hidden_size} but model '{llm.name}' has hidden size "
-                f"{llm.hidden_size}"
-            )
 
     @classmethod
     def identity_keys(cls) -> tuple[str, ...]:
@@ -142,14 +140,3 @@ def init_soft_prompt(
         rows = embed(torch.tensor(ids, dtype=torch.long, device=embed.weight.device)).float()
     soft = SoftPrompt(rows, model_name=llm.name, init=init, init_text=text, seed=seed)
     return soft.to(llm.device)
-
-
-class SoftPromptSystem(MethodSystem):
-    """The student: the frozen LLM with a soft prompt, answering ``generate(prompts)``."""
-
-    def __init__(self, llm: LLM, soft_prompt: SoftPrompt) -> None:
-        super().__init__(llm, soft_prompt)
-
-    @property
-    def soft_prompt(self) -> SoftPrompt:
-        return self.method  # type: ignore[return-value]

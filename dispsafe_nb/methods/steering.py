@@ -107,12 +107,7 @@ class SteeringVector(Method):
 
     def check_fits(self, llm: LLM) -> None:
         super().check_fits(llm)
-        n_layers = layer_count(llm)
-        if n_layers != self.n_layers:
-            raise ValueError(
-                f"steering vector was made for {self.n_layers} decoder layers (model '{self.model_name}') but "
-                f"model '{llm.name}' has {n_layers}"
-            )
+        self.check_layer_count(llm, self.n_layers)
 
     @contextlib.contextmanager
     def active(self, llm: LLM) -> Iterator[None]:
