@@ -22,6 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 import dispsafe_nb
 from dispsafe_nb import baselines
@@ -64,9 +65,9 @@ def one_seed(llm, guard, system, args, seed: int) -> tuple[list, dict]:
         rl_samples=args.k,
         rl_max_new_tokens=args.rl_max_new_tokens,
         ppo_beta=args.ppo_beta,
-        eval_every=max(1, args.steps // 3),
+        eval_every=args.steps,  # validation at the start and the end, as notebook 04
     )
-    runs = baselines.default_runs(args.lrs, (seed,))
+    runs = baselines.default_runs(args.lrs, (seed,), args.extra_ppo_betas)
     trained = baselines.train_runs(llm, guard, runs, base, train, val, labels)
     train_texts, val_texts = baselines.texts_by_label(train_records), baselines.texts_by_label(val_records)
     direction, fit = fit_refusal_direction(llm, *train_texts, *val_texts, system.refusal)
@@ -103,10 +104,17 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=2, help="teacher (and student) samples per prompt")
     parser.add_argument("--mix", type=int, nargs=3, default=[32, 32, 16])
     parser.add_argument("--n-val", type=int, default=6)
-    parser.add_argument("--limit", type=int, default=30, help="prompts per evaluation set")
+    parser.add_argument("--limit", type=int, default=20, help="prompts per evaluation set")
     parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--rl-max-new-tokens", type=int, default=32)
+    parser.add_argument("--rl-max-new-tokens", type=int, default=16)
     parser.add_argument("--ppo-beta", type=float, default=0.05)
+    parser.add_argument(
+        "--extra-ppo-betas",
+        type=float,
+        nargs="*",
+        default=[0.0],
+        help="further PPO runs with these KL coefficients (the paper needed beta ~ 0)",
+    )
     parser.add_argument(
         "--smoke", action="store_true", help="tiny sizes: checks the plumbing in a few minutes"
     )
@@ -120,13 +128,22 @@ def main() -> None:
     llm, guard = load_llm(), load_embedding_guard()
     system = SafeSystem(llm, guard)
     per_seed, all_records = {}, []
-    for seed in args.seeds:
+    for seed in tqdm(args.seeds, desc="seeds"):
         records, per_seed[seed] = one_seed(llm, guard, system, args, seed)
         all_records += records
+        per_seed[seed]["wall_s"] = time.time() - started
+        # written after every seed, so an interrupted run keeps the seeds it finished
+        claims = write_results(args, per_seed, all_records, started)
+    print(f"wrote {args.out} in {(time.time() - started) / 60:.1f} min")
+    for name, c in claims.items():
+        print(("✓ " if c["reproduced"] else "✗ ") + f"{name}: {c['statement']}")
+
+
+def write_results(args, per_seed: dict, all_records: list, started: float) -> dict:
+    """Summarise the finished seeds, judge the claims on their means, write the JSON and records; the claims."""
     summary = {
-        "best_sgs": over_seeds([s["best_sgs"] for s in per_seed.values()]),
-        "best_compliance": over_seeds([s["best_compliance"] for s in per_seed.values()]),
-        "sgs_at_compliance": over_seeds([s["sgs_at_compliance"] for s in per_seed.values()]),
+        key: over_seeds([s[key] for s in per_seed.values()])
+        for key in ("best_sgs", "best_compliance", "sgs_at_compliance")
     }
     means = {key: {k: v["mean"] for k, v in summary[key].items()} for key in summary}
     claims = {
@@ -137,6 +154,7 @@ def main() -> None:
         "summary": summary,
         "claims_on_seed_means": claims,
         "per_seed": per_seed,
+        "seeds_finished": list(per_seed),
         "config": {**vars(args), "benchmarks": list(BENCHES), "distill_defaults": asdict(DistillConfig())},
         "machine": {
             "package_version": dispsafe_nb.__version__,
@@ -152,9 +170,7 @@ def main() -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2, default=str), encoding="utf-8")
     write_records(all_records, path.with_suffix(".records.jsonl"))
-    print(f"wrote {path} in {out['wall_s'] / 60:.1f} min")
-    for name, c in claims.items():
-        print(("✓ " if c["reproduced"] else "✗ ") + f"{name}: {c['statement']}")
+    return claims
 
 
 def _git_commit() -> str | None:

@@ -42,15 +42,31 @@ class Run:
     objective: str
     lr: float
     seed: int = 0
+    ppo_beta: float | None = None  # PPO only: replaces the config's KL coefficient β (None: keep it)
+
+    @property
+    def label(self) -> str:
+        """The objective as the comparison groups it: "ppo_beta0" for a PPO run with its own β."""
+        return self.objective if self.ppo_beta is None else f"{self.objective}_beta{self.ppo_beta:g}"
 
     @property
     def name(self) -> str:
-        return f"{SHORT.get(self.method, self.method)}/{self.objective}/lr={self.lr:g}/s{self.seed}"
+        return f"{SHORT.get(self.method, self.method)}/{self.label}/lr={self.lr:g}/s{self.seed}"
+
+    def config(self, base: DistillConfig) -> DistillConfig:
+        """`base` with this run's method, objective, learning rate, seed (and β) in place."""
+        cfg = replace(base, method=self.method, objective=self.objective, lr=self.lr, seed=self.seed)
+        return cfg if self.ppo_beta is None else replace(cfg, ppo_beta=self.ppo_beta)
 
 
-def default_runs(lrs: Sequence[float], seeds: Sequence[int] = (0,)) -> list[Run]:
-    """Every method under TV and every objective with the soft prompt, at each learning rate and seed."""
-    return [Run(m, o, lr, s) for m, o in (*METHOD_RUNS, *OBJECTIVE_RUNS) for lr in lrs for s in seeds]
+def default_runs(
+    lrs: Sequence[float], seeds: Sequence[int] = (0,), extra_ppo_betas: Sequence[float] = ()
+) -> list[Run]:
+    """Every method under TV and every objective with the soft prompt, at each learning rate and seed; plus a
+    soft-prompt PPO run per β in `extra_ppo_betas` (the paper needed β ≈ 0)."""
+    pairs = [(m, o, None) for m, o in (*METHOD_RUNS, *OBJECTIVE_RUNS)]
+    pairs += [("soft_prompt", "ppo", beta) for beta in extra_ppo_betas]
+    return [Run(m, o, lr, s, beta) for m, o, beta in pairs for lr in lrs for s in seeds]
 
 
 def train_runs(
@@ -66,9 +82,14 @@ def train_runs(
     """Train every run with `base`'s budget and settings (its method, objective, lr and seed replaced)."""
     out = {}
     for run in runs:
-        cfg = replace(base, method=run.method, objective=run.objective, lr=run.lr, seed=run.seed)
         out[run.name] = distill(
-            llm, train_samples, cfg, val_samples=val_samples, labels=labels, guard=guard, progress=progress
+            llm,
+            train_samples,
+            run.config(base),
+            val_samples=val_samples,
+            labels=labels,
+            guard=guard,
+            progress=progress,
         )
     return out
 
@@ -116,7 +137,7 @@ def comparison_table(
             {
                 "system": system,
                 "method": run.method if run else ("steering_vector" if method is not None else system),
-                "objective": run.objective if run else ("diff_in_means" if method is not None else None),
+                "objective": run.label if run else ("diff_in_means" if method is not None else None),
                 "lr": run.lr if run else None,
                 "seed": run.seed if run else None,
                 "n_parameters": method.n_parameters() if method is not None else 0,
@@ -150,7 +171,7 @@ def best_per_group(table: pd.DataFrame, min_compliance: float = 0.9) -> pd.DataF
 
 
 def run_config(run: Run, base: DistillConfig) -> dict[str, Any]:
-    return asdict(replace(base, method=run.method, objective=run.objective, lr=run.lr, seed=run.seed))
+    return asdict(run.config(base))
 
 
 # ---- integrity of the comparison (notebook 04's checks) -----------------------------------------------------------

@@ -312,8 +312,9 @@ NOTEBOOK_CLAIMS: dict[str, tuple[Claim, ...]] = {
             "with the soft prompt, TV-DiSP reaches a higher SGS than perplexity, REINFORCE and PPO (same rule: "
             "an objective that never keeps benign compliance >= 0.9 loses)",
             lambda m: all(
-                _beats(m["sgs_at_compliance"], "soft_prompt/tv", f"soft_prompt/{o}")
-                for o in ("perplexity", "reinforce", "ppo")
+                _beats(m["sgs_at_compliance"], "soft_prompt/tv", key)
+                for key in ["soft_prompt/perplexity", "soft_prompt/reinforce", "soft_prompt/ppo"]
+                + [k for k in m["sgs_at_compliance"] if k.startswith("soft_prompt/ppo_beta")]
             ),
         ),
         Claim(

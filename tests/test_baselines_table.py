@@ -7,6 +7,7 @@ import pytest
 from dispsafe_nb import baselines
 from dispsafe_nb.evaluate import EvalRecord
 from dispsafe_nb.plots import tradeoff_scatter
+from dispsafe_nb.train import DistillConfig
 
 
 class _Counted:
@@ -110,3 +111,28 @@ def test_the_shared_budget_texts_by_label_and_a_runs_config():
         7,
     )
     assert run.name == "LoRA/ppo/lr=0.02/s3"
+
+
+def test_a_ppo_run_with_its_own_beta_is_a_group_of_its_own_and_a_direct_objective_in_the_claim():
+    from dispsafe_nb.checks import run_claims
+
+    runs = baselines.default_runs([0.01], seeds=(1,), extra_ppo_betas=[0.0])
+    beta0 = runs[-1]
+    assert (beta0.objective, beta0.ppo_beta, beta0.label, beta0.name) == (
+        "ppo",
+        0.0,
+        "ppo_beta0",
+        "SP/ppo_beta0/lr=0.01/s1",
+    )
+    assert baselines.run_config(beta0, DistillConfig(ppo_beta=0.05))["ppo_beta"] == 0.0
+    assert baselines.run_config(runs[-2], DistillConfig(ppo_beta=0.05))["ppo_beta"] == 0.05  # the β=0.05 run
+    records = [
+        r
+        for run, sgs in zip(runs, (0.5, 0.4, 0.3, 0.2, 0.1, 0.1, 0.1, 0.9), strict=True)
+        for r in _records(run.name, sgs, 1.0)
+    ]
+    table = baselines.comparison_table(records, runs, {r.name: _Counted(1) for r in runs})
+    best = baselines.best_metrics(table)
+    assert set(best["sgs_at_compliance"]) >= {"soft_prompt/ppo", "soft_prompt/ppo_beta0"}
+    # TV beats perplexity, REINFORCE and PPO at β=0.05, but not PPO at β=0: the claim must fail
+    assert not run_claims("04_baselines", best)["distillation_beats_direct_objectives"][0]
