@@ -1,7 +1,6 @@
-"""What the second model costs: parameters and bytes of the LLM and the guard, and the measured time split.
+"""What the models we load hold: parameters and bytes of the LLM and the guard, and the dual system's summary.
 
-A first piece of the on-device cost accounting (the costs issue adds FLOPs per token and latency). Parameters are
-counted once even where two parts share them (a guard whose prompt and response sides use the same encoder). Bytes
+Parameters are counted once even where two parts share them (a guard whose prompt and response sides use the same encoder). Bytes
 are counted at each model's real precision: the embedded LLM's as its GGUF file stores them (4-bit blocks with their
 scales; transformers dequantises them to fp32 in memory on this CPU, an on-device runtime does not), every other
 module at the dtype it holds in memory (the guard: fp32).
