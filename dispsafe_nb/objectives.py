@@ -52,6 +52,7 @@ def sequence_logprobs(
     temperature: float = 1.0,
     top_p: float = 1.0,
     keep_targets: bool = False,
+    prefix_cache: Any | None = None,
 ) -> torch.Tensor:
     """Teacher-forced ``log q(response | prompt [, prefix])`` under the chat template, one value per pair.
 
@@ -74,6 +75,8 @@ def sequence_logprobs(
     the nucleus and renormalised: `models.sampling_log_probs`) instead of the model's own (1.0, 1.0). A token
     outside the nucleus then has log-probability -inf, unless `keep_targets` (for responses that this very sampler
     drew: recomputed logits can put a drawn token a rounding error outside the nucleus).
+    prefix_cache: a soft prompt's `prefix_cache.PrefixCache` in place of `prefix`: its keys and values are read,
+    not recomputed (for scoring: no gradient reaches the prompt); rows are ``[prefix | pad | chat | response]``.
 
     Memory: vocabulary logits are computed only at the positions that predict response tokens. The backbone
     returns hidden states (B x T x d); we gather the few rows that predict a response token and apply the
@@ -87,8 +90,8 @@ def sequence_logprobs(
     resp_ids = response_token_ids(llm, responses, response_ids, append_eos, len(prompts))
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, not {reduction!r}")
-    if prefix is not None and method is not None:
-        raise ValueError("pass either prefix or method, not both")
+    if sum(x is not None for x in (prefix, method, prefix_cache)) > 1:
+        raise ValueError("pass at most one of prefix, method and prefix_cache")
     if not prompts:
         raise ValueError("no prompts given")
     if batch_size is not None and len(prompts) > batch_size:
@@ -105,12 +108,13 @@ def sequence_logprobs(
                 temperature=temperature,
                 top_p=top_p,
                 keep_targets=keep_targets,
+                prefix_cache=prefix_cache,
             )
             for s in range(0, len(prompts), batch_size)
         ]
         return torch.cat(chunks)
     log_probs, targets, row_of, n_resp = _response_log_softmax(
-        llm, prompts, resp_ids, prefix, method, temperature, top_p, keep_targets
+        llm, prompts, resp_ids, prefix, method, temperature, top_p, keep_targets, prefix_cache=prefix_cache
     )
     token_logp = log_probs.gather(-1, targets[:, None])[:, 0]
     out = torch.zeros(len(prompts), dtype=token_logp.dtype, device=token_logp.device).index_add(
@@ -165,6 +169,7 @@ def _response_log_softmax(
     top_p: float = 1.0,
     keep_targets: bool = False,
     hidden_out: list[torch.Tensor] | None = None,
+    prefix_cache: Any | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Log-softmax over the vocabulary at the positions that predict response tokens only (of the tempered,
     nucleus-cut distribution when `temperature`, `top_p` are not 1). `hidden_out`, when given, receives the
@@ -175,7 +180,7 @@ def _response_log_softmax(
     row [B]); tokens are ordered row by row, left to right.
     """
     tok = llm.tokenizer
-    n_prefix = _n_prefix(prefix, method)
+    n_prefix = prefix_cache.n_tokens if prefix_cache is not None else _n_prefix(prefix, method)
     prompts = llm.check_prompts(prompts, reserve_tokens=n_prefix + max(len(r) for r in resp_ids))
     prompt_ids = [list(tok(llm.chat_text(p), add_special_tokens=False)["input_ids"]) for p in prompts]
 
@@ -200,11 +205,25 @@ def _response_log_softmax(
             embeds, attention_mask = prepend_prefix(llm, input_ids, attention_mask, prefix)
         else:
             embeds = llm.model.get_input_embeddings()(input_ids)
-        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         backbone, head = backbone_and_head(llm.model)
-        hidden = backbone(
-            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        ).last_hidden_state
+        if prefix_cache is None:
+            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+            hidden = backbone(
+                inputs_embeds=embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                use_cache=False,
+            ).last_hidden_state
+        else:  # [prefix (cached) | pad | chat | response]: the mask covers the prefix, positions continue after it
+            mask = torch.cat([attention_mask.new_ones(len(rows), n_prefix), attention_mask], dim=1)
+            position_ids = (mask.cumsum(-1) - 1).clamp(min=0)[:, n_prefix:]
+            hidden = backbone(
+                inputs_embeds=embeds,
+                attention_mask=mask,
+                position_ids=position_ids,
+                cache=prefix_cache.expand(len(rows)),
+                use_cache=True,
+            ).last_hidden_state
 
     # Responses sit at the right end of every row; the token at column t is predicted by column t - 1.
     total = embeds.shape[1]

@@ -1,0 +1,75 @@
+"""A compact decoding loop over a KV cache: greedy, or driven by a logits processor (our per-row seeded sampler).
+
+It does what `transformers`' `generate()` does for these two modes — prefill, then one token at a time, finished
+rows padded — without its per-step bookkeeping, and it can start from a soft prompt's `PrefixCache` instead of
+re-encoding the prompt for every batch. A test keeps its tokens identical to `generate()`'s in fp32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from dispsafe_nb.prefix_cache import PrefixCache
+
+Processor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def decode(
+    llm: Any,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    prefix_cache: PrefixCache | None = None,
+    processor: Processor | None = None,
+) -> torch.Tensor:
+    """New tokens for left-padded rows (after `prefix_cache`'s positions when given), greedy unless `processor`
+    (called as generate() calls a logits processor: ids so far, next-token scores in fp32) rewrites the scores.
+    Returns [rows, steps]: a row that emitted end-of-turn is padded after it; steps stop when every row has
+    finished or at `max_new_tokens`."""
+    from transformers import DynamicCache
+
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    model, rows = llm.model, input_ids.shape[0]
+    eos, pad = llm.tokenizer.eos_token_id, llm.tokenizer.pad_token_id
+    pad = eos if pad is None else pad
+    n_prefix = 0 if prefix_cache is None else prefix_cache.n_tokens
+    cache = DynamicCache(config=model.config) if prefix_cache is None else prefix_cache.expand(rows)
+    mask = torch.cat([attention_mask.new_ones(rows, n_prefix), attention_mask], dim=1)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=positions[:, n_prefix:],
+        cache=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    position = positions[:, -1:]
+    seen = input_ids if prefix_cache is None else input_ids.new_empty(rows, 0)
+    finished = torch.zeros(rows, dtype=torch.bool, device=input_ids.device)
+    tokens = []
+    for step in range(max_new_tokens):
+        scores = out.logits[:, -1, :].to(torch.float32)
+        if processor is not None:
+            scores = processor(seen, scores)
+        token = scores.argmax(-1).masked_fill(finished, pad)
+        tokens.append(token)
+        finished |= token == eos
+        if bool(finished.all()) or step == max_new_tokens - 1:
+            break
+        seen = torch.cat([seen, token[:, None]], dim=1)
+        mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
+        position = position + 1
+        out = model(
+            input_ids=token[:, None],
+            attention_mask=mask,
+            position_ids=position,
+            cache=out.cache,
+            use_cache=True,
+        )
+    return torch.stack(tokens, dim=1)
