@@ -52,6 +52,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
+GENERATION_ENGINES = ("fast", "hf")
 
 
 @dataclass(frozen=True)
@@ -257,8 +258,14 @@ def generate_with_prefix(
     *,
     per_prompt_seed: bool = False,
     details: bool = False,
+    engine: str = "fast",
 ) -> list[str] | list[list[str]] | list[list[Generation]]:
     """Generate with optional prefix embeddings (N x d, e.g. a soft prompt) placed before the chat text.
+
+    engine: "fast" decodes greedy and per-row-seeded answers with `fast_generate.decode`, reading a prefix from its
+    KV cache (`prefix_cache.PrefixCache`, computed once per call); "hf" runs transformers' `generate()` with the
+    prefix inside every row. Both give the same tokens (tests); sampling from the shared random stream
+    (`per_prompt_seed=False`) always runs through `generate()`.
 
     Rows are laid out [pad ... pad | prefix | chat tokens]: left padding keeps the prefix glued to its prompt,
     and the attention mask covers the prefix. Sampling is seeded per call so results are reproducible; with
@@ -273,6 +280,14 @@ def generate_with_prefix(
     prompts = list(prompts)
     n_prefix = 0 if prefix is None else int(prefix.shape[0])
     prompts = llm.check_prompts(prompts, reserve_tokens=decoding.max_new_tokens + n_prefix)
+    if engine not in GENERATION_ENGINES:
+        raise ValueError(f"unknown generation engine {engine!r}: one of {GENERATION_ENGINES}")
+    fast = engine == "fast" and (decoding.greedy or per_prompt_seed)
+    prefix_cache = None
+    if fast and prefix is not None:
+        from dispsafe_nb.prefix_cache import PrefixCache
+
+        prefix_cache = PrefixCache(llm, prefix)
     answers: list[list[Any]] = []
     batches = range(0, len(prompts), batch_size)
     with torch.random.fork_rng(devices=[llm.device] if llm.device.type == "cuda" else []):
@@ -283,7 +298,10 @@ def generate_with_prefix(
             seeds = None
             if per_prompt_seed and not decoding.greedy:
                 seeds = [row_seed(p, decoding.seed, j) for p in chunk for j in range(num_samples)]
-            out = _generate_batch(llm, batch, prefix, decoding, num_samples, seeds)
+            if fast:
+                out = _decode_batch(llm, batch, prefix_cache, decoding, num_samples, seeds)
+            else:
+                out = _generate_batch(llm, batch, prefix, decoding, num_samples, seeds)
             rows = split_generated(llm, out) if details else None
             texts = llm.tokenizer.batch_decode(out, skip_special_tokens=True)
             for i in range(len(chunk)):
@@ -359,6 +377,26 @@ def _generate_batch(
     embeds, mask = prepend_prefix(llm, ids, mask, prefix)
     # With inputs_embeds only, generate() returns just the new tokens.
     return llm.model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+
+
+def _decode_batch(
+    llm: LLM,
+    batch: dict[str, torch.Tensor],
+    prefix_cache: Any | None,
+    decoding: DecodingConfig,
+    num_samples: int,
+    row_seeds: list[int] | None = None,
+) -> torch.Tensor:
+    """`_generate_batch` through our decoding loop (greedy, or per-row seeded sampling): only the new tokens."""
+    from dispsafe_nb.fast_generate import decode
+
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    if num_samples > 1:
+        ids, mask = ids.repeat_interleave(num_samples, 0), mask.repeat_interleave(num_samples, 0)
+    processor = None
+    if row_seeds is not None:
+        processor = RowSeededSampler(row_seeds, decoding.temperature, decoding.top_p)
+    return decode(llm, ids, mask, decoding.max_new_tokens, prefix_cache=prefix_cache, processor=processor)
 
 
 def row_seed(prompt: str, seed: int, sample: int) -> int:

@@ -144,3 +144,21 @@ def test_bad_prefixes_and_lengths_say_what_to_fix(tiny, batch, prefix):
         PrefixCache(tiny, torch.zeros(4, 32))
     with pytest.raises(ValueError, match="max_new_tokens must be at least 1"):
         decode(tiny, batch["input_ids"], batch["attention_mask"], 0)
+
+
+@pytest.mark.parametrize("with_prefix", [False, True])
+def test_both_engines_give_the_same_answers(tiny, prefix, with_prefix):
+    from dispsafe_nb.models import generate_with_prefix
+
+    p = prefix if with_prefix else None
+    for decoding, samples, kwargs in (
+        (DecodingConfig(max_new_tokens=8), 1, {}),
+        (DecodingConfig(max_new_tokens=8, temperature=0.7, top_p=0.95, seed=2), 2, {"per_prompt_seed": True}),
+    ):
+        runs = [
+            generate_with_prefix(tiny, PROMPTS, p, decoding, 2, samples, details=True, engine=e, **kwargs)
+            for e in ("fast", "hf")
+        ]
+        assert runs[0] == runs[1]
+    with pytest.raises(ValueError, match="unknown generation engine 'vllm'"):
+        generate_with_prefix(tiny, PROMPTS, p, engine="vllm")

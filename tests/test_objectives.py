@@ -435,7 +435,7 @@ def test_tiny_sequence_logprobs_validates_inputs(tiny_llm):
         sequence_logprobs(tiny_llm, ["a prompt"], "x")
     with pytest.raises(ValueError, match=r"^reduction must be one of \('sum', 'mean'\), not 'max'$"):
         sequence_logprobs(tiny_llm, p, r, reduction="max")
-    with pytest.raises(ValueError, match="^pass either prefix or method, not both$"):
+    with pytest.raises(ValueError, match="^pass at most one of prefix, method and prefix_cache$"):
         sequence_logprobs(tiny_llm, p, r, prefix=torch.zeros(2, 16), method=object())
     with pytest.raises(ValueError, match="^no prompts given$"):
         sequence_logprobs(tiny_llm, [], [])
