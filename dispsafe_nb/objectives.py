@@ -125,6 +125,21 @@ def sequence_logprobs(
     return out
 
 
+def left_pad(
+    llm: LLM, rows: Sequence[Sequence[int]], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows left-padded with the tokenizer's pad id (eos if it has none): (input ids, attention mask)."""
+    tok = llm.tokenizer
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    width = max(len(r) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
+    for i, row in enumerate(rows):
+        input_ids[i, width - len(row) :] = torch.tensor(list(row), dtype=torch.long, device=device)
+        attention_mask[i, width - len(row) :] = 1
+    return input_ids, attention_mask
+
+
 def response_token_ids(
     llm: LLM,
     responses: Sequence[str] | None,
@@ -186,14 +201,8 @@ def _response_log_softmax(
 
     # Left-padded [pad | chat prompt | response] rows; the prefix goes in after the padding below.
     rows = [p + r for p, r in zip(prompt_ids, resp_ids, strict=True)]
-    width = max(len(r) for r in rows)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     device = llm.device
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long, device=device)
-    for i, row in enumerate(rows):
-        input_ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long, device=device)
-        attention_mask[i, width - len(row) :] = 1
+    input_ids, attention_mask = left_pad(llm, rows, device)
 
     # A method acts through its input embeddings (`apply`) and/or inside the forward pass (`active`: LoRA's
     # adapters, a steering hook), so both calls sit inside its context.

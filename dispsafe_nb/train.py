@@ -11,6 +11,7 @@ validation estimate of the distillation gap, periodic checkpoints and exact resu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -34,6 +35,7 @@ from dispsafe_nb.objectives import (
     tv_disp_loss,
 )
 from dispsafe_nb.safe_system import TeacherSample, TeacherSampleError
+from dispsafe_nb.shared_prompt import shared_prompt_logprobs
 
 OBJECTIVES = {"tv": tv_disp_loss, "kl": kl_disp_loss}  # the distillation losses on teacher samples
 TARGET_OBJECTIVES = ("perplexity",)  # fixed targets from labels, no teacher α
@@ -42,6 +44,8 @@ ALL_OBJECTIVES = (*OBJECTIVES, *TARGET_OBJECTIVES, *REWARD_OBJECTIVES)
 CHECKPOINT_KIND = "distill_checkpoint"
 LR_SCHEDULES = ("linear", "constant")
 WEIGHTINGS = ("none", "per_token")
+SCORINGS = ("shared_prompt", "separate")
+AUTOCASTS = ("none", "bf16")
 
 
 @dataclass
@@ -86,10 +90,25 @@ class DistillConfig:
     gae_lambda: float = 0.95
     value_coef: float = 0.5
     value_lr: float = 1e-3  # the value head's own learning rate
+    # How Eq. 4's two log-probs are computed (the same values up to rounding, a test checks): "shared_prompt"
+    # encodes soft prompt + chat prompt once for y and y_r (dispsafe_nb.shared_prompt); "separate" runs one full
+    # pass per (prompt, response) pair, the reference.
+    scoring: str = "shared_prompt"
+    # "bf16": the model's matrix products in bfloat16 under torch.autocast (the vocabulary head and the losses
+    # stay float32); "none": float32 throughout. Only with scoring="shared_prompt".
+    autocast: str = "none"
 
     def __post_init__(self) -> None:
         if self.objective not in ALL_OBJECTIVES:
             raise ValueError(unknown_name_message("objective", self.objective, ALL_OBJECTIVES))
+        if self.scoring not in SCORINGS:
+            raise ValueError(unknown_name_message("scoring", self.scoring, SCORINGS))
+        if self.autocast not in AUTOCASTS:
+            raise ValueError(unknown_name_message("autocast", self.autocast, AUTOCASTS))
+        if self.autocast != "none" and self.scoring != "shared_prompt":
+            raise ValueError(
+                "autocast='bf16' needs scoring='shared_prompt' (the reference path stays float32)"
+            )
         check_method_name(self.method)
         for name in ("rl_samples", "rl_max_new_tokens", "ppo_epochs"):
             if getattr(self, name) < 1:
@@ -271,13 +290,26 @@ def sequence_terms(llm: LLM, soft: Method, batch: Sequence[Example], cfg: Distil
         raise TeacherSampleError("an example has no token ids; build examples with examples_from_samples()")
     ids_y = [list(e.response_ids) for e in batch]
     finished = [e.finished for e in batch]
-    logq_y = sequence_logprobs(
-        llm, prompts, None, reduction=cfg.reduction, append_eos=finished, method=soft, response_ids=ids_y
-    )
     refusal_ids = response_token_ids(llm, [e.refusal for e in batch], None, True, len(batch))
-    logq_r = sequence_logprobs(
-        llm, prompts, None, reduction=cfg.reduction, append_eos=False, method=soft, response_ids=refusal_ids
-    )
+    if cfg.scoring == "shared_prompt":
+        scored_y = response_token_ids(llm, None, ids_y, finished, len(batch))
+        with autocast(cfg, llm):
+            logq_y, logq_r = shared_prompt_logprobs(
+                llm, prompts, [scored_y, refusal_ids], soft, cfg.reduction
+            )
+    else:
+        logq_y = sequence_logprobs(
+            llm, prompts, None, reduction=cfg.reduction, append_eos=finished, method=soft, response_ids=ids_y
+        )
+        logq_r = sequence_logprobs(
+            llm,
+            prompts,
+            None,
+            reduction=cfg.reduction,
+            append_eos=False,
+            method=soft,
+            response_ids=refusal_ids,
+        )
     device = logq_y.device
     return SequenceTerms(
         logq_y,
@@ -287,6 +319,13 @@ def sequence_terms(llm: LLM, soft: Method, batch: Sequence[Example], cfg: Distil
         [len(i) + f for i, f in zip(ids_y, finished, strict=True)],
         [len(i) for i in refusal_ids],
     )
+
+
+def autocast(cfg: DistillConfig, llm: LLM) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on the model's device when `cfg.autocast` asks for it, else nothing."""
+    if cfg.autocast == "bf16":
+        return torch.autocast(device_type=llm.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _loss(llm: LLM, soft: Method, batch: Sequence[Example], cfg: DistillConfig) -> BatchLoss:
