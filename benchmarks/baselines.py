@@ -124,7 +124,7 @@ def main() -> None:
         args.steps, args.batch_size, args.n_tokens, args.lrs, args.mix = 2, 2, 4, [3e-2], [2, 2, 1]
         args.n_val, args.limit, args.max_new_tokens, args.rl_max_new_tokens = 1, 2, 12, 8
     torch.manual_seed(0)
-    started = time.time()
+    started, commit = time.time(), _git_commit()  # the code this run imports: the commit at its start
     llm, guard = load_llm(), load_embedding_guard()
     system = SafeSystem(llm, guard)
     per_seed, all_records = {}, []
@@ -133,13 +133,13 @@ def main() -> None:
         all_records += records
         per_seed[seed]["wall_s"] = time.time() - started
         # written after every seed, so an interrupted run keeps the seeds it finished
-        claims = write_results(args, per_seed, all_records, started)
+        claims = write_results(args, per_seed, all_records, started, commit)
     print(f"wrote {args.out} in {(time.time() - started) / 60:.1f} min")
     for name, c in claims.items():
         print(("✓ " if c["reproduced"] else "✗ ") + f"{name}: {c['statement']}")
 
 
-def write_results(args, per_seed: dict, all_records: list, started: float) -> dict:
+def write_results(args, per_seed: dict, all_records: list, started: float, commit: str | None) -> dict:
     """Summarise the finished seeds, judge the claims on their means, write the JSON and records; the claims."""
     summary = {
         key: over_seeds([s[key] for s in per_seed.values()])
@@ -158,7 +158,7 @@ def write_results(args, per_seed: dict, all_records: list, started: float) -> di
         "config": {**vars(args), "benchmarks": list(BENCHES), "distill_defaults": asdict(DistillConfig())},
         "machine": {
             "package_version": dispsafe_nb.__version__,
-            "git_commit": _git_commit(),
+            "git_commit": commit,
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "python": platform.python_version(),
