@@ -15,34 +15,8 @@ PROMPTS = ["Hello there", "a", "What is the capital of France? Tell me more abou
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    from dispsafe_nb.models import EMBEDDED_MODELS, embedded_model_folder
-
-    entry = EMBEDDED_MODELS["smollm2-135m"]
-    return AutoTokenizer.from_pretrained(str(embedded_model_folder()), gguf_file=entry.gguf_file)
-
-
-@pytest.fixture(scope="module")
-def tiny(tokenizer):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from dispsafe_nb.models import LLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        initializer_range=0.2,
-    )
-    return LLM(LlamaForCausalLM(config).eval().requires_grad_(False), tokenizer, "tiny-llama")
+def tiny(tiny_chat_llm):
+    return tiny_chat_llm
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +104,9 @@ def test_scoring_with_the_cache_matches_the_prefix_in_the_prompt(tiny, prefix):
 def test_the_cache_holds_n_keys_and_values_per_layer_and_refuses_a_changed_prompt(tiny, prefix):
     weight = prefix.clone()
     cache = PrefixCache(tiny, weight)
-    assert cache.n_tokens == 5 and cache.nbytes() == 2 * 2 * (2 * 16) * 5 * 4  # layers x (K x h) x N x fp32
+    assert (
+        cache.n_tokens == 5 and cache.nbytes() == 2 * 3 * (2 * 16) * 5 * 4
+    )  # (k, v) x layers x (K x h) x N x fp32
     assert cache.expand(3).layers[0].keys.shape == (3, 2, 5, 16)
     weight.add_(0.1)  # a training step, in place
     with pytest.raises(StalePrefixCacheError, match="build a new PrefixCache"):

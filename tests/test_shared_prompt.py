@@ -15,26 +15,8 @@ REFUSAL = "I'm sorry, but I can't help with that."
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from dispsafe_nb.models import EMBEDDED_MODELS, LLM, embedded_model_folder
-
-    entry = EMBEDDED_MODELS["smollm2-135m"]
-    tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_folder()), gguf_file=entry.gguf_file)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        initializer_range=0.2,
-    )
-    return LLM(LlamaForCausalLM(config).eval().requires_grad_(False), tokenizer, "tiny-llama")
+def tiny(tiny_chat_llm):
+    return tiny_chat_llm
 
 
 def _method(tiny, kind):

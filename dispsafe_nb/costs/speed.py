@@ -1,0 +1,205 @@
+"""Measured speed: this machine's limits, the trainer's throughput, decoding speed and per-token latency.
+
+Every function returns plain numbers for a benchmark JSON; none asserts a target (targets live in
+`benchmarks/costs.py`). Timings are medians over repeats after a warm-up call, in one process, so ratios between
+two measurements share the machine's state.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from dispsafe_nb.costs.flops import _CPU_ATTENTION
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall time of `fn()` over `repeats` calls, after `warmup` untimed calls."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def counted_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of one call of `fn` (forward and backward included) as `torch.utils.flop_counter` counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+# ---- the machine ----------------------------------------------------------------------------------------
+def matmul_peak(dtype: torch.dtype = torch.float32, size: int = 1024, repeats: int = 5) -> float:
+    """FLOP/s of a square `size` matrix product at `dtype`: the practical peak the trainer is measured against."""
+    a = torch.randn(size, size, generator=torch.Generator().manual_seed(0)).to(dtype)
+    b = torch.randn(size, size, generator=torch.Generator().manual_seed(1)).to(dtype)
+    seconds = median_seconds(lambda: a @ b, repeats=repeats)
+    return 2 * size**3 / seconds
+
+
+def read_bandwidth(n_bytes: int = 256 * 2**20, repeats: int = 5) -> float:
+    """Bytes/s of reading a large float32 tensor once (a reduction): the bound of memory-bound decoding."""
+    x = torch.ones(n_bytes // 4)
+    seconds = median_seconds(lambda: x.sum(), repeats=repeats)
+    return n_bytes / seconds
+
+
+# ---- training -------------------------------------------------------------------------------------------
+def naive_terms(llm: Any, method: Any, batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper-faithful reference of Eq. 4's two log-probs: one full pass per (prompt, response) pair — y and
+    y_r separately — with vocabulary logits at every position, in float32."""
+    from dispsafe_nb.objectives import left_pad, response_token_ids
+
+    tok = llm.tokenizer
+    prompts = [e.prompt for e in batch]
+    ids_y = response_token_ids(
+        llm, None, [list(e.response_ids) for e in batch], [e.finished for e in batch], len(batch)
+    )
+    ids_r = response_token_ids(llm, [e.refusal for e in batch], None, True, len(batch))
+    out = []
+    with method.active(llm):
+        for branch in (ids_y, ids_r):
+            prompt_ids = [tok(llm.chat_text(p), add_special_tokens=False)["input_ids"] for p in prompts]
+            ids, mask = left_pad(llm, [p + r for p, r in zip(prompt_ids, branch, strict=True)], llm.device)
+            embeds, mask = method.apply(llm, ids, mask)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = llm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
+            log_probs = torch.log_softmax(logits.float(), dim=-1)  # every position, full vocabulary
+            total = embeds.shape[1]
+            rows = []
+            for i, r in enumerate(branch):
+                targets = torch.tensor(r, device=llm.device)
+                picked = log_probs[i, total - len(r) - 1 : total - 1].gather(-1, targets[:, None])
+                rows.append(picked.sum())
+            out.append(torch.stack(rows))
+    return out[0], out[1]
+
+
+def training_step(
+    llm: Any, method: Any, batch: Sequence[Any], cfg: Any, naive: bool = False
+) -> Callable[[], float]:
+    """A closure running one TV-DiSP step's forward and backward on `batch` (no optimiser update, so repeats see
+    the same parameters): our trainer's (`cfg.scoring`, `cfg.autocast`) or the naive reference's."""
+    from dispsafe_nb.objectives import tv_disp_loss
+    from dispsafe_nb.train import _loss
+
+    params = list(method.trainable_parameters())
+
+    def step() -> float:
+        for p in params:
+            p.grad = None
+        if naive:
+            logq_y, logq_r = naive_terms(llm, method, batch)
+            alpha = torch.tensor([e.alpha for e in batch], dtype=logq_y.dtype)
+            same = torch.tensor([e.response.strip() == e.refusal.strip() for e in batch])
+            loss = tv_disp_loss(logq_y, logq_r, alpha, same).mean()
+        else:
+            loss = _loss(llm, method, batch, cfg).loss
+        loss.backward()
+        return float(loss)
+
+    return step
+
+
+def response_tokens(llm: Any, batch: Sequence[Any]) -> int:
+    """Tokens a TV-DiSP step scores: every y (with its eos when finished) and every y_r (with its eos)."""
+    refusal = [len(llm.tokenizer(e.refusal, add_special_tokens=False)["input_ids"]) + 1 for e in batch]
+    return sum(len(e.response_ids) + int(e.finished) for e in batch) + sum(refusal)
+
+
+def training_throughput(
+    llm: Any, method: Any, batch: Sequence[Any], cfg: Any, repeats: int = 3
+) -> dict[str, dict[str, float]]:
+    """Per variant (naive reference, ours in float32, ours with bf16 autocast): median step seconds, response
+    tokens per second, the step's counted FLOPs and the FLOP/s achieved, and its loss (the variants must agree)."""
+    variants = {
+        "naive_fp32": (replace(cfg, scoring="separate"), True),
+        "ours_fp32": (replace(cfg, scoring="shared_prompt", autocast="none"), False),
+        "ours_bf16": (replace(cfg, scoring="shared_prompt", autocast="bf16"), False),
+    }
+    n_tokens = response_tokens(llm, batch)
+    out = {}
+    for name, (variant_cfg, naive) in variants.items():
+        step = training_step(llm, method, batch, variant_cfg, naive)
+        seconds = median_seconds(step, repeats=repeats)
+        flops = counted_flops(step)
+        out[name] = {
+            "step_s": seconds,
+            "response_tokens": n_tokens,
+            "tokens_per_s": n_tokens / seconds,
+            "step_flops": flops,
+            "achieved_flops_per_s": flops / seconds,
+            "loss": step(),
+        }
+    return out
+
+
+# ---- decoding -------------------------------------------------------------------------------------------
+def generation_speed(
+    llm: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    engine: str,
+    prefix: torch.Tensor | None = None,
+    repeats: int = 3,
+) -> dict[str, float]:
+    """Greedy generation of `prompts` as one batch with `engine` ("fast" or "hf"): median seconds, generated
+    tokens (every row's new tokens up to its end-of-turn) and tokens/s."""
+    from dispsafe_nb.models import DecodingConfig, generate_with_prefix
+
+    decoding = DecodingConfig(max_new_tokens=max_new_tokens)
+
+    def run() -> list[Any]:
+        return generate_with_prefix(llm, prompts, prefix, decoding, len(prompts), details=True, engine=engine)
+
+    seconds = median_seconds(run, repeats=repeats)
+    generated = sum(len(g[0].token_ids) + int(g[0].finished) for g in run())
+    return {"seconds": seconds, "tokens": generated, "tokens_per_s": generated / seconds}
+
+
+@torch.no_grad()
+def decode_step_seconds(
+    llm: Any, context: int, prefix_cache: Any | None = None, batch: int = 1, repeats: int = 7
+) -> float:
+    """Median seconds of one decode step whose token attends to `context` prompt positions (plus the prefix's N
+    when `prefix_cache` is given), batch `batch`: the KV cache is filled once and cropped back after every step."""
+    from transformers import DynamicCache
+
+    vocab = llm.model.get_input_embeddings().weight.shape[0]
+    ids = torch.randint(0, vocab, (batch, context), generator=torch.Generator().manual_seed(0)).to(llm.device)
+    n_prefix = 0 if prefix_cache is None else prefix_cache.n_tokens
+    cache = DynamicCache(config=llm.model.config) if prefix_cache is None else prefix_cache.expand(batch)
+    mask = torch.ones(batch, n_prefix + context, dtype=torch.long, device=llm.device)
+    positions = torch.arange(n_prefix, n_prefix + context, device=llm.device)[None].expand(batch, -1)
+    llm.model(
+        input_ids=ids[:, :-1],
+        attention_mask=mask[:, :-1],
+        position_ids=positions[:, :-1],
+        cache=cache,
+        use_cache=True,
+    )
+
+    def step() -> None:
+        llm.model(
+            input_ids=ids[:, -1:],
+            attention_mask=mask,
+            position_ids=positions[:, -1:],
+            cache=cache,
+            use_cache=True,
+        )
+        cache.crop(-1)  # drop the token just added: every repeat decodes at the same context
+
+    return median_seconds(step, repeats=repeats, warmup=2)
