@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 DISPSAFE_DATA ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
 export DISPSAFE_DATA
 
-.PHONY: install test nbval ui-check lint format reproduce benchmark benchmark-distill benchmark-baselines mutation lab clean
+.PHONY: install test nbval ui-check lint format reproduce benchmark benchmark-distill benchmark-baselines benchmark-costs mutation lab clean
 
 install: $(VENV)/.installed
 
@@ -67,6 +67,10 @@ benchmark-distill: install
 # per group, the paper's orderings judged on the seed means).
 benchmark-baselines: install
 	$(PY) benchmarks/baselines.py
+
+# On-device costs and the fast engine, side by side in one run -> results/bench.json (targets judged there).
+benchmark-costs: install
+	$(PY) benchmarks/costs.py
 
 # Mutation score of theory/objectives/judges/metrics and train.py's loss/step code with their fast unit tests
 # (mutmut on a scratch copy in build/mutation; 10-15 minutes on 2 cores) -> results/mutation.json.

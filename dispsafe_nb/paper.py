@@ -21,6 +21,15 @@ def xstest_over_refusal_box() -> str:
 # On-device costs the paper states: the dual system against the LLM alone, and the soft prompt against the LLM.
 DUAL_SYSTEM_COST = {"compute_factor": 2.0, "memory_extra_min": 0.30, "memory_extra_max": 1.00}
 SOFT_PROMPT_COST = {"memory_extra_below": 0.01, "compute_extra_below": 0.10}
+# FLOPs per generated token the paper gives for Llama-3-3B at context 512, without and with the soft prompt.
+# n_tokens is our assumption (the paper's usual soft-prompt length); the counting convention is not reproduced here.
+SOFT_PROMPT_FLOPS = {
+    "model": "Llama-3.2-3B",
+    "context": 512,
+    "n_tokens": 100,
+    "base_gflops": 6.24,
+    "soft_gflops": 6.80,
+}
 
 
 def cost_box() -> str:

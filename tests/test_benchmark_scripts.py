@@ -45,3 +45,56 @@ def test_baselines_benchmark_averages_each_group_over_the_seeds_it_has():
     assert got["soft_prompt/tv"]["n_seeds"] == 2
     assert got["lora/tv"] == {"mean": 0.2, "sd": None, "n_seeds": 1}  # None: no usable run in that seed
     assert over_seeds([{"ppo": None}])["ppo"] == {"mean": None, "sd": None, "n_seeds": 0}
+
+
+def _bench_result(naive, fp32, bf16, bf16_flops, peak, decode, batched, latency, share):
+    def variant(tps, flops=1.0):
+        return {"tokens_per_s": tps, "achieved_flops_per_s": flops}
+
+    return {
+        "training": {
+            "batch_4": {
+                "naive_fp32": variant(naive),
+                "ours_fp32": variant(fp32),
+                "ours_bf16": variant(bf16, bf16_flops),
+            }
+        },
+        "machine_limits": {"bf16_peak": peak},
+        "decoding": {"decode_fraction_of_bandwidth_bound": decode, "batched_generation_speedup": batched},
+        "latency": {"soft_prompt_latency_ratio": latency},
+        "flops_and_memory": {"soft_prompt_parameter_share": share},
+    }
+
+
+def test_costs_targets_are_judged_from_the_measurements():
+    judge = _load("costs").judge_targets
+    met = judge(_bench_result(10, 25, 31, 60, 100, 0.7, 2.1, 1.04, 0.0004))
+    assert all(t["met"] for t in met.values()), met
+    assert met["training_speedup_vs_naive"]["value"] == pytest.approx(3.1)  # the faster of ours over naive
+    missed = judge(_bench_result(10, 25, 29, 40, 100, 0.5, 1.9, 1.06, 0.002))
+    assert not any(t["met"] for t in missed.values()), missed
+
+
+@pytest.mark.slow
+def test_costs_benchmark_smoke_run_writes_every_figure(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "bench.json"
+    subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "costs.py"), "--smoke", "--out", str(out)],
+        check=True,
+        cwd=REPO_ROOT,
+        timeout=900,
+    )
+    result = json.loads(out.read_text())
+    assert set(result["targets"]) == set(_load("costs").TARGETS)
+    assert {"naive_fp32", "ours_fp32", "ours_bf16"} <= set(result["training"]["batch_2"])
+    training = result["training"]["batch_2"]
+    assert training["ours_fp32"]["loss"] == pytest.approx(training["naive_fp32"]["loss"], rel=1e-3)
+    fm = result["flops_and_memory"]
+    assert fm["ours"]["gflops_per_token_analytic"] == pytest.approx(
+        fm["ours"]["gflops_per_token_flop_counter"]
+    )
+    assert result["machine"]["torch"] and result["config"]["smoke"] is True

@@ -109,7 +109,7 @@ def training_step(
         else:
             loss = _loss(llm, method, batch, cfg).loss
         loss.backward()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 

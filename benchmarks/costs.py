@@ -1,0 +1,258 @@
+"""On-device costs and the fast engine, measured side by side in one run -> results/bench.json.
+
+In one process on this machine: its matmul peak (fp32, bf16) and read bandwidth; a TV-DiSP training step, the
+naive paper-faithful reference (two full passes, full-vocabulary logits everywhere, fp32) against ours (one pass
+over the shared prompt, logits at response positions only; fp32 and bf16 autocast); batch-1 decoding against the
+memory-bandwidth bound; batched generation, our decoding loop against transformers' generate(); per-token latency
+at context 512 with a soft prompt read from its prefix KV cache and with the guard of the dual system; memory and
+FLOPs per token against the paper's. Every figure carries its config; each target says whether it was met.
+Run: `make benchmark-costs`; `--smoke` for a quick look at the plumbing (the test suite runs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+import dispsafe_nb
+from dispsafe_nb import costs, paper
+from dispsafe_nb.costs import speed
+from dispsafe_nb.costs.flops import Architecture, decode_flops, method_decode_flops
+from dispsafe_nb.paths import RESULTS_DIR
+
+TARGETS = {
+    "training_speedup_vs_naive": (">=", 3.0),
+    "training_fraction_of_bf16_peak": (">=", 0.5),
+    "decode_fraction_of_bandwidth_bound": (">=", 0.6),
+    "batched_generation_speedup": (">=", 2.0),
+    "soft_prompt_latency_ratio": ("<=", 1.05),
+    "soft_prompt_parameter_share": ("<", 0.001),
+}
+
+
+def training_examples(llm, system, n_prompts: int, max_new_tokens: int, seed: int):
+    """Real training examples: teacher samples (2 per prompt, cached) of a small train-split mix."""
+    from dispsafe_nb.models import DecodingConfig
+    from dispsafe_nb.safe_system import teacher_samples
+    from dispsafe_nb.train import examples_from_samples, training_mix
+
+    records = training_mix(n_prompts // 2, n_prompts - n_prompts // 2, 0, seed=seed)
+    decoding = DecodingConfig(max_new_tokens=max_new_tokens, temperature=0.7, top_p=0.95, seed=seed)
+    samples = teacher_samples(system, [r.text for r in records], k=2, decoding=decoding)
+    return examples_from_samples(samples)
+
+
+def measure_training(llm, system, args) -> dict:
+    from dispsafe_nb.train import DistillConfig, make_method
+
+    examples = training_examples(llm, system, args.train_prompts, args.max_new_tokens, seed=0)
+    out = {}
+    for batch_size in args.batch_sizes:
+        cfg = DistillConfig(n_tokens=args.n_tokens, batch_size=batch_size)
+        method = make_method(llm, cfg)
+        batch = examples[:batch_size]
+        out[f"batch_{batch_size}"] = speed.training_throughput(llm, method, batch, cfg, repeats=args.repeats)
+    return out
+
+
+def measure_decoding(llm, args, bandwidth: float) -> dict:
+    from dispsafe_nb.evaluate import benchmark_records
+
+    prompts = [r.text for r in benchmark_records("alpaca_test", limit=args.gen_batch)]
+    weight_bytes = costs.module_bytes(llm.model)  # what one decode step reads (every weight once, in memory)
+    step_s = speed.decode_step_seconds(llm, args.short_context, repeats=args.repeats)
+    batched = {
+        engine: speed.generation_speed(llm, prompts, args.gen_tokens, engine, repeats=args.repeats)
+        for engine in ("hf", "fast")
+    }
+    return {
+        "batch1_step_s_at_short_context": step_s,
+        "batch1_tokens_per_s": 1 / step_s,
+        "weight_bytes_in_memory": weight_bytes,
+        "bandwidth_bound_tokens_per_s": bandwidth / weight_bytes,
+        "decode_fraction_of_bandwidth_bound": (1 / step_s) / (bandwidth / weight_bytes),
+        "batched": batched,
+        "batched_generation_speedup": batched["fast"]["tokens_per_s"] / batched["hf"]["tokens_per_s"],
+        "batched_config": {"batch": len(prompts), "max_new_tokens": args.gen_tokens, "set": "alpaca_test"},
+    }
+
+
+def measure_latency(llm, guard, args) -> dict:
+    from dispsafe_nb.prefix_cache import PrefixCache
+
+    prefix = (
+        torch.randn(args.paper_n_tokens, llm.hidden_size, generator=torch.Generator().manual_seed(0)) * 0.02
+    )
+    base = speed.decode_step_seconds(llm, args.context, repeats=args.repeats)
+    soft = speed.decode_step_seconds(llm, args.context, PrefixCache(llm, prefix), repeats=args.repeats)
+    # The guard reads the prompt and the response once per request: amortised over the response's tokens.
+    words = "Explain how a bicycle gear system works and why it helps riders climb steep hills. " * 40
+    prompt, response = words[: args.context * 2], words[: args.response_tokens * 4]
+    calls = iter(range(10**6))  # a new text every call: the guard's encoders memoise what they have embedded
+
+    def judge() -> None:
+        n = next(calls)
+        guard.prob_safe([f"{n} {prompt}"], [f"{n} {response}"])
+
+    guard_s = speed.median_seconds(judge, repeats=args.repeats)
+    per_request = args.response_tokens * base
+    return {
+        "context": args.context,
+        "n_tokens": args.paper_n_tokens,
+        "base_step_s": base,
+        "soft_prompt_step_s": soft,
+        "soft_prompt_latency_ratio": soft / base,
+        "guard_s_per_request": guard_s,
+        "response_tokens": args.response_tokens,
+        "dual_latency_ratio": (per_request + guard_s) / per_request,
+    }
+
+
+def flops_and_memory(llm, guard, args) -> dict:
+    ours = Architecture.from_config(llm.model.config, name=llm.name)
+    paper_arch = costs.PAPER_ARCHITECTURES[paper.SOFT_PROMPT_FLOPS["model"]]
+    ctx, n = paper.SOFT_PROMPT_FLOPS["context"], paper.SOFT_PROMPT_FLOPS["n_tokens"]
+    measured = costs.measured_decode_flops(llm.model, args.context)
+    llm_bytes = costs.llm_weight_bytes(llm)
+    guard_bytes = costs.module_bytes(*costs.guard_modules(guard))
+    return {
+        "ours": {
+            "model": llm.name,
+            "gflops_per_token_analytic": decode_flops(ours, args.context) / 1e9,
+            "gflops_per_token_flop_counter": measured / 1e9,
+            "soft_prompt_gflops_per_token": method_decode_flops(ours, "soft_prompt", args.context, n_tokens=n)
+            / 1e9,
+            "context": args.context,
+        },
+        "paper_model_by_our_formula": {
+            "model": paper_arch.name,
+            "gflops_per_token": decode_flops(paper_arch, ctx) / 1e9,
+            "soft_prompt_gflops_per_token": method_decode_flops(paper_arch, "soft_prompt", ctx, n_tokens=n)
+            / 1e9,
+        },
+        "paper_reported": paper.SOFT_PROMPT_FLOPS,
+        "soft_prompt_parameter_share": n * llm.hidden_size / costs.count_parameters(llm.model),
+        "llm_bytes_real_precision": llm_bytes,
+        "guard_bytes_real_precision": guard_bytes,
+        "dual_memory_ratio": (llm_bytes + guard_bytes) / llm_bytes,
+        "paper_table": costs.flops.paper_flops_table(ctx, n),
+    }
+
+
+def judge_targets(result: dict) -> dict:
+    t = result["training"]
+    best = max(t.values(), key=lambda v: v["ours_bf16"]["tokens_per_s"])
+    naive = best["naive_fp32"]["tokens_per_s"]
+    ours_best = max(best["ours_fp32"]["tokens_per_s"], best["ours_bf16"]["tokens_per_s"])
+    values = {
+        "training_speedup_vs_naive": ours_best / naive,
+        "training_fraction_of_bf16_peak": best["ours_bf16"]["achieved_flops_per_s"]
+        / result["machine_limits"]["bf16_peak"],
+        "decode_fraction_of_bandwidth_bound": result["decoding"]["decode_fraction_of_bandwidth_bound"],
+        "batched_generation_speedup": result["decoding"]["batched_generation_speedup"],
+        "soft_prompt_latency_ratio": result["latency"]["soft_prompt_latency_ratio"],
+        "soft_prompt_parameter_share": result["flops_and_memory"]["soft_prompt_parameter_share"],
+    }
+    ops = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, "<": lambda a, b: a < b}
+    return {
+        k: {
+            "value": v,
+            "target": f"{TARGETS[k][0]} {TARGETS[k][1]}",
+            "met": bool(ops[TARGETS[k][0]](v, TARGETS[k][1])),
+        }
+        for k, v in values.items()
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--n-tokens", type=int, default=20, help="soft-prompt length of the training step")
+    parser.add_argument(
+        "--paper-n-tokens", type=int, default=100, help="soft-prompt length of the latency check"
+    )
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 16])
+    parser.add_argument("--train-prompts", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--gen-batch", type=int, default=16)
+    parser.add_argument("--gen-tokens", type=int, default=48)
+    parser.add_argument("--context", type=int, default=512)
+    parser.add_argument("--short-context", type=int, default=32)
+    parser.add_argument("--response-tokens", type=int, default=128)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat: checks the plumbing")
+    parser.add_argument("--out", default=str(RESULTS_DIR / "bench.json"))
+    args = parser.parse_args()
+    if args.smoke:
+        args.repeats, args.batch_sizes, args.train_prompts, args.max_new_tokens = 1, [2], 2, 8
+        args.gen_batch, args.gen_tokens, args.context, args.paper_n_tokens = 2, 4, 64, 8
+    from dispsafe_nb.guard_training import load_embedding_guard
+    from dispsafe_nb.models import load_llm
+    from dispsafe_nb.safe_system import SafeSystem
+
+    started, commit = time.time(), _git_commit()
+    llm, guard = load_llm(), load_embedding_guard()
+    system = SafeSystem(llm, guard)
+    size = 256 if args.smoke else 1024
+    limits = {
+        "fp32_peak": speed.matmul_peak(torch.float32, size, args.repeats),
+        "bf16_peak": speed.matmul_peak(torch.bfloat16, size, args.repeats),
+        "read_bandwidth": speed.read_bandwidth((32 if args.smoke else 512) * 2**20, args.repeats),
+        "matmul_size": size,
+    }
+    result = {"machine_limits": limits}
+    result["training"] = measure_training(llm, system, args)
+    result["decoding"] = measure_decoding(llm, args, limits["read_bandwidth"])
+    result["latency"] = measure_latency(llm, guard, args)
+    result["flops_and_memory"] = flops_and_memory(llm, guard, args)
+    result["targets"] = judge_targets(result)
+    result["config"] = vars(args)
+    result["machine"] = {
+        "package_version": dispsafe_nb.__version__,
+        "git_commit": commit,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "processor": _cpu_name(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": str(llm.device),
+    }
+    result["wall_s"] = time.time() - started
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
+    print(f"wrote {path} in {result['wall_s']:.0f} s")
+    for name, t in result["targets"].items():
+        print(("✓ " if t["met"] else "✗ ") + f"{name}: {t['value']:.4g} (target {t['target']})")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+if __name__ == "__main__":
+    main()
