@@ -85,34 +85,10 @@ def measure_decoding(llm, args, bandwidth: float) -> dict:
 
 
 def measure_latency(llm, guard, args) -> dict:
-    from dispsafe_nb.prefix_cache import PrefixCache
-
     prefix = (
         torch.randn(args.paper_n_tokens, llm.hidden_size, generator=torch.Generator().manual_seed(0)) * 0.02
     )
-    base = speed.decode_step_seconds(llm, args.context, repeats=args.repeats)
-    soft = speed.decode_step_seconds(llm, args.context, PrefixCache(llm, prefix), repeats=args.repeats)
-    # The guard reads the prompt and the response once per request: amortised over the response's tokens.
-    words = "Explain how a bicycle gear system works and why it helps riders climb steep hills. " * 40
-    prompt, response = words[: args.context * 2], words[: args.response_tokens * 4]
-    calls = iter(range(10**6))  # a new text every call: the guard's encoders memoise what they have embedded
-
-    def judge() -> None:
-        n = next(calls)
-        guard.prob_safe([f"{n} {prompt}"], [f"{n} {response}"])
-
-    guard_s = speed.median_seconds(judge, repeats=args.repeats)
-    per_request = args.response_tokens * base
-    return {
-        "context": args.context,
-        "n_tokens": args.paper_n_tokens,
-        "base_step_s": base,
-        "soft_prompt_step_s": soft,
-        "soft_prompt_latency_ratio": soft / base,
-        "guard_s_per_request": guard_s,
-        "response_tokens": args.response_tokens,
-        "dual_latency_ratio": (per_request + guard_s) / per_request,
-    }
+    return speed.per_token_latency(llm, guard, prefix, args.context, args.response_tokens, args.repeats)
 
 
 def flops_and_memory(llm, guard, args) -> dict:
@@ -201,13 +177,9 @@ def main() -> None:
     started, commit = time.time(), _git_commit()
     llm, guard = load_llm(), load_embedding_guard()
     system = SafeSystem(llm, guard)
-    size = 256 if args.smoke else 1024
-    limits = {
-        "fp32_peak": speed.matmul_peak(torch.float32, size, args.repeats),
-        "bf16_peak": speed.matmul_peak(torch.bfloat16, size, args.repeats),
-        "read_bandwidth": speed.read_bandwidth((32 if args.smoke else 512) * 2**20, args.repeats),
-        "matmul_size": size,
-    }
+    limits = speed.machine_limits(
+        args.repeats, 256 if args.smoke else 1024, (32 if args.smoke else 512) * 2**20
+    )
     result = {"machine_limits": limits}
     result["training"] = measure_training(llm, system, args)
     result["decoding"] = measure_decoding(llm, args, limits["read_bandwidth"])

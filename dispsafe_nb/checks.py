@@ -26,6 +26,8 @@ SABOTAGES: dict[str, str] = {
     "lora_budget_ignored": "LoRA's rank is fixed at 8 whatever the soft prompt's parameter budget",
     "adapter_left_in_model": "peft's LoRA layers are never unloaded: the base model keeps the last adapter",
     "tv_estimate_without_refusal_term": "the Monte-Carlo TV estimate drops the refusal's term",
+    "attention_flops_ignored": "the FLOP formula leaves out attention over the context (q·kᵀ and the values)",
+    "prefix_cache_dropped": "the soft prompt's KV cache is built but never read: generation and scoring lose it",
 }
 
 
@@ -120,6 +122,24 @@ NOTEBOOK_CHECKS: dict[str, tuple[Check, ...]] = {
             "the dual system still answers most Alpaca test prompts (compliance >= 0.5)",
             ("inverted_alpha",),
             lambda m: m["dual"]["alpaca_test"]["compliance"] >= 0.5,
+        ),
+    ),
+    "07_on_device": (
+        Check(
+            "flop_formula_matches_the_counter",
+            "the analytic FLOPs per generated token equal what torch's flop counter counts on the real model",
+            ("attention_flops_ignored",),
+            lambda m: m["flops"]["relative_error"] < 1e-9,
+        ),
+        Check(
+            "prefix_cache_changes_nothing",
+            "reading the soft prompt from its KV cache gives the same greedy tokens and log-probs (within 1e-3) "
+            "as the prompt inside every row",
+            ("prefix_cache_dropped",),
+            lambda m: (
+                m["prefix_cache"]["tokens_identical_share"] == 1.0
+                and m["prefix_cache"]["max_logprob_difference"] < 1e-3
+            ),
         ),
     ),
     "04_baselines": (
@@ -321,6 +341,30 @@ NOTEBOOK_CLAIMS: dict[str, tuple[Claim, ...]] = {
             "tv_keeps_benign_answers_better_than_kl",
             "TV-DiSP's benign compliance is at least KL-DiSP's (the paper: KL over-refuses)",
             lambda m: m["best_compliance"]["soft_prompt/tv"] >= m["best_compliance"]["soft_prompt/kl"],
+        ),
+    ),
+    "07_on_device": (
+        Claim(
+            "soft_prompt_adds_under_1_percent_memory",
+            "the soft prompt adds less than 1 % to the model's memory (the paper's < 1 %)",
+            lambda m: m["memory"]["soft_prompt_extra"] < 0.01,
+        ),
+        Claim(
+            "soft_prompt_adds_under_10_percent_latency",
+            "with its prefix KV cache the soft prompt adds less than 10 % to the measured time per generated token "
+            "at the notebook's context (the paper's < 10 % compute)",
+            lambda m: m["latency"]["soft_prompt_latency_ratio"] < 1.10,
+        ),
+        Claim(
+            "our_dual_system_costs_about_twice",
+            "our dual system takes at least 1.5x the base model's time per generated token (the paper: ~2x)",
+            lambda m: m["latency"]["dual_latency_ratio"] >= 1.5,
+        ),
+        Claim(
+            "paper_sized_guard_doubles_compute",
+            "by our formulas, a 1B LLM with Llama-Guard-3-1B costs 1.8-2.5x the compute of the LLM alone per "
+            "request (the paper: ~2x)",
+            lambda m: 0.8 <= m["phone"]["paper_pair_dual_compute_extra"] <= 1.5,
         ),
     ),
     "03_distill": (

@@ -15,6 +15,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -431,6 +432,37 @@ def _check_rloo_advantages(fn: Callable) -> int:
     return len(cases)
 
 
+def decode_flops_per_token(arch: Any, context: int) -> int:
+    """Matrix-product FLOPs of one generated token whose query attends to `context` keys: per layer the q, k, v, o
+    projections, attention over the context and the gated MLP, then the vocabulary head (2 FLOPs per
+    multiply-add)."""
+    d, q, kv = arch.hidden, arch.heads * arch.head_dim, arch.kv_heads * arch.head_dim
+    per_layer = (
+        2 * (d * q + 2 * d * kv + q * d) + 4 * arch.heads * arch.head_dim * context + 2 * 3 * d * arch.ffn
+    )
+    return arch.layers * per_layer + 2 * d * arch.vocab
+
+
+def _check_decode_flops_per_token(fn: Callable) -> int:
+    from dispsafe_nb.costs import PAPER_ARCHITECTURES
+
+    archs = [a for a in PAPER_ARCHITECTURES.values() if a.gated_mlp and a.lm_head]
+    cases = [(a, c) for a in archs for c in (1, 512, 4096)]
+    for arch, context in cases:
+        want, got = decode_flops_per_token(arch, context), fn(arch, context)
+        if got != want:
+            _fail(
+                "decode_flops_per_token",
+                f"{arch.name} at context {context}",
+                got,
+                want,
+                "count 2 FLOPs per multiply-add; k and v have kv_heads x head_dim outputs (grouped-query "
+                "attention), attention costs 2·H·h·L for q·kᵀ and as much for the values, a gated MLP has 3 "
+                "matrices, and the vocabulary head runs once per token, not once per layer",
+            )
+    return len(cases)
+
+
 @dataclass(frozen=True)
 class Exercise:
     name: str
@@ -522,6 +554,14 @@ EXERCISES: dict[str, Exercise] = {
             "reward minus the mean reward of the other k - 1 samples of its prompt (REINFORCE's baseline).",
             rloo_advantages,
             _check_rloo_advantages,
+        ),
+        Exercise(
+            "decode_flops_per_token",
+            "07_on_device",
+            "Write decode_flops_per_token(arch, context): the matrix-product FLOPs of one generated token of a "
+            "decoder (an `Architecture`: hidden, layers, heads, kv_heads, head_dim, ffn, vocab) at `context` keys.",
+            decode_flops_per_token,
+            _check_decode_flops_per_token,
         ),
         Exercise(
             "dual_refusal_probability",

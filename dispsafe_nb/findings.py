@@ -122,3 +122,46 @@ def bound_findings(checks: Sequence[Any], kinds: Sequence[str], n_samples: int, 
             f"{mean('teacher_refusal'):.0%}, student {mean('student_refusal'):.0%})."
         )
     return "\n".join(lines)
+
+
+def on_device_findings(m: Mapping[str, Any]) -> str:
+    """Notebook 07's reading of its own measurements: FLOPs, memory, latency, decoding and the phone budget."""
+    f, lat, dec, mem = m["flops"], m["latency"], m["decode"], m["memory"]
+    shares = ", ".join(f"{k.replace('_', ' ')} {v:.0%}" for k, v in f["shares"].items())
+    pf = m["paper_flops"]
+    paper = pf["paper"]
+    fits = [r for r in m["phone"]["rows"] if r["soft_prompt_fits"] and not r["dual_fits"]]
+    lines = [
+        f"- **FLOPs.** One generated token of {f['model']} at context {f['context']} costs "
+        f"{f['analytic'] / 1e9:.3f} GFLOPs by our formula; torch's flop counter counts "
+        f"{f['counted'] / 1e9:.3f} (relative difference {f['relative_error']:.1e}). Split: {shares}.",
+        f"- **The paper's model.** For {paper['model']} our formula gives {pf['ours_base_gflops']:.2f} → "
+        f"{pf['ours_soft_gflops']:.2f} GFLOPs per token with a cached soft prompt of {paper['n_tokens']} vectors "
+        f"(+{pf['ours_soft_gflops'] / pf['ours_base_gflops'] - 1:.1%}); the paper reports {paper['base_gflops']} → "
+        f"{paper['soft_gflops']} (+{paper['soft_gflops'] / paper['base_gflops'] - 1:.1%}). With the cache the "
+        "prompt costs only attention over its N keys; a larger figure counts more than that (e.g. the prefix "
+        "positions recomputed), which the paper does not spell out.",
+        f"- **Memory.** The soft prompt adds {mem['soft_prompt_extra']:.3%} to the LLM's bytes at real precision; "
+        f"the guard adds {mem['dual_memory_ratio'] - 1:.0%}.",
+        f"- **Latency, measured.** With its prefix cache the soft prompt takes {lat['soft_prompt_latency_ratio']:.3f}× "
+        f"the base model's time per generated token at context {lat['context']} (N = {lat['n_tokens']}); without "
+        f"the cache every request would first re-encode the N positions ({1000 * lat['inline_prefix_s']:.0f} ms of "
+        f"prefill, against {1000 * lat['base_step_s']:.1f} ms per generated token). Our dual system takes "
+        f"{lat['dual_latency_ratio']:.2f}× the base model's time per token over a {lat['response_tokens']}-token "
+        f"answer: its guard is a small encoder, not a second LLM.",
+        f"- **Decoding is memory-bound.** At batch 1 a step runs at {dec['fraction_of_bound']:.0%} of the bound set "
+        f"by reading every weight once ({1000 * dec['bandwidth_bound_s']:.1f} ms); decoding "
+        f"{max(dec['per_token_s'], key=int)} rows together costs "
+        f"{1000 * dec['per_token_s'][max(dec['per_token_s'], key=int)]:.2f} ms per token instead of "
+        f"{1000 * dec['per_token_s'][min(dec['per_token_s'], key=int)]:.2f}.",
+        f"- **On a phone** ({m['phone']['ram_gb']:.0f} GB, {m['phone']['app_share']:.0%} for the app): "
+        + (
+            "the soft prompt fits where the dual system does not for "
+            + "; ".join(f"{r['llm']} + {r['guard']}" for r in fits)
+            if fits
+            else "every pair fits both ways at this budget"
+        )
+        + f". A guard as large as a 1B LLM adds {m['phone']['paper_pair_dual_compute_extra']:.0%} compute per "
+        "request by our formulas.",
+    ]
+    return "\n".join(lines)

@@ -40,3 +40,13 @@ def cost_box() -> str:
         f"the compute and {d['memory_extra_min']:.0%}–{d['memory_extra_max']:.0%} more memory; the distilled soft "
         f"prompt adds < {s['memory_extra_below']:.0%} memory and < {s['compute_extra_below']:.0%} compute."
     )
+
+
+def flops_box() -> str:
+    """A Markdown reference box with the paper's FLOPs per token with and without the soft prompt."""
+    f = SOFT_PROMPT_FLOPS
+    return (
+        f"> **Reference, the paper** ({CITATION}): {f['model']} at context {f['context']}: {f['base_gflops']} GFLOPs "
+        f"per generated token alone, {f['soft_gflops']} with the soft prompt "
+        f"(+{f['soft_gflops'] / f['base_gflops'] - 1:.1%})."
+    )

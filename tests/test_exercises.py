@@ -54,6 +54,18 @@ WRONG = {
         lambda a, r: float(np.mean([x * float(f) for x, f in zip(a, r, strict=True)])),  # only kept refusals
         lambda a, r: float(np.mean([float(f) for f in r])),  # the base model's rate: ignores the guard
     ],
+    "decode_flops_per_token": [
+        # the MLP with two matrices, as in a non-gated transformer
+        lambda a, c: ex.decode_flops_per_token(a, c) - 2 * a.layers * a.hidden * a.ffn,
+        # k and v with as many heads as q (no grouped-query attention)
+        lambda a, c: (
+            ex.decode_flops_per_token(a, c) + 4 * a.layers * a.hidden * (a.heads - a.kv_heads) * a.head_dim
+        ),
+        # attention counted once (only q·kᵀ, not the values)
+        lambda a, c: ex.decode_flops_per_token(a, c) - 2 * a.layers * a.heads * a.head_dim * c,
+        # the vocabulary head inside every layer
+        lambda a, c: ex.decode_flops_per_token(a, c) + (a.layers - 1) * 2 * a.hidden * a.vocab,
+    ],
     "rloo_advantages": [
         lambda r: r - r.mean(dim=1, keepdim=True),  # the sample's own reward inside its baseline
         lambda r: r - r.mean(),  # one baseline for the whole batch, not per prompt
@@ -76,10 +88,10 @@ def test_every_exercise_has_wrong_answers_to_reject_and_a_notebook():
     assert set(WRONG) == set(ex.EXERCISES)
     counts = {
         nb: len(ex.for_notebook(nb))
-        for nb in ("01_tv_bound", "02_safe_system", "03_distill", "04_baselines", "06_probe")
+        for nb in ("01_tv_bound", "02_safe_system", "03_distill", "04_baselines", "06_probe", "07_on_device")
     }
     assert counts["01_tv_bound"] >= 3 and counts["02_safe_system"] >= 2 and counts["03_distill"] >= 2, counts
-    assert counts["04_baselines"] >= 1 and counts["06_probe"] >= 1, counts
+    assert counts["04_baselines"] >= 1 and counts["06_probe"] >= 1 and counts["07_on_device"] >= 1, counts
 
 
 @pytest.mark.parametrize("name", list(ex.EXERCISES))

@@ -311,3 +311,40 @@ def test_notebook_04_checks_catch_their_sabotages(llm, teacher, monkeypatch):
     names = ["real", *sorted(_sabotaged_for("04_baselines"))]
     results = {name: _baselines_metrics(llm, teacher, name, monkeypatch) for name in names}
     _assert_caught("04_baselines", results)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# notebook 07: the FLOP formula against the counter, the prefix cache against the prompt inside every row
+# ----------------------------------------------------------------------------------------------------------
+def _on_device_metrics(llm, sabotage: str, monkeypatch) -> dict:
+    from transformers import DynamicCache
+
+    from dispsafe_nb.costs import flops as flops_module
+    from dispsafe_nb.costs import speed
+    from dispsafe_nb.prefix_cache import PrefixCache
+
+    prefix = 0.02 * torch.randn(8, llm.hidden_size, generator=torch.Generator().manual_seed(0))
+    prompts, responses = (
+        ["Name a primary colour.", "How do I boil an egg?"],
+        ["Red.", "Boil it for 8 minutes."],
+    )
+    with monkeypatch.context() as m:
+        if sabotage == "attention_flops_ignored":
+            m.setattr(flops_module, "attention_flops", lambda arch, queries, keys: 0)
+        if sabotage == "prefix_cache_dropped":  # keys and values computed, but a cache of zeros handed out
+
+            def zeros(self, batch):
+                data = [(torch.zeros_like(k).expand(batch, -1, -1, -1).clone(),) * 2 for k, _ in self.layers]
+                return DynamicCache(ddp_cache_data=data, config=self.llm.model.config)
+
+            m.setattr(PrefixCache, "expand", zeros)
+        return {
+            "flops": flops_module.formula_check(llm.model, 24),
+            "prefix_cache": speed.prefix_cache_agreement(llm, prefix, prompts, responses, max_new_tokens=6),
+        }
+
+
+def test_notebook_07_checks_catch_their_sabotages(llm, monkeypatch):
+    names = ["real", *sorted(_sabotaged_for("07_on_device"))]
+    results = {name: _on_device_metrics(llm, name, monkeypatch) for name in names}
+    _assert_caught("07_on_device", results)

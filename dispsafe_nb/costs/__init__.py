@@ -23,9 +23,10 @@ from dispsafe_nb.costs.memory import (
     dual_system_costs,
     guard_modules,
     llm_weight_bytes,
+    method_memory_rows,
     module_bytes,
 )
-from dispsafe_nb.costs.phone import memory_options, phone_budget
+from dispsafe_nb.costs.phone import memory_options, paper_pairs_budget, phone_budget
 
 __all__ = [
     "PAPER_ARCHITECTURES",
@@ -37,8 +38,10 @@ __all__ = [
     "kv_cache_bytes",
     "llm_weight_bytes",
     "measured_decode_flops",
+    "method_memory_rows",
     "method_decode_flops",
     "module_bytes",
+    "paper_pairs_budget",
     "memory_options",
     "phone_budget",
     "prefill_flops",

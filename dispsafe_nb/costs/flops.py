@@ -151,6 +151,17 @@ def decode_flops(arch: Architecture, context: int) -> int:
     return arch.layers * 2 * arch.layer_matmul_parameters() + attention_flops(arch, 1, context) + head
 
 
+def decode_flops_breakdown(arch: Architecture, context: int) -> dict[str, int]:
+    """`decode_flops` split into its parts: attention projections, attention itself, MLP, vocabulary head."""
+    d, q, kv = arch.hidden, arch.heads * arch.head_dim, arch.kv_heads * arch.head_dim
+    return {
+        "q_k_v_o_projections": arch.layers * 2 * (d * q + 2 * d * kv + q * d),
+        "attention": attention_flops(arch, 1, context),
+        "mlp": arch.layers * 2 * (3 if arch.gated_mlp else 2) * d * arch.ffn,
+        "vocabulary_head": 2 * d * arch.vocab if arch.lm_head else 0,
+    }
+
+
 def prefill_flops(arch: Architecture, tokens: int, past: int = 0, logits: str = "last") -> int:
     """FLOPs of one forward pass over `tokens` new positions after `past` cached ones (attention over the full
     `past + tokens` keys, as the flop counter counts it); vocabulary logits at the last position ("last"), at every
@@ -235,6 +246,13 @@ def measured_decode_flops(model: Any, context: int, batch: int = 1) -> int:
     return counter.get_total_flops() // batch
 
 
+def formula_check(model: Any, context: int) -> dict[str, float]:
+    """The analytic FLOPs per generated token of `model` against the flop counter's, at `context`."""
+    analytic = decode_flops(Architecture.from_config(model.config), context)
+    counted = measured_decode_flops(model, context)
+    return {"analytic": analytic, "counted": counted, "relative_error": abs(analytic - counted) / counted}
+
+
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     from torch.utils.flop_counter import sdpa_flop_count
 
@@ -265,3 +283,14 @@ def paper_flops_table(context: int = 512, n_tokens: int = 100) -> list[dict[str,
             }
         )
     return rows
+
+
+def paper_comparison(reported: dict[str, Any]) -> dict[str, Any]:
+    """Our formula on the paper's model beside its reported FLOPs per token (`paper.SOFT_PROMPT_FLOPS`)."""
+    arch = PAPER_ARCHITECTURES[reported["model"]]
+    context, n = reported["context"], reported["n_tokens"]
+    return {
+        "paper": dict(reported),
+        "ours_base_gflops": decode_flops(arch, context) / 1e9,
+        "ours_soft_gflops": method_decode_flops(arch, "soft_prompt", context, n_tokens=n) / 1e9,
+    }

@@ -87,3 +87,35 @@ def dual_system_costs(llm: Any, guard: Any, timing: dict[str, float]) -> dict[st
         "guard_ms_per_prompt": guard_ms,
         "dual_cost_ratio": (generate_ms + guard_ms) / generate_ms,
     }
+
+
+def method_memory_rows(llm: Any, guard: Any, n_tokens: int) -> list[dict[str, Any]]:
+    """What each option adds to the LLM, in parameters and bytes (fp32 as trained; fp16 as a device would keep a
+    prompt or an adapter), beside the LLM at its real precision and the guard in fp32."""
+    from dispsafe_nb.methods import new_method
+
+    llm_params, llm_bytes = count_parameters(llm.model), llm_weight_bytes(llm)
+    rows = [{"part": f"LLM ({llm.name}, {llm.quantization})", "parameters": llm_params, "bytes": llm_bytes}]
+    for kind in ("soft_prompt", "lora", "steering_vector"):
+        method = (
+            new_method(kind, llm, n_tokens=n_tokens) if kind != "steering_vector" else new_method(kind, llm)
+        )
+        n = method.n_parameters()
+        rows.append({"part": _method_label(method.describe()), "parameters": n, "bytes": 2 * n})
+    guard_params = count_parameters(*guard_modules(guard))
+    rows.append(
+        {"part": "guard (fp32)", "parameters": guard_params, "bytes": module_bytes(*guard_modules(guard))}
+    )
+    for row in rows:
+        row["share_of_llm_parameters"] = row["parameters"] / llm_params
+        row["share_of_llm_bytes"] = row["bytes"] / llm_bytes
+    return rows
+
+
+def _method_label(d: dict[str, Any]) -> str:
+    if d["method"] == "lora":
+        layers = "all" if d["layers"] is None else len(d["layers"])
+        return f"LoRA (rank {d['rank']} on {', '.join(d['target_modules'])} of {layers} layers, fp16)"
+    if d["method"] == "steering_vector":
+        return f"steering vector (layer {d['layer']}, fp16)"
+    return f"soft prompt (N = {d['n_tokens']}, fp16)"

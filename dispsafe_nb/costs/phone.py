@@ -68,3 +68,26 @@ def phone_budget(
         "soft_prompt_compute_extra": soft_flops / base_flops - 1,
         "dual_compute_extra": dual_flops / base_flops - 1,
     }
+
+
+PAPER_PAIRS = tuple(
+    (llm, guard)
+    for llm in ("Llama-3.2-1B", "Llama-3.2-3B")
+    for guard in ("Llama-Guard-3-1B", "Llama-Guard-3-8B")
+)
+
+
+def paper_pairs_budget(
+    ram_gb: float = 8.0,
+    app_share: float = 0.5,
+    context: int = 512,
+    response_tokens: int = 128,
+    n_tokens: int = 100,
+) -> list[dict[str, Any]]:
+    """`phone_budget` for the paper's LLMs (1B, 3B) with Llama Guard 3 at 1B and 8B."""
+    from dispsafe_nb.costs.flops import PAPER_ARCHITECTURES as A
+
+    return [
+        phone_budget(A[llm], A[guard], ram_gb, app_share, context, response_tokens, n_tokens)
+        for llm, guard in PAPER_PAIRS
+    ]

@@ -57,6 +57,19 @@ def read_bandwidth(n_bytes: int = 256 * 2**20, repeats: int = 5) -> float:
     return n_bytes / seconds
 
 
+def machine_limits(
+    repeats: int = 5, matmul_size: int = 1024, read_bytes: int = 512 * 2**20
+) -> dict[str, float]:
+    """This machine's fp32 and bf16 matrix-product peaks (FLOP/s) and read bandwidth (bytes/s), measured now."""
+    return {
+        "fp32_peak": matmul_peak(torch.float32, matmul_size, repeats),
+        "bf16_peak": matmul_peak(torch.bfloat16, matmul_size, repeats),
+        "read_bandwidth": read_bandwidth(read_bytes, repeats),
+        "matmul_size": matmul_size,
+        "read_bytes": read_bytes,
+    }
+
+
 # ---- training -------------------------------------------------------------------------------------------
 def naive_terms(llm: Any, method: Any, batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """The paper-faithful reference of Eq. 4's two log-probs: one full pass per (prompt, response) pair — y and
@@ -203,3 +216,86 @@ def decode_step_seconds(
         cache.crop(-1)  # drop the token just added: every repeat decodes at the same context
 
     return median_seconds(step, repeats=repeats, warmup=2)
+
+
+@torch.no_grad()
+def prefill_seconds(llm: Any, tokens: int, repeats: int = 5) -> float:
+    """Median seconds of one forward pass over `tokens` random tokens (batch 1) filling a fresh KV cache."""
+    from transformers import DynamicCache
+
+    vocab = llm.model.get_input_embeddings().weight.shape[0]
+    ids = torch.randint(0, vocab, (1, tokens), generator=torch.Generator().manual_seed(0)).to(llm.device)
+    return median_seconds(
+        lambda: llm.model(input_ids=ids, cache=DynamicCache(config=llm.model.config), use_cache=True),
+        repeats=repeats,
+    )
+
+
+def decode_seconds_by_batch(
+    llm: Any, context: int, batches: Sequence[int], repeats: int = 5
+) -> dict[int, float]:
+    """Seconds per generated token (one decode step / rows) at `context`, per batch size: decoding reads every
+    weight once per step whatever the batch, so more rows share that cost until compute becomes the bound."""
+    return {b: decode_step_seconds(llm, context, batch=b, repeats=repeats) / b for b in batches}
+
+
+@torch.no_grad()
+def prefix_cache_agreement(
+    llm: Any, prefix: torch.Tensor, prompts: Sequence[str], responses: Sequence[str], max_new_tokens: int = 16
+) -> dict[str, float]:
+    """Does reading the prefix from its KV cache change anything? Greedy tokens (share of rows identical) and
+    log q(response | prompt) (largest absolute difference) with the cache against the prefix inside every row."""
+    from dispsafe_nb.models import DecodingConfig, generate_with_prefix
+    from dispsafe_nb.objectives import sequence_logprobs
+    from dispsafe_nb.prefix_cache import PrefixCache
+
+    greedy = DecodingConfig(max_new_tokens=max_new_tokens)
+    cached = generate_with_prefix(llm, prompts, prefix, greedy, details=True, engine="fast")
+    inline = generate_with_prefix(llm, prompts, prefix, greedy, details=True, engine="hf")
+    same = [a[0].token_ids == b[0].token_ids for a, b in zip(cached, inline, strict=True)]
+    with_cache = sequence_logprobs(llm, prompts, responses, prefix_cache=PrefixCache(llm, prefix))
+    without = sequence_logprobs(llm, prompts, responses, prefix=prefix)
+    return {
+        "tokens_identical_share": sum(same) / len(same),
+        "max_logprob_difference": float((with_cache - without).abs().max()),
+        "n_prompts": len(prompts),
+    }
+
+
+def per_token_latency(
+    llm: Any,
+    guard: Any,
+    prefix: torch.Tensor,
+    context: int,
+    response_tokens: int,
+    repeats: int = 5,
+) -> dict[str, float]:
+    """Measured time per generated token at `context`: the base model, the model with `prefix` read from its
+    `PrefixCache`, and the dual system (its guard's pass over one prompt + response per request, spread over a
+    `response_tokens` answer); and what re-encoding the prefix in every request would add (its prefill)."""
+    from dispsafe_nb.prefix_cache import PrefixCache
+
+    base = decode_step_seconds(llm, context, repeats=repeats)
+    soft = decode_step_seconds(llm, context, PrefixCache(llm, prefix), repeats=repeats)
+    inline = prefill_seconds(llm, int(prefix.shape[0]), repeats=repeats)
+    text = "Explain how a bicycle gear system works and why it helps riders climb steep hills. " * 40
+    prompt, response = text[: context * 4], text[: response_tokens * 4]
+    calls = iter(range(10**9))  # a new text every call: the guard's encoders memoise what they have embedded
+
+    def judge() -> None:
+        n = next(calls)
+        guard.prob_safe([f"{n} {prompt}"], [f"{n} {response}"])
+
+    guard_s = median_seconds(judge, repeats=repeats)
+    per_request = response_tokens * base
+    return {
+        "context": context,
+        "n_tokens": int(prefix.shape[0]),
+        "response_tokens": response_tokens,
+        "base_step_s": base,
+        "soft_prompt_step_s": soft,
+        "soft_prompt_latency_ratio": soft / base,
+        "inline_prefix_s": inline,
+        "guard_s_per_request": guard_s,
+        "dual_latency_ratio": (per_request + guard_s) / per_request,
+    }

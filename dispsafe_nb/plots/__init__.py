@@ -2,11 +2,17 @@
 axis labels and hover text; saving and showing is the notebook's job (``dispsafe_nb.notebook.save_figure``).
 
 One module per group of notebooks, so that several people can add figures at once: `theory` (01), `evaluation`
-(02-03), `baselines` (04), `probe` (06); `common` holds the shared colours. Everything is importable from here.
+(02-03), `baselines` (04), `probe` (06), `costs` (07); `common` holds the shared colours. Everything is importable from here.
 """
 
 from dispsafe_nb.plots.baselines import tradeoff_scatter
 from dispsafe_nb.plots.common import COLORS, PALETTE, SYSTEM_COLORS
+from dispsafe_nb.plots.costs import (
+    flops_per_token_bars,
+    latency_bars,
+    phone_memory_bars,
+    time_per_token_by_batch,
+)
 from dispsafe_nb.plots.evaluation import (
     alpha_histogram,
     alpha_samples_figure,
@@ -37,6 +43,10 @@ __all__ = [
     "bound_check_scatter",
     "category_bars",
     "disp_loss_surface_figure",
+    "flops_per_token_bars",
+    "latency_bars",
+    "phone_memory_bars",
+    "time_per_token_by_batch",
     "distribution_bars_figure",
     "over_refusal_by_type_figure",
     "pinsker_gap_figure",
