@@ -70,8 +70,10 @@ def measure_decoding(llm, args, bandwidth: float) -> dict:
     step_s = speed.decode_step_seconds(llm, args.short_context, repeats=args.repeats)
     batched = {
         engine: speed.generation_speed(llm, prompts, args.gen_tokens, engine, repeats=args.repeats)
-        for engine in ("hf", "fast")
+        for engine in ("hf", "fast", "fast_bf16")
     }
+    agreement = speed.engine_agreement(llm, prompts, args.gen_tokens, "fast_bf16", "fast")
+    best = max(("fast", "fast_bf16"), key=lambda e: batched[e]["tokens_per_s"])
     return {
         "batch1_step_s_at_short_context": step_s,
         "batch1_tokens_per_s": 1 / step_s,
@@ -79,7 +81,10 @@ def measure_decoding(llm, args, bandwidth: float) -> dict:
         "bandwidth_bound_tokens_per_s": bandwidth / weight_bytes,
         "decode_fraction_of_bandwidth_bound": (1 / step_s) / (bandwidth / weight_bytes),
         "batched": batched,
-        "batched_generation_speedup": batched["fast"]["tokens_per_s"] / batched["hf"]["tokens_per_s"],
+        "batched_generation_speedup": batched[best]["tokens_per_s"] / batched["hf"]["tokens_per_s"],
+        "batched_generation_speedup_fp32": batched["fast"]["tokens_per_s"] / batched["hf"]["tokens_per_s"],
+        "batched_best_engine": best,
+        "bf16_greedy_agreement_with_fp32": agreement,
         "batched_config": {"batch": len(prompts), "max_new_tokens": args.gen_tokens, "set": "alpaca_test"},
     }
 

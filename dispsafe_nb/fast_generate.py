@@ -7,6 +7,8 @@ re-encoding the prompt for every batch. A test keeps its tokens identical to `ge
 
 from __future__ import annotations
 
+import copy
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -73,3 +75,24 @@ def decode(
             use_cache=True,
         )
     return torch.stack(tokens, dim=1)
+
+
+_BF16_TWINS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def bf16_twin(llm: Any) -> Any:
+    """`llm` with a bfloat16 copy of its model (made once per model, kept while the model lives): decoding reads
+    half the bytes and runs bf16 matrix products. Its answers can differ from float32's where two tokens are
+    nearly tied (`benchmarks/costs.py` reports how often). A method acting inside the model (LoRA's adapters, a
+    steering hook) would not be copied faithfully, so such a model is refused."""
+    from dataclasses import replace
+
+    model = llm.model
+    if any(m._forward_hooks or m._forward_pre_hooks or hasattr(m, "lora_A") for m in model.modules()):
+        raise ValueError(
+            "the model carries hooks or adapters (LoRA, a steering vector): bf16 decoding supports the base model "
+            "and soft prompts; use engine='fast'"
+        )
+    if model not in _BF16_TWINS:
+        _BF16_TWINS[model] = copy.deepcopy(model).to(torch.bfloat16).eval().requires_grad_(False)
+    return replace(llm, model=_BF16_TWINS[model])

@@ -52,7 +52,7 @@ EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
-GENERATION_ENGINES = ("fast", "hf")
+GENERATION_ENGINES = ("fast", "fast_bf16", "hf")
 
 
 @dataclass(frozen=True)
@@ -265,7 +265,9 @@ def generate_with_prefix(
     engine: "fast" decodes greedy and per-row-seeded answers with `fast_generate.decode`, reading a prefix from its
     KV cache (`prefix_cache.PrefixCache`, computed once per call); "hf" runs transformers' `generate()` with the
     prefix inside every row. Both give the same tokens (tests); sampling from the shared random stream
-    (`per_prompt_seed=False`) always runs through `generate()`.
+    (`per_prompt_seed=False`) always runs through `generate()`. "fast_bf16": "fast" on a bfloat16 copy of the
+    model (`fast_generate.bf16_twin`; base model and soft prompts only): faster, its answers may differ where
+    two tokens are nearly tied.
 
     Rows are laid out [pad ... pad | prefix | chat tokens]: left padding keeps the prefix glued to its prompt,
     and the attention mask covers the prefix. Sampling is seeded per call so results are reproducible; with
@@ -282,7 +284,13 @@ def generate_with_prefix(
     prompts = llm.check_prompts(prompts, reserve_tokens=decoding.max_new_tokens + n_prefix)
     if engine not in GENERATION_ENGINES:
         raise ValueError(f"unknown generation engine {engine!r}: one of {GENERATION_ENGINES}")
-    fast = engine == "fast" and (decoding.greedy or per_prompt_seed)
+    fast = engine != "hf" and (decoding.greedy or per_prompt_seed)
+    if engine == "fast_bf16":
+        if not fast:
+            raise ValueError("engine='fast_bf16' decodes greedily or with per_prompt_seed=True only")
+        from dispsafe_nb.fast_generate import bf16_twin
+
+        llm = bf16_twin(llm)
     prefix_cache = None
     if fast and prefix is not None:
         from dispsafe_nb.prefix_cache import PrefixCache

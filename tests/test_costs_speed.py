@@ -78,3 +78,13 @@ def test_machine_limits_are_positive_and_bad_repeats_fail():
     assert read_bandwidth(2**20, repeats=1) > 0
     with pytest.raises(ValueError, match="repeats must be at least 1"):
         median_seconds(lambda: None, repeats=0)
+
+
+def test_engine_agreement_of_an_engine_with_itself_is_complete(setup):
+    from dispsafe_nb.costs.speed import engine_agreement
+
+    llm = setup[0]
+    same = engine_agreement(llm, PROMPTS, 5, "fast", "hf")
+    assert same == {"identical_share": 1.0, "mean_agreeing_prefix_share": 1.0, "n_prompts": 2}
+    bf16 = engine_agreement(llm, PROMPTS, 5, "fast_bf16", "fast")
+    assert 0.0 <= bf16["mean_agreeing_prefix_share"] <= 1.0

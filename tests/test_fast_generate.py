@@ -138,3 +138,24 @@ def test_both_engines_give_the_same_answers(tiny, prefix, with_prefix):
         assert runs[0] == runs[1]
     with pytest.raises(ValueError, match="unknown generation engine 'vllm'"):
         generate_with_prefix(tiny, PROMPTS, p, engine="vllm")
+
+
+def test_bf16_decoding_runs_on_a_copy_and_refuses_hooks(tiny, prefix):
+    from dispsafe_nb.fast_generate import bf16_twin
+    from dispsafe_nb.models import generate_with_prefix
+
+    twin = bf16_twin(tiny)
+    assert twin.model.dtype == torch.bfloat16 and tiny.model.dtype == torch.float32
+    assert bf16_twin(tiny).model is twin.model  # made once per model
+    out = generate_with_prefix(
+        tiny, PROMPTS, prefix, DecodingConfig(max_new_tokens=6), details=True, engine="fast_bf16"
+    )
+    assert len(out) == 3 and all(len(g[0].token_ids) <= 6 for g in out)
+    with pytest.raises(ValueError, match="per_prompt_seed=True only"):
+        generate_with_prefix(tiny, PROMPTS, None, DecodingConfig(temperature=1.0), engine="fast_bf16")
+    handle = tiny.model.model.layers[0].register_forward_hook(lambda module, args, output: output)
+    try:
+        with pytest.raises(ValueError, match="hooks or adapters"):
+            bf16_twin(tiny)
+    finally:
+        handle.remove()

@@ -183,6 +183,31 @@ def generation_speed(
     return {"seconds": seconds, "tokens": generated, "tokens_per_s": generated / seconds}
 
 
+def engine_agreement(
+    llm: Any, prompts: Sequence[str], max_new_tokens: int, engine: str, reference: str
+) -> dict[str, float]:
+    """How far `engine`'s greedy answers follow `reference`'s: the share of prompts with identical tokens and the
+    mean share of each answer's leading tokens that agree."""
+    from dispsafe_nb.models import DecodingConfig, generate_with_prefix
+
+    decoding = DecodingConfig(max_new_tokens=max_new_tokens)
+    runs = [
+        generate_with_prefix(llm, prompts, None, decoding, len(prompts), details=True, engine=e)
+        for e in (engine, reference)
+    ]
+    same, prefix_shares = [], []
+    for a, b in zip(runs[0], runs[1], strict=True):
+        x, y = a[0].token_ids, b[0].token_ids
+        same.append(x == y)
+        agree = next((i for i, (u, v) in enumerate(zip(x, y, strict=False)) if u != v), min(len(x), len(y)))
+        prefix_shares.append(agree / max(len(x), len(y), 1))
+    return {
+        "identical_share": sum(same) / len(same),
+        "mean_agreeing_prefix_share": statistics.fmean(prefix_shares),
+        "n_prompts": len(same),
+    }
+
+
 @torch.no_grad()
 def decode_step_seconds(
     llm: Any, context: int, prefix_cache: Any | None = None, batch: int = 1, repeats: int = 7
