@@ -8,6 +8,7 @@ import torch
 
 from dispsafe_nb import exercises as ex
 from dispsafe_nb import theory as th
+from dispsafe_nb.judges import XSTEST_REFUSAL_PREFIXES
 
 # name -> wrong answers a reader might plausibly write (each must be rejected)
 WRONG = {
@@ -41,9 +42,9 @@ WRONG = {
     ],
     "xstest_refusal_rate": [
         lambda rs: (
-            sum(any(p in r.lower() for p in ex.XSTEST_REFUSAL_PREFIXES) for r in rs) / len(rs)
+            sum(any(p in r.lower() for p in XSTEST_REFUSAL_PREFIXES) for r in rs) / len(rs)
         ),  # anywhere
-        lambda rs: sum(r.startswith(ex.XSTEST_REFUSAL_PREFIXES) for r in rs) / len(rs),  # case-sensitive
+        lambda rs: sum(r.startswith(XSTEST_REFUSAL_PREFIXES) for r in rs) / len(rs),  # case-sensitive
     ],
     "eq4_loss": [
         lambda ly, lr, a: th.kl_disp_loss(ly, lr, a),  # KL-DiSP: no clip

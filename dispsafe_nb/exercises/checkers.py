@@ -1,117 +1,27 @@
-"""Exercises with self-checks, ARENA-style: the reader writes a short function, `check(name, fn)` tests it.
-
-Each exercise has a task (what to write, never how), a reference solution (`solution(name)`, or
-`show_solution(name)` to read its source), and a checker that compares the reader's function with a brute-force
-or closed-form reference on fixed random cases and says what went wrong in words. Notebooks run the checks with
-the solutions filled in when papermill executes them, so the test suite checks every checker against its
-solution; `tests/test_exercises.py` also shows each checker rejecting plausible wrong answers.
-"""
+"""One checker per exercise: the reader's function against the reference on fixed random cases, with a hint in
+words when they disagree."""
 
 from __future__ import annotations
 
-import difflib
-import inspect
 import itertools
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from dispsafe_nb import theory as th
-from dispsafe_nb.judges import XSTEST_REFUSAL_PREFIXES
+from dispsafe_nb.exercises.solutions import (
+    clip_fractions,
+    clipped_nll,
+    decode_flops_per_token,
+    dual_refusal_probability,
+    rloo_advantages,
+)
 
 
 class ExerciseFailed(AssertionError):
     """The reader's function disagrees with the reference; the message says where and hints at why."""
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# reference solutions (what `show_solution` prints)
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def tv_and_event(p: np.ndarray, q: np.ndarray) -> tuple[float, np.ndarray]:
-    """TV(p, q) and an event A (boolean mask over outcomes) with p(A) - q(A) = TV(p, q)."""
-    p, q = np.asarray(p, dtype=float), np.asarray(q, dtype=float)
-    event = p > q
-    return float(0.5 * np.abs(p - q).sum()), event
-
-
-def two_point_tv(alpha: float, q_y: float, q_r: float) -> float:
-    """TV between the teacher given y, a_y = alpha·δ_y + (1 - alpha)·δ_{y_r}, and a student that gives y mass
-    q_y, the refusal y_r mass q_r and everything else the rest."""
-    # a_y has no mass outside {y, y_r}: the positive parts of a_y - q live on its two atoms only
-    return max(alpha - q_y, 0.0) + max(1.0 - alpha - q_r, 0.0)
-
-
-def clipped_nll(log_q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """One term of Eq. 4: w·[log(w / q)]_+ = -w·min(log q - log w, 0); exactly 0 (and flat) where w = 0."""
-    pos = w > 0
-    log_w = torch.log(torch.where(pos, w, torch.ones_like(w)))
-    gap = torch.where(pos, log_q, torch.zeros_like(log_q)) - log_w
-    return torch.where(pos, -w * torch.clamp(gap, max=0.0), torch.zeros_like(gap))
-
-
-def refusal_logit_gradient(q_y: float, q_r: float, alpha: float, loss: str = "tv") -> float:
-    """dL/dz_r, the gradient of one sample's TV-DiSP (or KL-DiSP) loss with respect to the refusal's logit of a
-    softmax student (y != y_r)."""
-    y_on = 1.0 if loss == "kl" or q_y < alpha else 0.0
-    r_on = 1.0 if loss == "kl" or q_r < 1.0 - alpha else 0.0
-    # d log q_y / dz_r = -q_r and d log q_r / dz_r = 1 - q_r
-    return y_on * alpha * q_r - r_on * (1.0 - alpha) * (1.0 - q_r)
-
-
-def mc_tv_estimate(log_p: np.ndarray, log_q: np.ndarray) -> tuple[float, float]:
-    """(estimate, standard error) of TV(p, q) from samples r_i ~ p, given log p(r_i) and log q(r_i)."""
-    terms = np.clip(1.0 - np.exp(np.asarray(log_q) - np.asarray(log_p)), 0.0, None)
-    se = terms.std(ddof=1) / math.sqrt(len(terms)) if len(terms) > 1 else 0.0
-    return float(terms.mean()), float(se)
-
-
-def dual_system_distribution(base: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """p(r | x) of the safe system over the base model's answers and, last, the refusal: each answer y keeps
-    base(y)·alpha(y); the refusal collects the rest."""
-    base, alpha = np.asarray(base, dtype=float), np.asarray(alpha, dtype=float)
-    kept = base * alpha
-    return np.append(kept, base.sum() - kept.sum())
-
-
-def xstest_refusal_rate(responses: Sequence[str]) -> float:
-    """The share of responses XSTest's string rule counts as refusals: lower-cased and stripped, it starts with
-    one of `XSTEST_REFUSAL_PREFIXES` (`dispsafe_nb.judges`)."""
-    if not responses:
-        raise ValueError("no responses")
-    return sum(r.lower().strip().startswith(XSTEST_REFUSAL_PREFIXES) for r in responses) / len(responses)
-
-
-def eq4_loss(logq_y: torch.Tensor, logq_r: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """Eq. 4 per example from whole-sequence log-probs: -a·min(log q_y - log a, 0) - (1-a)·min(log q_r - log(1-a), 0)."""
-    return clipped_nll(logq_y, alpha) + clipped_nll(logq_r, 1.0 - alpha)
-
-
-def clip_fractions(logq_y: torch.Tensor, logq_r: torch.Tensor, alpha: torch.Tensor) -> tuple[float, float]:
-    """Shares of examples whose y term and whose y_r term Eq. 4 has switched off (q at or above its teacher mass;
-    a term of zero weight counts as not clipped)."""
-    on_y = (alpha > 0) & (logq_y >= torch.log(alpha.clamp(min=1e-300)))
-    on_r = (alpha < 1) & (logq_r >= torch.log((1 - alpha).clamp(min=1e-300)))
-    return float(on_y.double().mean()), float(on_r.double().mean())
-
-
-def dual_refusal_probability(alphas: Sequence[float], refused: Sequence[bool]) -> float:
-    """The probability that the dual system (sampling form: keep y with probability α) answers with a refusal,
-    estimated from k samples y_i ~ p(y | x): each sample is replaced with probability 1 - α_i, and kept but itself
-    a refusal (`refused[i]`) otherwise; the estimate is the mean of (1 - α_i) + α_i · refused_i."""
-    if len(alphas) != len(refused) or not alphas:
-        raise ValueError("give one α and one refusal flag per sample (at least one)")
-    return float(np.mean([(1 - a) + a * float(r) for a, r in zip(alphas, refused, strict=True)]))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# checkers
-# ---------------------------------------------------------------------------------------------------------------
 
 
 def _fail(name: str, case: str, got: object, want: object, hint: str) -> None:
@@ -376,11 +286,6 @@ def _check_clip_fractions(fn: Callable) -> int:
     return checked
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# the registry
-# ---------------------------------------------------------------------------------------------------------------
-
-
 def _check_dual_refusal_probability(fn: Callable) -> int:
     rng = np.random.default_rng(7)
     cases = [([1.0, 1.0], [True, False]), ([0.0, 0.0, 0.0], [False, False, False]), ([0.25], [True])]
@@ -399,14 +304,6 @@ def _check_dual_refusal_probability(fn: Callable) -> int:
                 "a sample the guard replaces is a refusal; a kept sample is one only if it refuses by itself",
             )
     return len(cases)
-
-
-def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
-    """REINFORCE's leave-one-out advantages: each sample's reward minus the mean reward of the prompt's other
-    samples (rewards: prompts x k, k >= 2)."""
-    rewards = torch.as_tensor(rewards, dtype=torch.float32)
-    k = rewards.shape[1]
-    return rewards - (rewards.sum(dim=1, keepdim=True) - rewards) / (k - 1)
 
 
 def _check_rloo_advantages(fn: Callable) -> int:
@@ -432,17 +329,6 @@ def _check_rloo_advantages(fn: Callable) -> int:
     return len(cases)
 
 
-def decode_flops_per_token(arch: Any, context: int) -> int:
-    """Matrix-product FLOPs of one generated token whose query attends to `context` keys: per layer the q, k, v, o
-    projections, attention over the context and the gated MLP, then the vocabulary head (2 FLOPs per
-    multiply-add)."""
-    d, q, kv = arch.hidden, arch.heads * arch.head_dim, arch.kv_heads * arch.head_dim
-    per_layer = (
-        2 * (d * q + 2 * d * kv + q * d) + 4 * arch.heads * arch.head_dim * context + 2 * 3 * d * arch.ffn
-    )
-    return arch.layers * per_layer + 2 * d * arch.vocab
-
-
 def _check_decode_flops_per_token(fn: Callable) -> int:
     from dispsafe_nb.costs import PAPER_ARCHITECTURES
 
@@ -461,159 +347,3 @@ def _check_decode_flops_per_token(fn: Callable) -> int:
                 "matrices, and the vocabulary head runs once per token, not once per layer",
             )
     return len(cases)
-
-
-@dataclass(frozen=True)
-class Exercise:
-    name: str
-    notebook: str
-    task: str
-    solution: Callable
-    checker: Callable[[Callable], int]
-
-
-EXERCISES: dict[str, Exercise] = {
-    e.name: e
-    for e in (
-        Exercise(
-            "tv_and_event",
-            "01_tv_bound",
-            "Write tv_and_event(p, q) -> (TV(p, q), A): the total variation distance between two distributions "
-            "on the same outcomes, and an event A (one boolean per outcome) on which p(A) - q(A) reaches it.",
-            tv_and_event,
-            _check_tv_and_event,
-        ),
-        Exercise(
-            "two_point_tv",
-            "01_tv_bound",
-            "Write two_point_tv(alpha, q_y, q_r): TV between the teacher's two-point distribution given y "
-            "(y with probability alpha, the refusal otherwise) and a student giving y mass q_y, the refusal q_r.",
-            two_point_tv,
-            _check_two_point_tv,
-        ),
-        Exercise(
-            "clipped_nll",
-            "01_tv_bound",
-            "Write clipped_nll(log_q, w) with torch: one term of Eq. 4, w·[log(w/q)]_+, exactly 0 where w = 0; "
-            "its gradient w.r.t. log_q must match too.",
-            clipped_nll,
-            _check_clipped_nll,
-        ),
-        Exercise(
-            "refusal_logit_gradient",
-            "01_tv_bound",
-            "Write refusal_logit_gradient(q_y, q_r, alpha, loss) -> dL/dz_r for one sample's loss ('tv' or "
-            "'kl'), a softmax student with logits z over (y, y_r, everything else).",
-            refusal_logit_gradient,
-            _check_refusal_logit_gradient,
-        ),
-        Exercise(
-            "mc_tv_estimate",
-            "01_tv_bound",
-            "Write mc_tv_estimate(log_p, log_q) -> (estimate, standard error) of TV(p, q) from samples of p, "
-            "given each sample's log-probability under p and under q.",
-            mc_tv_estimate,
-            _check_mc_tv_estimate,
-        ),
-        Exercise(
-            "dual_system_distribution",
-            "02_safe_system",
-            "Write dual_system_distribution(base, alpha): the safe system's distribution over the base model's "
-            "answers and, as the last entry, the refusal.",
-            dual_system_distribution,
-            _check_dual_system_distribution,
-        ),
-        Exercise(
-            "xstest_refusal_rate",
-            "02_safe_system",
-            "Write xstest_refusal_rate(responses): the share XSTest's string rule counts as refusals (use "
-            "dispsafe_nb.judges.XSTEST_REFUSAL_PREFIXES).",
-            xstest_refusal_rate,
-            _check_xstest_refusal_rate,
-        ),
-        Exercise(
-            "eq4_loss",
-            "03_distill",
-            "Write eq4_loss(logq_y, logq_r, alpha) with torch: TV-DiSP (Eq. 4) per example from whole-sequence "
-            "log-probabilities of the sample and of the refusal.",
-            eq4_loss,
-            _check_eq4_loss,
-        ),
-        Exercise(
-            "clip_fractions",
-            "03_distill",
-            "Write clip_fractions(logq_y, logq_r, alpha) -> (share of y terms, share of y_r terms) that Eq. 4 "
-            "has switched off in a batch.",
-            clip_fractions,
-            _check_clip_fractions,
-        ),
-        Exercise(
-            "rloo_advantages",
-            "04_baselines",
-            "Write rloo_advantages(rewards) with torch: for a (prompts x k) tensor of rewards, each sample's "
-            "reward minus the mean reward of the other k - 1 samples of its prompt (REINFORCE's baseline).",
-            rloo_advantages,
-            _check_rloo_advantages,
-        ),
-        Exercise(
-            "decode_flops_per_token",
-            "07_on_device",
-            "Write decode_flops_per_token(arch, context): the matrix-product FLOPs of one generated token of a "
-            "decoder (an `Architecture`: hidden, layers, heads, kv_heads, head_dim, ffn, vocab) at `context` keys.",
-            decode_flops_per_token,
-            _check_decode_flops_per_token,
-        ),
-        Exercise(
-            "dual_refusal_probability",
-            "06_probe",
-            "Write dual_refusal_probability(alphas, refused): the dual system's (sampling form) probability of "
-            "refusing, estimated from k base samples with their α and whether each is itself a refusal.",
-            dual_refusal_probability,
-            _check_dual_refusal_probability,
-        ),
-    )
-}
-
-
-def _exercise(name: str) -> Exercise:
-    if name not in EXERCISES:
-        close = difflib.get_close_matches(name, list(EXERCISES), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(EXERCISES)}"
-        raise KeyError(f"no exercise named {name!r}{hint}")
-    return EXERCISES[name]
-
-
-def for_notebook(notebook: str) -> list[str]:
-    """The exercises of one notebook, in order."""
-    return [e.name for e in EXERCISES.values() if e.notebook == notebook]
-
-
-def task(name: str) -> str:
-    """What to write for exercise `name`."""
-    return _exercise(name).task
-
-
-def solution(name: str) -> Callable:
-    """The reference solution of exercise `name` (a function)."""
-    return _exercise(name).solution
-
-
-def show_solution(name: str) -> str:
-    """The source of the reference solution, printed and returned."""
-    source = inspect.getsource(_exercise(name).solution)
-    print(source)
-    return source
-
-
-def check(name: str, fn: Callable) -> int:
-    """Test `fn` against the reference of exercise `name`; raises `ExerciseFailed` with a hint, or prints a tick
-    and returns the number of cases checked."""
-    exercise = _exercise(name)
-    if not callable(fn):
-        raise ExerciseFailed(f"{name}: pass your function itself, not {type(fn).__name__}")
-    try:
-        n = exercise.checker(fn)
-    except NotImplementedError:
-        raise ExerciseFailed(f"{name}: not written yet -- {exercise.task}") from None
-    print(f"✓ {name}: all {n} cases agree with the reference")
-    return n
