@@ -83,7 +83,7 @@ def one_seed(llm, guard, system, args, seed: int) -> tuple[list, dict]:
     for r in records:  # in the records file, every system of every seed under its own name
         r.system = r.system if r.system in {run.name for run in runs} else f"{r.system} [seed {seed}]"
     return records, {
-        "table": table.to_dict(orient="records"),
+        "table": table.astype(object).where(table.notna(), None).to_dict(orient="records"),
         **baselines.best_metrics(table),
         "best_at_compliance": baselines.best_at_compliance(table),
         "refusal_direction": fit.to_dict(),
@@ -119,7 +119,13 @@ def main() -> None:
         "--smoke", action="store_true", help="tiny sizes: checks the plumbing in a few minutes"
     )
     parser.add_argument("--out", default=str(RESULTS_DIR / "baselines.json"))
+    parser.add_argument(
+        "--report", action="store_true", help="print --out's results as a Markdown table and stop"
+    )
     args = parser.parse_args()
+    if args.report:
+        print(report(json.loads(Path(args.out).read_text(encoding="utf-8"))))
+        return
     if args.smoke:
         args.steps, args.batch_size, args.n_tokens, args.lrs, args.mix = 2, 2, 4, [3e-2], [2, 2, 1]
         args.n_val, args.limit, args.max_new_tokens, args.rl_max_new_tokens = 1, 2, 12, 8
@@ -171,6 +177,59 @@ def write_results(args, per_seed: dict, all_records: list, started: float, commi
     path.write_text(json.dumps(out, indent=2, default=str), encoding="utf-8")
     write_records(all_records, path.with_suffix(".records.jsonl"))
     return claims
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return "—"
+    mean = statistics.fmean(values)
+    return f"{mean:.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
+
+
+def report(result: dict) -> str:
+    """The benchmark's JSON as a Markdown table: per (method, objective) over seeds, SGS at the best learning
+    rate keeping benign compliance >= 0.9 and that compliance; the base model, the dual system and the refusal
+    direction beside them; then the paper's orderings judged on the seed means."""
+    seeds = result["per_seed"]
+    n_seeds = len(seeds)
+    first = next(iter(seeds.values()))
+    n = min(r["n_per_set"] for r in first["table"])
+    params = {
+        f"{r['method']}/{r['objective']}": r["n_parameters"]
+        for r in first["table"]
+        if r.get("lr") == r.get("lr") and r.get("lr") is not None
+    }
+    lines = [
+        f"{n_seeds} training seed(s); every system evaluated on the same {n} prompts per set (greedy). SGS: mean "
+        "over AdvBench-test and JBB-harmful; compliance: benign sets. Per seed, each group's learning rate is the "
+        "one with the best SGS among those keeping compliance ≥ 0.9 (mean ± sd over the seeds where one did).",
+        "",
+        "| system | trainable parameters | SGS at compliance ≥ 0.9 | seeds meeting it | benign compliance (chosen lr) | lr chosen per seed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in ("base", "dual"):
+        rows = [r for s in seeds.values() for r in s["table"] if r["system"] == name]
+        lines.append(
+            f"| {name} | 0 | {_mean_sd([r['sgs'] for r in rows])} | — | "
+            f"{_mean_sd([r['benign_compliance'] for r in rows])} | — |"
+        )
+    for key in sorted(result["summary"]["sgs_at_compliance"]):
+        per = [s for s in seeds.values() if key in s["best_sgs"]]
+        met = [s["sgs_at_compliance"][key] for s in per if s["sgs_at_compliance"][key] is not None]
+        comp = [s["best_compliance"][key] for s in per]
+        lrs = ", ".join(f"{s['best_lr'][key]:g}" for s in per)
+        lines.append(
+            f"| {key} | {params.get(key, '—'):,} | {_mean_sd(met)} | {len(met)}/{len(per)} | {_mean_sd(comp)} | {lrs} |"
+        )
+    direction = [r for s in seeds.values() for r in s["table"] if r["system"].startswith("refusal direction")]
+    lines.append(
+        f"| refusal direction (untrained) | 0 | {_mean_sd([r['sgs'] for r in direction])} | — | "
+        f"{_mean_sd([r['benign_compliance'] for r in direction])} | — |"
+    )
+    lines += ["", "The paper's orderings on the seed means:"]
+    for name, c in result["claims_on_seed_means"].items():
+        lines.append(f"- {'reproduced' if c['reproduced'] else 'NOT reproduced'}: {name} — {c['statement']}")
+    return "\n".join(lines)
 
 
 def _git_commit() -> str | None:

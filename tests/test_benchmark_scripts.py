@@ -98,3 +98,70 @@ def test_costs_benchmark_smoke_run_writes_every_figure(tmp_path):
         fm["ours"]["gflops_per_token_flop_counter"]
     )
     assert result["machine"]["torch"] and result["config"]["smoke"] is True
+
+
+def test_baselines_report_renders_seed_means_and_claims():
+    report = _load("baselines").report
+
+    def seed(sgs_tv, lr):
+        table = [
+            {
+                "system": "base",
+                "method": "base",
+                "objective": None,
+                "lr": None,
+                "n_parameters": 0,
+                "sgs": 0.0,
+                "benign_compliance": 1.0,
+                "n_per_set": 20,
+            },
+            {
+                "system": "dual",
+                "method": "dual",
+                "objective": None,
+                "lr": None,
+                "n_parameters": 0,
+                "sgs": 0.8,
+                "benign_compliance": 1.0,
+                "n_per_set": 20,
+            },
+            {
+                "system": "SP/tv",
+                "method": "soft_prompt",
+                "objective": "tv",
+                "lr": lr,
+                "n_parameters": 11520,
+                "sgs": sgs_tv,
+                "benign_compliance": 0.95,
+                "n_per_set": 20,
+            },
+            {
+                "system": "refusal direction",
+                "method": "steering_vector",
+                "objective": "diff_in_means",
+                "lr": None,
+                "n_parameters": 576,
+                "sgs": 0.1,
+                "benign_compliance": 1.0,
+                "n_per_set": 20,
+            },
+        ]
+        return {
+            "table": table,
+            "best_sgs": {"soft_prompt/tv": sgs_tv},
+            "best_compliance": {"soft_prompt/tv": 0.95},
+            "best_lr": {"soft_prompt/tv": lr},
+            "sgs_at_compliance": {"soft_prompt/tv": sgs_tv},
+        }
+
+    result = {
+        "per_seed": {"0": seed(0.4, 0.01), "1": seed(0.6, 0.03)},
+        "summary": {"sgs_at_compliance": {"soft_prompt/tv": {"mean": 0.5}}},
+        "claims_on_seed_means": {"x_beats_y": {"reproduced": False, "statement": "x beats y"}},
+    }
+    text = report(result)
+    assert "| soft_prompt/tv | 11,520 | 0.50 ± 0.14 | 2/2 | 0.95 ± 0.00 | 0.01, 0.03 |" in text
+    assert (
+        "| dual | 0 | 0.80 ± 0.00 |" in text and "2 training seed(s)" in text and "20 prompts per set" in text
+    )
+    assert "NOT reproduced: x_beats_y — x beats y" in text
