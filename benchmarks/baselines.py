@@ -200,7 +200,8 @@ def report(result: dict) -> str:
         if r.get("lr") == r.get("lr") and r.get("lr") is not None
     }
     lines = [
-        f"{n_seeds} training seed(s); every system evaluated on the same {n} prompts per set (greedy). SGS: mean "
+        f"{n_seeds} training seed(s); every system evaluated greedily on the same prompts, up to "
+        f"{result.get('config', {}).get('limit', '?')} per set (the smallest set has {n}). SGS: mean "
         "over AdvBench-test and JBB-harmful; compliance: benign sets. Per seed, each group's learning rate is the "
         "one with the best SGS among those keeping compliance ≥ 0.9 (mean ± sd over the seeds where one did).",
         "",

@@ -18,6 +18,36 @@ from dispsafe_nb.prefix_cache import PrefixCache
 
 Processor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+# generate() turns these generation-config settings into logits processors or stopping rules even when decoding
+# greedily; our loop does not, so a model whose config sets any of them decodes through generate() instead.
+_NEUTRAL_SETTINGS: dict[str, tuple[Any, ...]] = {
+    "repetition_penalty": (None, 1.0),
+    "encoder_repetition_penalty": (None, 1.0),
+    "no_repeat_ngram_size": (None, 0),
+    "encoder_no_repeat_ngram_size": (None, 0),
+    "bad_words_ids": (None, []),
+    "min_length": (None, 0),
+    "min_new_tokens": (None, 0),
+    "forced_bos_token_id": (None,),
+    "forced_eos_token_id": (None,),
+    "suppress_tokens": (None, []),
+    "begin_suppress_tokens": (None, []),
+    "sequence_bias": (None, {}),
+    "exponential_decay_length_penalty": (None,),
+    "guidance_scale": (None, 1.0),
+    "watermarking_config": (None,),
+    "stop_strings": (None, []),
+    "max_time": (None,),
+}
+
+
+def plain_generation_config(model: Any) -> bool:
+    """Does greedy `generate()` on `model` apply nothing but the argmax (so our loop gives the same tokens)?"""
+    config = getattr(model, "generation_config", None)
+    if config is None:
+        return True
+    return all(getattr(config, name, None) in neutral for name, neutral in _NEUTRAL_SETTINGS.items())
+
 
 @torch.no_grad()
 def decode(
@@ -88,6 +118,12 @@ def bf16_twin(llm: Any) -> Any:
     from dataclasses import replace
 
     model = llm.model
+    if llm.quantization == "nf4" or any(not p.is_floating_point() for p in model.parameters()):
+        raise ValueError(
+            "bf16 decoding copies a floating-point model; this one is quantised (nf4): use engine='fast'"
+        )
+    if model.dtype == torch.bfloat16:
+        return llm
     if any(m._forward_hooks or m._forward_pre_hooks or hasattr(m, "lora_A") for m in model.modules()):
         raise ValueError(
             "the model carries hooks or adapters (LoRA, a steering vector): bf16 decoding supports the base model "

@@ -265,7 +265,8 @@ def generate_with_prefix(
     engine: "fast" decodes greedy and per-row-seeded answers with `fast_generate.decode`, reading a prefix from its
     KV cache (`prefix_cache.PrefixCache`, computed once per call); "hf" runs transformers' `generate()` with the
     prefix inside every row. Both give the same tokens (tests); sampling from the shared random stream
-    (`per_prompt_seed=False`) always runs through `generate()`. "fast_bf16": "fast" on a bfloat16 copy of the
+    (`per_prompt_seed=False`), and any model whose generation config adds logits processors (a repetition
+    penalty, banned words: `fast_generate.plain_generation_config`), always run through `generate()`. "fast_bf16": "fast" on a bfloat16 copy of the
     model (`fast_generate.bf16_twin`; base model and soft prompts only): faster, its answers may differ where
     two tokens are nearly tied.
 
@@ -284,11 +285,15 @@ def generate_with_prefix(
     prompts = llm.check_prompts(prompts, reserve_tokens=decoding.max_new_tokens + n_prefix)
     if engine not in GENERATION_ENGINES:
         raise ValueError(f"unknown generation engine {engine!r}: one of {GENERATION_ENGINES}")
-    fast = engine != "hf" and (decoding.greedy or per_prompt_seed)
+    from dispsafe_nb.fast_generate import bf16_twin, plain_generation_config
+
+    fast = engine != "hf" and (decoding.greedy or per_prompt_seed) and plain_generation_config(llm.model)
     if engine == "fast_bf16":
         if not fast:
-            raise ValueError("engine='fast_bf16' decodes greedily or with per_prompt_seed=True only")
-        from dispsafe_nb.fast_generate import bf16_twin
+            raise ValueError(
+                "engine='fast_bf16' decodes greedily or with per_prompt_seed=True only, on a model whose "
+                "generation config adds no logits processor (repetition penalty, banned words, ...)"
+            )
 
         llm = bf16_twin(llm)
     prefix_cache = None

@@ -94,10 +94,9 @@ def shared_prompt_logprobs(
     lengths = torch.tensor([len(c) for c in conts], device=device)
     predictors = torch.cat([first.repeat_interleave(n_branches, 0)[:, None], hidden[:, :-1]], dim=1)
     select = torch.arange(width, device=device)[None, :] < lengths[:, None]
-    with torch.autocast(
-        device_type=device.type, enabled=False
-    ):  # the vocabulary head in float32 under autocast
-        logits = head(predictors[select].float()).float()
+    # The vocabulary head at its own dtype (float32 for our model), not autocast's.
+    with torch.autocast(device_type=device.type, enabled=False):
+        logits = head(predictors[select].to(head.weight.dtype)).float()
     cap = _final_logit_softcap(llm.model)
     if cap:
         logits = torch.tanh(logits / cap) * cap

@@ -94,8 +94,8 @@ class DistillConfig:
     # encodes soft prompt + chat prompt once for y and y_r (dispsafe_nb.shared_prompt); "separate" runs one full
     # pass per (prompt, response) pair, the reference.
     scoring: str = "shared_prompt"
-    # "bf16": the model's matrix products in bfloat16 under torch.autocast (the vocabulary head and the losses
-    # stay float32); "none": float32 throughout. Only with scoring="shared_prompt".
+    # "bf16": the model's matrix products in bfloat16 under torch.autocast (the vocabulary head runs at its own
+    # dtype, the losses in float32); "none": the model's own dtype throughout. Only with scoring="shared_prompt".
     autocast: str = "none"
 
     def __post_init__(self) -> None:

@@ -158,10 +158,13 @@ def test_baselines_report_renders_seed_means_and_claims():
         "per_seed": {"0": seed(0.4, 0.01), "1": seed(0.6, 0.03)},
         "summary": {"sgs_at_compliance": {"soft_prompt/tv": {"mean": 0.5}}},
         "claims_on_seed_means": {"x_beats_y": {"reproduced": False, "statement": "x beats y"}},
+        "config": {"limit": 24},
     }
     text = report(result)
     assert "| soft_prompt/tv | 11,520 | 0.50 ± 0.14 | 2/2 | 0.95 ± 0.00 | 0.01, 0.03 |" in text
     assert (
-        "| dual | 0 | 0.80 ± 0.00 |" in text and "2 training seed(s)" in text and "20 prompts per set" in text
+        "| dual | 0 | 0.80 ± 0.00 |" in text
+        and "2 training seed(s)" in text
+        and "up to 24 per set (the smallest set has 20)" in text
     )
     assert "NOT reproduced: x_beats_y — x beats y" in text

@@ -102,7 +102,8 @@ def test_prefill_and_requests_add_up():
     assert prefill_flops(arch, 1, past=7) == decode_flops(arch, 8)
     assert prefill_flops(arch, 5, logits="all") - prefill_flops(arch, 5) == 4 * 2 * arch.hidden * arch.vocab
     base = request_flops(arch, 10, 4)
-    assert base == prefill_flops(arch, 10) + sum(decode_flops(arch, c) for c in (12, 13, 14))
+    # the prefill yields token 1; steps 1..3 feed tokens 1..3, attending to 10 + t keys
+    assert base == prefill_flops(arch, 10) + sum(decode_flops(arch, c) for c in (11, 12, 13))
     guard = PAPER_ARCHITECTURES["Llama-Guard-3-1B"]
     assert request_flops(arch, 10, 4, guard=guard) - base == prefill_flops(guard, 14)
     assert request_flops(arch, 10, 4, n_prefix=3) > base

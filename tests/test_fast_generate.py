@@ -159,3 +159,22 @@ def test_bf16_decoding_runs_on_a_copy_and_refuses_hooks(tiny, prefix):
             bf16_twin(tiny)
     finally:
         handle.remove()
+
+
+def test_a_generation_config_with_logits_processors_decodes_through_generate(tiny):
+    from dispsafe_nb.fast_generate import plain_generation_config
+    from dispsafe_nb.models import generate_with_prefix
+
+    assert plain_generation_config(tiny.model)
+    greedy = DecodingConfig(max_new_tokens=8)
+    tiny.model.generation_config.repetition_penalty = 1.5
+    try:
+        assert not plain_generation_config(tiny.model)
+        runs = [
+            generate_with_prefix(tiny, PROMPTS, None, greedy, details=True, engine=e) for e in ("fast", "hf")
+        ]
+        assert runs[0] == runs[1]  # the penalty applies on both: "fast" handed the batch to generate()
+        with pytest.raises(ValueError, match="adds no logits processor"):
+            generate_with_prefix(tiny, PROMPTS, None, greedy, engine="fast_bf16")
+    finally:
+        tiny.model.generation_config.repetition_penalty = None

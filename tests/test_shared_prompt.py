@@ -97,3 +97,15 @@ def test_bad_scoring_and_autocast_names(tiny):
         DistillConfig(autocast="fp16")
     with pytest.raises(ValueError, match="needs scoring='shared_prompt'"):
         DistillConfig(scoring="separate", autocast="bf16")
+
+
+def test_a_bf16_model_scores_with_its_head_at_its_own_dtype(tiny):
+    import copy
+    import dataclasses
+
+    half = dataclasses.replace(tiny, model=copy.deepcopy(tiny.model).to(torch.bfloat16))
+    ys = response_token_ids(half, YS, None, True, 3)
+    shared = shared_prompt_logprobs(half, PROMPTS, [ys])[0]
+    separate = sequence_logprobs(half, PROMPTS, None, append_eos=False, response_ids=ys)
+    assert shared.dtype == torch.float32
+    torch.testing.assert_close(shared, separate.float(), atol=0.5, rtol=0.05)

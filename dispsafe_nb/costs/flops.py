@@ -184,11 +184,10 @@ def method_decode_flops(arch: Architecture, method: str, context: int, **sizes: 
     if method == "soft_prompt":
         return base + attention_flops(arch, 1, sizes["n_tokens"])
     if method == "lora":
-        d, kv = arch.hidden, arch.kv_heads * arch.head_dim
-        out_size = {"q_proj": arch.heads * arch.head_dim, "k_proj": kv, "v_proj": kv, "o_proj": d}
-        per_layer = sum(
-            2 * sizes["rank"] * (d + out_size[t]) for t in sizes.get("targets", ("q_proj", "v_proj"))
-        )
+        d, q, kv = arch.hidden, arch.heads * arch.head_dim, arch.kv_heads * arch.head_dim
+        shapes = {"q_proj": (d, q), "k_proj": (d, kv), "v_proj": (d, kv), "o_proj": (q, d)}  # (in, out)
+        targets = sizes.get("targets", ("q_proj", "v_proj"))
+        per_layer = sum(2 * sizes["rank"] * sum(shapes[t]) for t in targets)
         return base + sizes.get("layers", arch.layers) * per_layer
     raise ValueError(f"unknown method {method!r}: one of base, soft_prompt, lora, steering_vector")
 
@@ -206,7 +205,8 @@ def request_flops(
     Guard, none for an encoder). Divide by `response_tokens` for FLOPs per generated token."""
     _check_positive(prompt_tokens=prompt_tokens, response_tokens=response_tokens)
     total = prefill_flops(llm, prompt_tokens, past=n_prefix)
-    total += sum(decode_flops(llm, n_prefix + prompt_tokens + t + 1) for t in range(1, response_tokens))
+    # decode step t feeds generated token t, which attends to the prefix, the prompt and tokens 1..t
+    total += sum(decode_flops(llm, n_prefix + prompt_tokens + t) for t in range(1, response_tokens))
     if guard is not None:
         total += prefill_flops(
             guard, prompt_tokens + response_tokens, logits="last" if guard.lm_head else "none"
