@@ -1,7 +1,7 @@
 """On-device costs and the fast engine, measured side by side in one run -> results/bench.json.
 
 In one process on this machine: its matmul peak (fp32, bf16) and read bandwidth; a TV-DiSP training step, the
-naive paper-faithful reference (two full passes, full-vocabulary logits everywhere, fp32) against ours (one pass
+naive reference (Eq. 4 computed the obvious way: two full passes, full-vocabulary logits everywhere, fp32) against ours (one pass
 over the shared prompt, logits at response positions only; fp32 and bf16 autocast); batch-1 decoding against the
 memory-bandwidth bound; batched generation, our decoding loop against transformers' generate(); per-token latency
 at context 512 with a soft prompt read from its prefix KV cache and with the guard of the dual system; memory and
@@ -81,9 +81,8 @@ def measure_decoding(llm, args, bandwidth: float) -> dict:
         "bandwidth_bound_tokens_per_s": bandwidth / weight_bytes,
         "decode_fraction_of_bandwidth_bound": (1 / step_s) / (bandwidth / weight_bytes),
         "batched": batched,
-        "batched_generation_speedup": batched[best]["tokens_per_s"] / batched["hf"]["tokens_per_s"],
         "batched_generation_speedup_fp32": batched["fast"]["tokens_per_s"] / batched["hf"]["tokens_per_s"],
-        "batched_best_engine": best,
+        "batched_fastest_engine": best,
         "bf16_greedy_agreement_with_fp32": agreement,
         "batched_config": {"batch": len(prompts), "max_new_tokens": args.gen_tokens, "set": "alpaca_test"},
     }
@@ -127,17 +126,17 @@ def flops_and_memory(llm, guard, args) -> dict:
     }
 
 
-def judge_targets(result: dict) -> dict:
-    t = result["training"]
-    best = max(t.values(), key=lambda v: v["ours_bf16"]["tokens_per_s"])
-    naive = best["naive_fp32"]["tokens_per_s"]
-    ours_best = max(best["ours_fp32"]["tokens_per_s"], best["ours_bf16"]["tokens_per_s"])
+def judge_targets(result: dict, judge_batch: str) -> dict:
+    """Each target on like-for-like numbers: the trainer and the generator in float32 against their float32
+    references (bf16 is reported beside them, not judged: it changes the numbers), the trainer's bf16 FLOP/s
+    against the bf16 peak, at the trainer's default batch."""
+    t = result["training"][judge_batch]
     values = {
-        "training_speedup_vs_naive": ours_best / naive,
-        "training_fraction_of_bf16_peak": best["ours_bf16"]["achieved_flops_per_s"]
+        "training_speedup_vs_naive": t["ours_fp32"]["tokens_per_s"] / t["naive_fp32"]["tokens_per_s"],
+        "training_fraction_of_bf16_peak": t["ours_bf16"]["achieved_flops_per_s"]
         / result["machine_limits"]["bf16_peak"],
         "decode_fraction_of_bandwidth_bound": result["decoding"]["decode_fraction_of_bandwidth_bound"],
-        "batched_generation_speedup": result["decoding"]["batched_generation_speedup"],
+        "batched_generation_speedup": result["decoding"]["batched_generation_speedup_fp32"],
         "soft_prompt_latency_ratio": result["latency"]["soft_prompt_latency_ratio"],
         "soft_prompt_parameter_share": result["flops_and_memory"]["soft_prompt_parameter_share"],
     }
@@ -152,6 +151,25 @@ def judge_targets(result: dict) -> dict:
     }
 
 
+def reported_beside(result: dict) -> dict:
+    """What the targets leave out, for the record: bf16 against the naive reference and against our fp32 step, our
+    scorer against the previous one, the bf16 generator (with how often its answers match fp32's)."""
+    out = {}
+    for batch, t in result["training"].items():
+        out[batch] = {
+            "ours_bf16_vs_naive": t["ours_bf16"]["tokens_per_s"] / t["naive_fp32"]["tokens_per_s"],
+            "ours_bf16_vs_ours_fp32": t["ours_bf16"]["tokens_per_s"] / t["ours_fp32"]["tokens_per_s"],
+            "ours_fp32_vs_separate": t["ours_fp32"]["tokens_per_s"] / t["separate_fp32"]["tokens_per_s"],
+            "separate_vs_naive": t["separate_fp32"]["tokens_per_s"] / t["naive_fp32"]["tokens_per_s"],
+        }
+    d = result["decoding"]
+    out["generation_bf16_vs_hf"] = (
+        d["batched"]["fast_bf16"]["tokens_per_s"] / d["batched"]["hf"]["tokens_per_s"]
+    )
+    out["generation_bf16_agreement"] = d["bf16_greedy_agreement_with_fp32"]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -161,7 +179,13 @@ def main() -> None:
     parser.add_argument(
         "--paper-n-tokens", type=int, default=100, help="soft-prompt length of the latency check"
     )
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 16])
+    parser.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="+",
+        default=[4, 16],
+        help="the first is where the targets are judged",
+    )
     parser.add_argument("--train-prompts", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--gen-batch", type=int, default=16)
@@ -190,7 +214,8 @@ def main() -> None:
     result["decoding"] = measure_decoding(llm, args, limits["read_bandwidth"])
     result["latency"] = measure_latency(llm, guard, args)
     result["flops_and_memory"] = flops_and_memory(llm, guard, args)
-    result["targets"] = judge_targets(result)
+    result["targets"] = judge_targets(result, f"batch_{args.batch_sizes[0]}")
+    result["reported_beside_targets"] = reported_beside(result)
     result["config"] = vars(args)
     result["machine"] = {
         "package_version": dispsafe_nb.__version__,

@@ -52,7 +52,8 @@ def test_the_naive_reference_scores_what_the_trainer_scores(setup):
 def test_every_training_variant_gives_the_same_loss_and_counts_its_flops(setup):
     llm, method, batch, cfg = setup
     out = training_throughput(llm, method, batch, cfg, repeats=1)
-    assert set(out) == {"naive_fp32", "ours_fp32", "ours_bf16"}
+    assert set(out) == {"naive_fp32", "separate_fp32", "ours_fp32", "ours_bf16"}
+    assert out["separate_fp32"]["loss"] == pytest.approx(out["naive_fp32"]["loss"], rel=1e-4)
     assert out["ours_fp32"]["loss"] == pytest.approx(out["naive_fp32"]["loss"], rel=1e-4)
     assert out["ours_bf16"]["loss"] == pytest.approx(out["naive_fp32"]["loss"], rel=0.05)
     # the reference computes vocabulary logits at every position and the prompt twice: more FLOPs than ours

@@ -18,16 +18,24 @@ import torch
 from dispsafe_nb.costs.flops import _CPU_ATTENTION
 
 
+def _synchronize() -> None:
+    """Wait for queued GPU work (a CUDA call returns before its kernels finish): timings then cover the work."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def median_seconds(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
-    """Median wall time of `fn()` over `repeats` calls, after `warmup` untimed calls."""
+    """Median wall time of `fn()` over `repeats` calls, after `warmup` untimed calls (GPU work included)."""
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        _synchronize()
         start = time.perf_counter()
         fn()
+        _synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -42,38 +50,47 @@ def counted_flops(fn: Callable[[], Any]) -> int:
 
 
 # ---- the machine ----------------------------------------------------------------------------------------
-def matmul_peak(dtype: torch.dtype = torch.float32, size: int = 1024, repeats: int = 5) -> float:
-    """FLOP/s of a square `size` matrix product at `dtype`: the practical peak the trainer is measured against."""
-    a = torch.randn(size, size, generator=torch.Generator().manual_seed(0)).to(dtype)
-    b = torch.randn(size, size, generator=torch.Generator().manual_seed(1)).to(dtype)
+def matmul_peak(
+    dtype: torch.dtype = torch.float32, size: int = 1024, repeats: int = 5, device: str | torch.device = "cpu"
+) -> float:
+    """FLOP/s of a square `size` matrix product at `dtype` on `device`: the practical peak the trainer is measured
+    against."""
+    a = torch.randn(size, size, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    b = torch.randn(size, size, generator=torch.Generator().manual_seed(1)).to(device, dtype)
     seconds = median_seconds(lambda: a @ b, repeats=repeats)
     return 2 * size**3 / seconds
 
 
-def read_bandwidth(n_bytes: int = 256 * 2**20, repeats: int = 5) -> float:
-    """Bytes/s of reading a large float32 tensor once (a reduction): the bound of memory-bound decoding."""
-    x = torch.ones(n_bytes // 4)
+def read_bandwidth(n_bytes: int = 256 * 2**20, repeats: int = 5, device: str | torch.device = "cpu") -> float:
+    """Bytes/s of reading a large float32 tensor on `device` once (a reduction): the bound of memory-bound
+    decoding."""
+    x = torch.ones(n_bytes // 4, device=device)
     seconds = median_seconds(lambda: x.sum(), repeats=repeats)
     return n_bytes / seconds
 
 
 def machine_limits(
-    repeats: int = 5, matmul_size: int = 1024, read_bytes: int = 512 * 2**20
-) -> dict[str, float]:
-    """This machine's fp32 and bf16 matrix-product peaks (FLOP/s) and read bandwidth (bytes/s), measured now."""
+    repeats: int = 5,
+    matmul_size: int = 1024,
+    read_bytes: int = 512 * 2**20,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """The fp32 and bf16 matrix-product peaks (FLOP/s) and read bandwidth (bytes/s) of `device` (the one the model
+    runs on), measured now."""
     return {
-        "fp32_peak": matmul_peak(torch.float32, matmul_size, repeats),
-        "bf16_peak": matmul_peak(torch.bfloat16, matmul_size, repeats),
-        "read_bandwidth": read_bandwidth(read_bytes, repeats),
+        "fp32_peak": matmul_peak(torch.float32, matmul_size, repeats, device),
+        "bf16_peak": matmul_peak(torch.bfloat16, matmul_size, repeats, device),
+        "read_bandwidth": read_bandwidth(read_bytes, repeats, device),
         "matmul_size": matmul_size,
         "read_bytes": read_bytes,
+        "device": str(device),
     }
 
 
 # ---- training -------------------------------------------------------------------------------------------
 def naive_terms(llm: Any, method: Any, batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The paper-faithful reference of Eq. 4's two log-probs: one full pass per (prompt, response) pair — y and
-    y_r separately — with vocabulary logits at every position, in float32."""
+    """The naive reference of Eq. 4's two log-probs, computed the obvious way: one full pass per (prompt, response)
+    pair — y and y_r separately — with vocabulary logits at every position, in float32."""
     from dispsafe_nb.objectives import left_pad, response_token_ids
 
     tok = llm.tokenizer
@@ -116,8 +133,10 @@ def training_step(
             p.grad = None
         if naive:
             logq_y, logq_r = naive_terms(llm, method, batch)
-            alpha = torch.tensor([e.alpha for e in batch], dtype=logq_y.dtype)
-            same = torch.tensor([e.response.strip() == e.refusal.strip() for e in batch])
+            alpha = torch.tensor([e.alpha for e in batch], dtype=logq_y.dtype, device=logq_y.device)
+            same = torch.tensor(
+                [e.response.strip() == e.refusal.strip() for e in batch], device=logq_y.device
+            )
             loss = tv_disp_loss(logq_y, logq_r, alpha, same).mean()
         else:
             loss = _loss(llm, method, batch, cfg).loss
@@ -136,10 +155,13 @@ def response_tokens(llm: Any, batch: Sequence[Any]) -> int:
 def training_throughput(
     llm: Any, method: Any, batch: Sequence[Any], cfg: Any, repeats: int = 3
 ) -> dict[str, dict[str, float]]:
-    """Per variant (naive reference, ours in float32, ours with bf16 autocast): median step seconds, response
-    tokens per second, the step's counted FLOPs and the FLOP/s achieved, and its loss (the variants must agree)."""
+    """Per variant — the naive reference; our previous scorer (`scoring="separate"`: one pass per pair, logits at
+    response positions only); ours (`"shared_prompt"`) in float32 and with bf16 autocast — median step seconds,
+    response tokens per second, the step's counted FLOPs and the FLOP/s achieved, and its loss (the variants must
+    agree)."""
     variants = {
         "naive_fp32": (replace(cfg, scoring="separate"), True),
+        "separate_fp32": (replace(cfg, scoring="separate", autocast="none"), False),
         "ours_fp32": (replace(cfg, scoring="shared_prompt", autocast="none"), False),
         "ours_bf16": (replace(cfg, scoring="shared_prompt", autocast="bf16"), False),
     }
@@ -295,9 +317,10 @@ def per_token_latency(
     response_tokens: int,
     repeats: int = 5,
 ) -> dict[str, float]:
-    """Measured time per generated token at `context`: the base model, the model with `prefix` read from its
-    `PrefixCache`, and the dual system (its guard's pass over one prompt + response per request, spread over a
-    `response_tokens` answer); and what re-encoding the prefix in every request would add (its prefill)."""
+    """Measured time per generated token at `context`: the base model, and the model with `prefix` read from its
+    `PrefixCache`; what re-encoding the prefix in every request would add (its prefill); and the dual system's time
+    per request over the base model's (a `context`-token prefill plus `response_tokens` decode steps, plus the
+    guard's pass over the prompt and the response)."""
     from dispsafe_nb.prefix_cache import PrefixCache
 
     base = decode_step_seconds(llm, context, repeats=repeats)
@@ -312,7 +335,8 @@ def per_token_latency(
         guard.prob_safe([f"{n} {prompt}"], [f"{n} {response}"])
 
     guard_s = median_seconds(judge, repeats=repeats)
-    per_request = response_tokens * base
+    # one request: the prefill of a `context`-token prompt, then `response_tokens` decode steps
+    per_request = prefill_seconds(llm, context, repeats=repeats) + response_tokens * base
     return {
         "context": context,
         "n_tokens": int(prefix.shape[0]),
@@ -322,5 +346,6 @@ def per_token_latency(
         "soft_prompt_latency_ratio": soft / base,
         "inline_prefix_s": inline,
         "guard_s_per_request": guard_s,
+        "base_request_s": per_request,
         "dual_latency_ratio": (per_request + guard_s) / per_request,
     }
