@@ -133,7 +133,7 @@ def main() -> None:
     started, commit = time.time(), _git_commit()  # the code this run imports: the commit at its start
     llm, guard = load_llm(), load_embedding_guard()
     system = SafeSystem(llm, guard)
-    per_seed, all_records = {}, []
+    per_seed, all_records, claims = {}, [], {}
     for seed in tqdm(args.seeds, desc="seeds"):
         records, per_seed[seed] = one_seed(llm, guard, system, args, seed)
         all_records += records
@@ -145,8 +145,8 @@ def main() -> None:
         print(("✓ " if c["reproduced"] else "✗ ") + f"{name}: {c['statement']}")
 
 
-def write_results(args, per_seed: dict, all_records: list, started: float, commit: str | None) -> dict:
-    """Summarise the finished seeds, judge the claims on their means, write the JSON and records; the claims."""
+def summarise(per_seed: dict) -> tuple[dict, dict]:
+    """Over the seeds: each group's mean and spread, and the paper's orderings judged on the means."""
     summary = {
         key: over_seeds([s[key] for s in per_seed.values()])
         for key in ("best_sgs", "best_compliance", "sgs_at_compliance")
@@ -156,6 +156,43 @@ def write_results(args, per_seed: dict, all_records: list, started: float, commi
         name: {"reproduced": ok, "statement": text.removeprefix(f"{name}: ")}
         for name, (ok, text) in run_claims("04_baselines", means).items()
     }
+    return summary, claims
+
+
+# Settings that may differ between runs merged into one result (everything else must match).
+MERGE_FREE = {"seeds", "out", "report", "merge", "distill_defaults"}
+
+
+def merge(results: list[dict]) -> dict:
+    """Several runs of this benchmark (other seeds, same settings) as one result: seeds pooled, summary and claims
+    recomputed; each run's commit and wall time kept."""
+    base = {k: v for k, v in results[0]["config"].items() if k not in MERGE_FREE}
+    for other in results[1:]:
+        config = {k: v for k, v in other["config"].items() if k not in MERGE_FREE}
+        if config != base:
+            changed = sorted(k for k in set(config) | set(base) if config.get(k) != base.get(k))
+            raise ValueError(f"runs with other settings cannot be merged (they differ in {changed})")
+        overlap = set(other["per_seed"]) & set(results[0]["per_seed"])
+        if overlap:
+            raise ValueError(f"seed(s) {sorted(overlap)} appear in more than one run")
+    per_seed = {k: v for r in results for k, v in r["per_seed"].items()}
+    summary, claims = summarise(per_seed)
+    return {
+        **results[0],
+        "summary": summary,
+        "claims_on_seed_means": claims,
+        "per_seed": per_seed,
+        "seeds_finished": list(per_seed),
+        "merged_runs": [
+            {"seeds": r["seeds_finished"], "machine": r["machine"], "wall_s": r["wall_s"]} for r in results
+        ],
+        "wall_s": sum(r["wall_s"] for r in results),
+    }
+
+
+def write_results(args, per_seed: dict, all_records: list, started: float, commit: str | None) -> dict:
+    """Summarise the finished seeds, judge the claims on their means, write the JSON and records; the claims."""
+    summary, claims = summarise(per_seed)
     out = {
         "summary": summary,
         "claims_on_seed_means": claims,
@@ -184,6 +221,10 @@ def _mean_sd(values: list[float]) -> str:
         return "—"
     mean = statistics.fmean(values)
     return f"{mean:.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
+
+
+def _count(n: int | None) -> str:
+    return "—" if n is None else f"{n:,}"
 
 
 def report(result: dict) -> str:
@@ -220,7 +261,7 @@ def report(result: dict) -> str:
         comp = [s["best_compliance"][key] for s in per]
         lrs = ", ".join(f"{s['best_lr'][key]:g}" for s in per)
         lines.append(
-            f"| {key} | {params.get(key, '—'):,} | {_mean_sd(met)} | {len(met)}/{len(per)} | {_mean_sd(comp)} | {lrs} |"
+            f"| {key} | {_count(params.get(key))} | {_mean_sd(met)} | {len(met)}/{len(per)} | {_mean_sd(comp)} | {lrs} |"
         )
     direction = [r for s in seeds.values() for r in s["table"] if r["system"].startswith("refusal direction")]
     lines.append(

@@ -329,8 +329,8 @@ NOTEBOOK_CLAIMS: dict[str, tuple[Claim, ...]] = {
         ),
         Claim(
             "distillation_beats_direct_objectives",
-            "with the soft prompt, TV-DiSP reaches a higher SGS than perplexity, REINFORCE and PPO (same rule: "
-            "an objective that never keeps benign compliance >= 0.9 loses)",
+            "with the soft prompt, TV-DiSP reaches a higher SGS than perplexity, REINFORCE and PPO at every KL "
+            "coefficient run (same rule: an objective that never keeps benign compliance >= 0.9 loses)",
             lambda m: all(
                 _beats(m["sgs_at_compliance"], "soft_prompt/tv", key)
                 for key in ["soft_prompt/perplexity", "soft_prompt/reinforce", "soft_prompt/ppo"]
@@ -346,7 +346,8 @@ NOTEBOOK_CLAIMS: dict[str, tuple[Claim, ...]] = {
     "07_on_device": (
         Claim(
             "soft_prompt_adds_under_1_percent_memory",
-            "the soft prompt adds less than 1 % to the model's memory (the paper's < 1 %)",
+            "the soft prompt (its vectors and their cached keys/values) adds less than 1 % to the model's memory at "
+            "real precision (the paper's < 1 %)",
             lambda m: m["memory"]["soft_prompt_extra"] < 0.01,
         ),
         Claim(
@@ -357,7 +358,7 @@ NOTEBOOK_CLAIMS: dict[str, tuple[Claim, ...]] = {
         ),
         Claim(
             "our_dual_system_costs_about_twice",
-            "our dual system takes at least 1.5x the base model's time per generated token (the paper: ~2x)",
+            "a request to our dual system takes at least 1.5x the base model's time (the paper: ~2x compute)",
             lambda m: m["latency"]["dual_latency_ratio"] >= 1.5,
         ),
         Claim(

@@ -167,3 +167,32 @@ def test_baselines_report_renders_seed_means_and_claims():
         and "up to 24 per set (the smallest set has 20)" in text
     )
     assert "NOT reproduced: x_beats_y — x beats y" in text
+
+
+def test_baselines_runs_of_other_seeds_merge_and_mismatched_ones_do_not():
+    merge = _load("baselines").merge
+
+    def run(seed, sgs, lrs=(0.01,)):
+        return {
+            "config": {"seeds": [seed], "lrs": list(lrs), "out": f"r{seed}.json"},
+            "per_seed": {
+                str(seed): {
+                    "best_sgs": {"soft_prompt/tv": sgs, "lora/tv": 0.1},
+                    "best_compliance": {"soft_prompt/tv": 1.0, "lora/tv": 1.0},
+                    "sgs_at_compliance": {"soft_prompt/tv": sgs, "lora/tv": 0.1},
+                }
+            },
+            "seeds_finished": [seed],
+            "machine": {"git_commit": f"c{seed}"},
+            "wall_s": 10.0,
+        }
+
+    merged = merge([run(0, 0.2), run(1, 0.4)])
+    assert merged["summary"]["sgs_at_compliance"]["soft_prompt/tv"]["n_seeds"] == 2
+    assert merged["summary"]["sgs_at_compliance"]["soft_prompt/tv"]["mean"] == pytest.approx(0.3)
+    assert merged["seeds_finished"] == ["0", "1"] and merged["wall_s"] == 20.0
+    assert [r["machine"]["git_commit"] for r in merged["merged_runs"]] == ["c0", "c1"]
+    with pytest.raises(ValueError, match=r"differ in \['lrs'\]"):
+        merge([run(0, 0.2), run(1, 0.4, lrs=(0.03,))])
+    with pytest.raises(ValueError, match=r"seed\(s\) \['0'\] appear in more than one run"):
+        merge([run(0, 0.2), run(0, 0.4)])

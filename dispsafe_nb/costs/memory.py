@@ -12,6 +12,8 @@ from typing import Any
 
 from torch import nn
 
+from dispsafe_nb.costs.flops import Architecture, kv_cache_bytes
+
 
 def count_parameters(*modules: nn.Module) -> int:
     """Distinct parameters across `modules` (a tensor shared by two of them counts once)."""
@@ -90,8 +92,9 @@ def dual_system_costs(llm: Any, guard: Any, timing: dict[str, float]) -> dict[st
 
 
 def method_memory_rows(llm: Any, guard: Any, n_tokens: int) -> list[dict[str, Any]]:
-    """What each option adds to the LLM, in parameters and bytes (fp32 as trained; fp16 as a device would keep a
-    prompt or an adapter), beside the LLM at its real precision and the guard in fp32."""
+    """What each option adds to the LLM, in parameters and bytes (fp16, as a device would keep a prompt, its cached
+    keys/values or an adapter), beside the LLM at its real precision and the guard in fp32. Rows: LLM, soft
+    prompt, its cached keys/values, LoRA, steering vector, guard."""
     from dispsafe_nb.methods import new_method
 
     llm_params, llm_bytes = count_parameters(llm.model), llm_weight_bytes(llm)
@@ -102,6 +105,9 @@ def method_memory_rows(llm: Any, guard: Any, n_tokens: int) -> list[dict[str, An
         )
         n = method.n_parameters()
         rows.append({"part": _method_label(method.describe()), "parameters": n, "bytes": 2 * n})
+    # read from a prefix cache, the soft prompt also keeps its N positions' keys and values at every layer
+    cache_bytes = kv_cache_bytes(Architecture.from_config(llm.model.config), n_tokens)
+    rows.insert(2, {"part": "soft prompt's cached keys/values (fp16)", "parameters": 0, "bytes": cache_bytes})
     guard_params = count_parameters(*guard_modules(guard))
     rows.append(
         {"part": "guard (fp32)", "parameters": guard_params, "bytes": module_bytes(*guard_modules(guard))}

@@ -29,16 +29,21 @@ def flops_per_token_bars(
                 hovertemplate="%{x}<br>%{y:.3f} GFLOPs per token<extra>" + label + "</extra>",
             )
         )
-    if paper:
-        fig.add_trace(
-            go.Bar(
-                x=[f"{paper['model']} (paper)"] * 2,
-                y=[paper["base_gflops"], paper["soft_gflops"] - paper["base_gflops"]],
-                name="the paper's figures (alone; + soft prompt)",
-                marker_color=["#888888", "#bbbbbb"],
-                hovertemplate="%{y:.2f} GFLOPs<extra>paper</extra>",
+    if paper:  # the paper's two figures under their own label, beside ours for the same model
+        label = f"{paper['model']} (paper)"
+        for key, name, color in (
+            ("base_gflops", "paper: model alone", "#888888"),
+            ("soft_gflops", "paper: with soft prompt", "#bbbbbb"),
+        ):
+            fig.add_trace(
+                go.Bar(
+                    x=[label],
+                    y=[paper[key]],
+                    name=name,
+                    marker_color=color,
+                    hovertemplate="%{y:.2f} GFLOPs per token<extra>" + name + "</extra>",
+                )
             )
-        )
     fig.update_layout(
         title="FLOPs per generated token (matrix products), by model",
         yaxis_title="GFLOPs per token",
