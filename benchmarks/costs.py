@@ -195,7 +195,11 @@ def main() -> None:
     parser.add_argument("--response-tokens", type=int, default=128)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one repeat: checks the plumbing")
     parser.add_argument("--out", default=str(RESULTS_DIR / "bench.json"))
+    parser.add_argument("--report", action="store_true", help="print --out's results as Markdown and stop")
     args = parser.parse_args()
+    if args.report:
+        print(report(json.loads(Path(args.out).read_text(encoding="utf-8"))))
+        return
     if args.smoke:
         args.repeats, args.batch_sizes, args.train_prompts, args.max_new_tokens = 1, [2], 2, 8
         args.gen_batch, args.gen_tokens, args.context, args.paper_n_tokens = 2, 4, 64, 8
@@ -235,6 +239,59 @@ def main() -> None:
     print(f"wrote {path} in {result['wall_s']:.0f} s")
     for name, t in result["targets"].items():
         print(("✓ " if t["met"] else "✗ ") + f"{name}: {t['value']:.4g} (target {t['target']})")
+
+
+def report(result: dict) -> str:
+    """bench.json as Markdown: the targets, then the measurements behind them."""
+    m, limits = result["machine"], result["machine_limits"]
+    lines = [
+        f"One run on {m['processor']} ({m['threads']} threads, torch {m['torch']}, device {m['device']}), "
+        f"{result['wall_s'] / 60:.1f} min. Peaks measured in the same run: fp32 {limits['fp32_peak'] / 1e9:.0f} and "
+        f"bf16 {limits['bf16_peak'] / 1e9:.0f} GFLOP/s ({limits['matmul_size']}² matrix products), read bandwidth "
+        f"{limits['read_bandwidth'] / 1e9:.1f} GB/s.",
+        "",
+        "| target | value | goal | met |",
+        "|---|---|---|---|",
+    ]
+    for name, t in result["targets"].items():
+        lines.append(
+            f"| {name.replace('_', ' ')} | {t['value']:.4g} | {t['target']} | {'yes' if t['met'] else 'no'} |"
+        )
+    lines += [
+        "",
+        "| training step (TV-DiSP, forward + backward) | batch | response tokens/s | GFLOP/s achieved | loss |",
+        "|---|---|---|---|---|",
+    ]
+    for batch, variants in result["training"].items():
+        for name, v in variants.items():
+            lines.append(
+                f"| {name} | {batch.removeprefix('batch_')} | {v['tokens_per_s']:.0f} | "
+                f"{v['achieved_flops_per_s'] / 1e9:.1f} | {v['loss']:.4f} |"
+            )
+    d, lat, fm = result["decoding"], result["latency"], result["flops_and_memory"]
+    agree = d["bf16_greedy_agreement_with_fp32"]
+    cfg = d["batched_config"]
+    lines += [
+        "",
+        f"- Batched generation ({cfg['batch']} Alpaca prompts, up to {cfg['max_new_tokens']} new tokens, greedy): "
+        + ", ".join(f"{e} {v['tokens_per_s']:.0f} tokens/s" for e, v in d["batched"].items())
+        + f"; bf16 answers identical to fp32's on {agree['identical_share']:.0%} of prompts (mean agreeing prefix "
+        f"{agree['mean_agreeing_prefix_share']:.0%}).",
+        f"- Batch-1 decoding: {d['batch1_tokens_per_s']:.1f} tokens/s against a bound of "
+        f"{d['bandwidth_bound_tokens_per_s']:.1f} (fp32 weights, {d['weight_bytes_in_memory'] / 1e6:.0f} MB read per token).",
+        f"- Per generated token at context {lat['context']}: base {1000 * lat['base_step_s']:.1f} ms, soft prompt "
+        f"(N = {lat['n_tokens']}, prefix cache) {1000 * lat['soft_prompt_step_s']:.1f} ms; re-encoding the prompt "
+        f"would cost {1000 * lat['inline_prefix_s']:.0f} ms per request. Dual system per request "
+        f"({lat['context']}-token prompt, {lat['response_tokens']}-token answer): {lat['dual_latency_ratio']:.3f}× the base.",
+        f"- FLOPs per token: {fm['ours']['model']} {fm['ours']['gflops_per_token_analytic']:.3f} GFLOPs at context "
+        f"{fm['ours']['context']} (flop counter: {fm['ours']['gflops_per_token_flop_counter']:.3f}); "
+        f"{fm['paper_model_by_our_formula']['model']} by our formula {fm['paper_model_by_our_formula']['gflops_per_token']:.2f} "
+        f"→ {fm['paper_model_by_our_formula']['soft_prompt_gflops_per_token']:.2f} with a cached soft prompt, the paper "
+        f"{fm['paper_reported']['base_gflops']} → {fm['paper_reported']['soft_gflops']}.",
+        f"- Memory: soft prompt / model parameters {fm['soft_prompt_parameter_share']:.3%}; dual / base bytes at real "
+        f"precision {fm['dual_memory_ratio']:.2f}.",
+    ]
+    return "\n".join(lines)
 
 
 def _cpu_name() -> str:

@@ -97,6 +97,8 @@ def test_costs_benchmark_smoke_run_writes_every_figure(tmp_path):
         fm["ours"]["gflops_per_token_flop_counter"]
     )
     assert result["machine"]["torch"] and result["config"]["smoke"] is True
+    text = _load("costs").report(result)
+    assert "| training speedup vs naive |" in text and "| ours_bf16 | 2 |" in text
 
 
 def test_baselines_report_renders_seed_means_and_claims():
