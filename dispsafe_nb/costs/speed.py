@@ -323,8 +323,12 @@ def per_token_latency(
     guard's pass over the prompt and the response)."""
     from dispsafe_nb.prefix_cache import PrefixCache
 
-    base = decode_step_seconds(llm, context, repeats=repeats)
-    soft = decode_step_seconds(llm, context, PrefixCache(llm, prefix), repeats=repeats)
+    # the two alternate, three rounds each: a ratio of two timings is only as good as their shared conditions
+    cache, bases, softs = PrefixCache(llm, prefix), [], []
+    for _ in range(3):
+        bases.append(decode_step_seconds(llm, context, repeats=repeats))
+        softs.append(decode_step_seconds(llm, context, cache, repeats=repeats))
+    base, soft = statistics.median(bases), statistics.median(softs)
     inline = prefill_seconds(llm, int(prefix.shape[0]), repeats=repeats)
     text = "Explain how a bicycle gear system works and why it helps riders climb steep hills. " * 40
     prompt, response = text[: context * 4], text[: response_tokens * 4]
