@@ -266,9 +266,9 @@ def generate_with_prefix(
     KV cache (`prefix_cache.PrefixCache`, computed once per call); "hf" runs transformers' `generate()` with the
     prefix inside every row. Both give the same tokens (tests); sampling from the shared random stream
     (`per_prompt_seed=False`), and any model whose generation config adds logits processors (a repetition
-    penalty, banned words: `fast_generate.plain_generation_config`), always run through `generate()`. "fast_bf16": "fast" on a bfloat16 copy of the
-    model (`fast_generate.bf16_twin`; base model and soft prompts only): faster, its answers may differ where
-    two tokens are nearly tied.
+    penalty, banned words: `fast_generate.plain_generation_config`), always run through `generate()`.
+    "fast_bf16": "fast" on a bfloat16 copy of the model (`fast_generate.bf16_twin`; base model and soft prompts
+    only): its answers may differ where two tokens are nearly tied.
 
     Rows are laid out [pad ... pad | prefix | chat tokens]: left padding keeps the prefix glued to its prompt,
     and the attention mask covers the prefix. Sampling is seeded per call so results are reproducible; with
@@ -294,7 +294,6 @@ def generate_with_prefix(
                 "engine='fast_bf16' decodes greedily or with per_prompt_seed=True only, on a model whose "
                 "generation config adds no logits processor (repetition penalty, banned words, ...)"
             )
-
         llm = bf16_twin(llm)
     prefix_cache = None
     if fast and prefix is not None:
