@@ -122,7 +122,18 @@ def main() -> None:
     parser.add_argument(
         "--report", action="store_true", help="print --out's results as a Markdown table and stop"
     )
+    parser.add_argument(
+        "--merge", nargs="+", help="result files of other seeds to pool into --out, then stop"
+    )
     args = parser.parse_args()
+    if args.merge:
+        results = [json.loads(Path(p).read_text(encoding="utf-8")) for p in args.merge]
+        Path(args.out).write_text(json.dumps(merge(results), indent=2, default=str), encoding="utf-8")
+        records = [Path(p).with_suffix(".records.jsonl") for p in args.merge]
+        text = "".join(r.read_text(encoding="utf-8") for r in records if r.is_file())
+        Path(args.out).with_suffix(".records.jsonl").write_text(text, encoding="utf-8")
+        print(f"merged {len(results)} runs into {args.out}")
+        return
     if args.report:
         print(report(json.loads(Path(args.out).read_text(encoding="utf-8"))))
         return
