@@ -16,7 +16,6 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -31,6 +30,7 @@ from dispsafe_nb.evaluate import evaluate_students, write_records
 from dispsafe_nb.guard_training import load_embedding_guard
 from dispsafe_nb.models import DecodingConfig, load_llm
 from dispsafe_nb.paths import RESULTS_DIR
+from dispsafe_nb.provenance import git_commit
 from dispsafe_nb.refusal_direction import fit_refusal_direction
 from dispsafe_nb.safe_system import SafeSystem, teacher_samples
 from dispsafe_nb.train import DistillConfig, prompt_labels, training_mix
@@ -141,7 +141,7 @@ def main() -> None:
         args.steps, args.batch_size, args.n_tokens, args.lrs, args.mix = 2, 2, 4, [3e-2], [2, 2, 1]
         args.n_val, args.limit, args.max_new_tokens, args.rl_max_new_tokens = 1, 2, 12, 8
     torch.manual_seed(0)
-    started, commit = time.time(), _git_commit()  # the code this run imports: the commit at its start
+    started, commit = time.time(), git_commit()  # the code this run imports: the commit at its start
     llm, guard = load_llm(), load_embedding_guard()
     system = SafeSystem(llm, guard)
     per_seed, all_records, claims = {}, [], {}
@@ -283,15 +283,6 @@ def report(result: dict) -> str:
     for name, c in result["claims_on_seed_means"].items():
         lines.append(f"- {'reproduced' if c['reproduced'] else 'NOT reproduced'}: {name} — {c['statement']}")
     return "\n".join(lines)
-
-
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from dispsafe_nb import costs, paper
 from dispsafe_nb.costs import speed
 from dispsafe_nb.costs.flops import Architecture, decode_flops, method_decode_flops
 from dispsafe_nb.paths import RESULTS_DIR
+from dispsafe_nb.provenance import cpu_name, git_commit
 
 TARGETS = {
     "training_speedup_vs_naive": (">=", 3.0),
@@ -207,7 +207,7 @@ def main() -> None:
     from dispsafe_nb.models import load_llm
     from dispsafe_nb.safe_system import SafeSystem
 
-    started, commit = time.time(), _git_commit()
+    started, commit = time.time(), git_commit()
     llm, guard = load_llm(), load_embedding_guard()
     system = SafeSystem(llm, guard)
     limits = speed.machine_limits(
@@ -227,7 +227,7 @@ def main() -> None:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
-        "processor": _cpu_name(),
+        "processor": cpu_name(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": str(llm.device),
@@ -292,25 +292,6 @@ def report(result: dict) -> str:
         f"precision {fm['dual_memory_ratio']:.2f}.",
     ]
     return "\n".join(lines)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 if __name__ == "__main__":

@@ -198,3 +198,13 @@ def test_baselines_runs_of_other_seeds_merge_and_mismatched_ones_do_not():
         merge([run(0, 0.2), run(1, 0.4, lrs=(0.03,))])
     with pytest.raises(ValueError, match=r"seed\(s\) \['0'\] appear in more than one run"):
         merge([run(0, 0.2), run(0, 0.4)])
+
+
+def test_provenance_names_the_commit_and_the_processor():
+    import re
+
+    from dispsafe_nb.provenance import cpu_name, git_commit
+
+    commit = git_commit()
+    assert commit is None or re.fullmatch(r"[0-9a-f]{40}", commit)
+    assert isinstance(cpu_name(), str)
