@@ -62,6 +62,16 @@ def measure_training(llm, system, args) -> dict:
     return out
 
 
+def measure_bucketing(llm, system, args) -> dict:
+    """Length bucketing: one step over every example of the mix, cut into micro-batches of the smallest batch size."""
+    from dispsafe_nb.train import DistillConfig, make_method
+
+    examples = training_examples(llm, system, args.train_prompts, args.max_new_tokens, seed=0)
+    size = args.batch_sizes[0]
+    cfg = DistillConfig(n_tokens=args.n_tokens, batch_size=size, grad_accum=len(examples) // size)
+    return speed.bucketing_gain(llm, make_method(llm, cfg), examples, cfg, repeats=args.repeats)
+
+
 def measure_decoding(llm, args, bandwidth: float) -> dict:
     from dispsafe_nb.evaluate import benchmark_records
 
@@ -215,6 +225,7 @@ def main() -> None:
     )
     result = {"machine_limits": limits}
     result["training"] = measure_training(llm, system, args)
+    result["training_bucketing"] = measure_bucketing(llm, system, args)
     result["decoding"] = measure_decoding(llm, args, limits["read_bandwidth"])
     result["latency"] = measure_latency(llm, guard, args)
     result["flops_and_memory"] = flops_and_memory(llm, guard, args)
@@ -271,8 +282,15 @@ def report(result: dict) -> str:
     d, lat, fm = result["decoding"], result["latency"], result["flops_and_memory"]
     agree = d["bf16_greedy_agreement_with_fp32"]
     cfg = d["batched_config"]
+    lines += [""]
+    if "training_bucketing" in result:  # runs before length bucketing have no such entry
+        b = result["training_bucketing"]
+        lines.append(
+            f"- Length bucketing (one step of {b['grad_accum']} micro-batches of {b['batch_size']}, ours fp32): "
+            f"{b['speedup']:.2f}× the step as drawn; padded tokens {b['none']['padded_share']:.0%} → "
+            f"{b['length']['padded_share']:.0%}; loss {b['none']['loss']:.4f} vs {b['length']['loss']:.4f}."
+        )
     lines += [
-        "",
         f"- Batched generation ({cfg['batch']} Alpaca prompts, up to {cfg['max_new_tokens']} new tokens, greedy): "
         + ", ".join(f"{e} {v['tokens_per_s']:.0f} tokens/s" for e, v in d["batched"].items())
         + f"; bf16 answers identical to fp32's on {agree['identical_share']:.0%} of prompts (mean agreeing prefix "

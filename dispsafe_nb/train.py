@@ -46,6 +46,7 @@ LR_SCHEDULES = ("linear", "constant")
 WEIGHTINGS = ("none", "per_token")
 SCORINGS = ("shared_prompt", "separate")
 AUTOCASTS = ("none", "bf16")
+BUCKETINGS = ("length", "none")
 
 
 @dataclass
@@ -97,6 +98,12 @@ class DistillConfig:
     # "bf16": the model's matrix products in bfloat16 under torch.autocast (the vocabulary head runs at its own
     # dtype, the losses in float32); "none": the model's own dtype throughout. Only with scoring="shared_prompt".
     autocast: str = "none"
+    # How a step's batch_size x grad_accum drawn examples are cut into its grad_accum micro-batches: "length" sorts
+    # them by token length first, so each micro-batch pads less; "none" keeps the order they were drawn in. Each
+    # micro-batch still holds batch_size examples at weight 1/grad_accum, so the step's gradient is the same mean
+    # over the same examples (a test checks). Batches are not drawn by length: length follows the label here
+    # (refusals are short), and length-grouped batches would be all-harmful or all-benign.
+    bucketing: str = "length"
 
     def __post_init__(self) -> None:
         if self.objective not in ALL_OBJECTIVES:
@@ -105,6 +112,8 @@ class DistillConfig:
             raise ValueError(unknown_name_message("scoring", self.scoring, SCORINGS))
         if self.autocast not in AUTOCASTS:
             raise ValueError(unknown_name_message("autocast", self.autocast, AUTOCASTS))
+        if self.bucketing not in BUCKETINGS:
+            raise ValueError(unknown_name_message("bucketing", self.bucketing, BUCKETINGS))
         if self.autocast != "none" and self.scoring != "shared_prompt":
             raise ValueError(
                 "autocast='bf16' needs scoring='shared_prompt' (the reference path stays float32)"
@@ -410,6 +419,32 @@ def _batch_indices(n: int, cfg: DistillConfig, step: int, micro: int) -> list[in
     return torch.randint(0, n, (cfg.batch_size,), generator=gen).tolist()
 
 
+def example_tokens(llm: LLM, example: Example) -> int:
+    """The tokens a step scores for `example` beyond the chat template: its prompt and the longer of y and y_r
+    (each with its eos), the length that sets the padding of its micro-batch."""
+    tok = llm.tokenizer
+    prompt = len(tok(example.prompt, add_special_tokens=False)["input_ids"])
+    refusal = len(tok(example.refusal, add_special_tokens=False)["input_ids"]) + 1
+    return prompt + max(len(example.response_ids) + int(example.finished), refusal)
+
+
+def micro_batches(
+    examples: Sequence[Example], draws: Sequence[Sequence[int]], bucketing: str, length: Any
+) -> list[list[Example]]:
+    """A step's micro-batches from its draws (one list of indices per micro-batch). "none": as drawn; "length":
+    all draws sorted by `length(example)` and cut into micro-batches of the same sizes."""
+    if bucketing not in BUCKETINGS:
+        raise ValueError(unknown_name_message("bucketing", bucketing, BUCKETINGS))
+    if bucketing == "none" or len(draws) < 2:
+        return [[examples[i] for i in d] for d in draws]
+    ordered = sorted((i for d in draws for i in d), key=lambda i: length(examples[i]))
+    out, start = [], 0
+    for d in draws:
+        out.append([examples[i] for i in ordered[start : start + len(d)]])
+        start += len(d)
+    return out
+
+
 def save_checkpoint(
     folder: str | Path,
     method: Method,
@@ -552,6 +587,11 @@ def _fit(
     from tqdm.auto import tqdm
 
     opt = torch.optim.Adam(method.trainable_parameters(), lr=cfg.lr, eps=1e-7)
+    lengths: dict[int, int] = {}
+
+    def length(example: Example) -> int:
+        return lengths.setdefault(id(example), example_tokens(llm, example))
+
     history, start = History(), 0
     if resume:
         if checkpoint_dir is None:
@@ -571,8 +611,8 @@ def _fit(
             group["lr"] = learning_rate(cfg, step)
         opt.zero_grad()
         total, alphas, clip_y, clip_r = 0.0, [], 0.0, 0.0
-        for micro in range(cfg.grad_accum):
-            batch = [examples[i] for i in _batch_indices(len(examples), cfg, step, micro)]
+        draws = [_batch_indices(len(examples), cfg, step, micro) for micro in range(cfg.grad_accum)]
+        for batch in micro_batches(examples, draws, cfg.bucketing, length):
             out = _loss(llm, method, batch, cfg)
             (out.loss / cfg.grad_accum).backward()
             total += out.loss.item() / cfg.grad_accum
@@ -634,7 +674,11 @@ def restore_checkpoint(
         raise ValueError(
             f"checkpoint in {folder} was trained on other data; resume with the same teacher samples"
         )
-    saved_cfg, now = meta["config"], json.loads(json.dumps(asdict(cfg)))
+    now = json.loads(json.dumps(asdict(cfg)))
+    # A field the checkpoint predates takes its default (fields are added with defaults that compute the same
+    # losses: scoring, autocast, bucketing).
+    defaults = json.loads(json.dumps(asdict(DistillConfig())))
+    saved_cfg = {**{k: v for k, v in defaults.items() if k not in meta["config"]}, **meta["config"]}
     if saved_cfg != now:
         changed = sorted(k for k in set(now) | set(saved_cfg) if saved_cfg.get(k) != now.get(k))
         raise ValueError(f"checkpoint in {folder} was written with another config (differs in {changed})")

@@ -92,6 +92,9 @@ def test_costs_benchmark_smoke_run_writes_every_figure(tmp_path):
     assert {"naive_fp32", "separate_fp32", "ours_fp32", "ours_bf16"} <= set(result["training"]["batch_2"])
     training = result["training"]["batch_2"]
     assert training["ours_fp32"]["loss"] == pytest.approx(training["naive_fp32"]["loss"], rel=1e-3)
+    bucketing = result["training_bucketing"]
+    assert bucketing["length"]["loss"] == pytest.approx(bucketing["none"]["loss"], rel=1e-4)
+    assert bucketing["length"]["padded_share"] <= bucketing["none"]["padded_share"]
     fm = result["flops_and_memory"]
     assert fm["ours"]["gflops_per_token_analytic"] == pytest.approx(
         fm["ours"]["gflops_per_token_flop_counter"]
@@ -99,6 +102,7 @@ def test_costs_benchmark_smoke_run_writes_every_figure(tmp_path):
     assert result["machine"]["torch"] and result["config"]["smoke"] is True
     text = _load("costs").report(result)
     assert "| training speedup vs naive |" in text and "| ours_bf16 | 2 |" in text
+    assert "Length bucketing (one step of 2 micro-batches of 2" in text
 
 
 def test_baselines_report_renders_seed_means_and_claims():

@@ -381,12 +381,14 @@ def test_resume_from_a_checkpoint_matches_an_uninterrupted_run(llm, tmp_path, SA
 
 
 def _patch_steps(folder, steps):
-    """Make a 2-step checkpoint look like one of a 4-step run (the schedule is per-step, so this is exact)."""
+    """Make a 2-step checkpoint look like one of a 4-step run (the schedule is per-step, so this is exact) written
+    before the config had its `bucketing` field (a field a checkpoint predates takes its default)."""
     import json
 
     path = folder / "config.json"
     meta = json.loads(path.read_text())
     meta["config"]["steps"] = steps
+    del meta["config"]["bucketing"]
     path.write_text(json.dumps(meta))
 
 
@@ -419,3 +421,32 @@ def test_tv_distillation_makes_the_model_refuse_harmful_training_prompts(llm, gu
     )
     # It has not simply learnt to refuse everything: some benign training prompts are still answered.
     assert judge.refusals(student.generate(benign, greedy)).sum().item() < len(benign)
+
+
+def test_length_bucketing_regroups_a_step_without_changing_its_update(tiny_llm):
+    """bucketing='length' sorts the step's draws into micro-batches of similar length; the update is the same
+    mean gradient as the micro-batches as drawn."""
+    from dispsafe_nb.train import _batch_indices, example_tokens, micro_batches
+
+    samples = _tiny_samples() + [
+        TeacherSample("Say a long thing", ("x",), (0.9,), "No.", ((12, 13, 14, 15, 16, 17),), (True,))
+    ]
+    examples = examples_from_samples(samples)
+    cfg = DistillConfig(n_tokens=2, steps=2, batch_size=2, grad_accum=3, lr=0.05, seed=0)
+    draws = [_batch_indices(len(examples), cfg, 0, m) for m in range(cfg.grad_accum)]
+    length = lambda e: example_tokens(tiny_llm, e)  # noqa: E731
+    grouped = micro_batches(examples, draws, "length", length)
+    as_drawn = micro_batches(examples, draws, "none", length)
+    assert [len(b) for b in grouped] == [len(d) for d in draws]
+    assert sorted(map(id, sum(grouped, []))) == sorted(map(id, sum(as_drawn, [])))
+    flat = [length(e) for b in grouped for e in b]
+    assert flat == sorted(flat)
+    padded = lambda batches: sum(len(b) * max(map(length, b)) for b in batches)  # noqa: E731
+    assert padded(grouped) < padded(as_drawn), "this seed's draws must be out of length order"
+    trained = {
+        b: distill(tiny_llm, samples, replace(cfg, bucketing=b), progress=False)[0].W.detach()
+        for b in ("length", "none")
+    }
+    torch.testing.assert_close(trained["length"], trained["none"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="bucketing"):
+        DistillConfig(bucketing="lenght")

@@ -182,6 +182,45 @@ def training_throughput(
     return out
 
 
+def bucketing_gain(
+    llm: Any, method: Any, examples: Sequence[Any], cfg: Any, repeats: int = 3
+) -> dict[str, Any]:
+    """One step of `cfg.grad_accum` micro-batches of `cfg.batch_size` over `examples` (taken in order, as one
+    step's draws) with the trainer's length bucketing and without: median step seconds (forward and backward of
+    every micro-batch), padded-token share by example length, and the step's loss (the two must agree)."""
+    from dispsafe_nb.train import _loss, example_tokens, micro_batches
+
+    need = cfg.batch_size * cfg.grad_accum
+    if len(examples) < need:
+        raise ValueError(f"need {need} examples (batch_size x grad_accum), got {len(examples)}")
+    draws = [list(range(k, k + cfg.batch_size)) for k in range(0, need, cfg.batch_size)]
+    length = {id(e): example_tokens(llm, e) for e in examples[:need]}
+    params = list(method.trainable_parameters())
+    out: dict[str, Any] = {"batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum}
+    for bucketing in ("none", "length"):
+        batches = micro_batches(examples, draws, bucketing, lambda e: length[id(e)])
+
+        def step(batches: list = batches) -> float:
+            for p in params:
+                p.grad = None
+            total = 0.0
+            for batch in batches:
+                loss = _loss(llm, method, batch, cfg).loss / len(batches)
+                loss.backward()
+                total += float(loss.detach())
+            return total
+
+        real = sum(length[id(e)] for b in batches for e in b)
+        padded = sum(len(b) * max(length[id(e)] for e in b) for b in batches)
+        out[bucketing] = {
+            "step_s": median_seconds(step, repeats=repeats),
+            "padded_share": 1 - real / padded,
+            "loss": step(),
+        }
+    out["speedup"] = out["none"]["step_s"] / out["length"]["step_s"]
+    return out
+
+
 # ---- decoding -------------------------------------------------------------------------------------------
 def generation_speed(
     llm: Any,
