@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import itertools
 import hashlib
 import http.client
 import io
@@ -101,6 +102,9 @@ class PromptRecord:
     split: str  # "train" | "val" | "test" (evaluation-only sets: always "test")
     checks: tuple = ()  # verifiable-instruction checks (tuple of dicts), bundled_verifiable only
     target: str | None = None  # e.g. AdvBench/JBB "Sure, here is ..." target, if the source has one
+    form: str = ""  # phrasing form ("imperative", "question", ...), the bundled *_forms sets only
+    # Records sharing a group share a split (a harmful request and its borderline-safe twin); "" = on its own.
+    group: str = ""
 
 
 RECORD_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(PromptRecord))
@@ -771,7 +775,15 @@ def apply_jailbreak(template: str, request: str) -> str:
 # Bundled sets
 # ---------------------------------------------------------------------------------------------------------
 
-BUNDLED_KINDS: tuple[str, ...] = ("harmful", "benign", "borderline", "verifiable")
+BUNDLED_KINDS: tuple[str, ...] = (
+    "harmful",
+    "benign",
+    "borderline",
+    "verifiable",
+    "harmful_forms",
+    "borderline_forms",
+)
+FORMS: tuple[str, ...] = ("imperative", "question", "first_person", "roleplay", "indirect", "short", "long")
 RESPONSE_FILES: dict[str, str] = {"refusal": "refusals.jsonl", "compliant": "compliant_openings.jsonl"}
 
 
@@ -798,9 +810,12 @@ def _bundled_parser(kind: str) -> Callable[[Path], tuple[PromptRecord, ...]]:
             dict(
                 id=f"{source}-{obj.get('id', f'{i:04d}')}",
                 text=obj.get("text"),
-                is_harmful=kind == "harmful",
+                is_harmful=kind.startswith("harmful"),
                 category=str(obj.get("category") or kind),
                 checks=tuple(dict(c) for c in obj.get("checks") or ()) if kind == "verifiable" else (),
+                form=str(obj.get("form") or ""),
+                # The *_forms twins share their split; the older bundled pairs were split by text (v2 splits).
+                group=f"pair:{obj['pair']}" if kind.endswith("_forms") and obj.get("pair") else "",
             )
             for i, obj in enumerate(_read_jsonl(path))
         )
@@ -863,6 +878,38 @@ def _filtered(name: str, keep: Callable[[PromptRecord], bool]) -> Callable[[bool
     return lambda download: tuple(r for r in DATASETS[name].load(download) if keep(r))
 
 
+def load_jailbreak_wrappers() -> list[dict[str, str]]:
+    """The bundled jailbreak framings (`jailbreak_wrappers.jsonl`): id, attack family and a template holding the
+    request at its ``{prompt}`` placeholder. Evaluation only: no training text is ever wrapped in one."""
+    path = _bundled_file("jailbreak_wrappers.jsonl")
+    rows = _read_jsonl(path)
+    for row in rows:
+        if not {"id", "family", "template"} <= set(row) or len(_PLACEHOLDER.findall(row["template"])) != 1:
+            raise DataFormatError(
+                f"{path}: {row.get('id', row)} needs id, family and a template with exactly one {{prompt}}"
+            )
+    return rows
+
+
+def _load_jailbreak_wrapped(download: bool) -> tuple[PromptRecord, ...]:
+    # Each harmful *_forms test request inside one wrapper, the wrappers taken in turn (each frames 13 requests
+    # spread over the categories); the category is the wrapper's attack family, the form the request's.
+    wrappers = load_jailbreak_wrappers()
+    requests = load_dataset("bundled_harmful_forms", split="test", download=download)
+    return tuple(
+        PromptRecord(
+            f"bundled_jailbreak_wrapped-{r.id.removeprefix('bundled_harmful_forms-')}-{w['id']}",
+            apply_jailbreak(w["template"], r.text),
+            True,
+            w["family"],
+            "bundled_jailbreak_wrapped",
+            "",
+            form=r.form,
+        )
+        for r, w in zip(requests, itertools.cycle(wrappers), strict=False)
+    )
+
+
 def _load_toxigen(download: bool) -> tuple[PromptRecord, ...]:
     keys = [k for k in REMOTE_FILES if k.startswith("toxigen_prompts/")]
     return _dedupe(
@@ -880,6 +927,16 @@ DATASETS: dict[str, DatasetSpec] = {
             "bundled_verifiable", _bundled("verifiable"), "benign instructions with verifiable checks"
         ),
         DatasetSpec(
+            "bundled_harmful_forms",
+            _bundled("harmful_forms"),
+            "project's harmful requests, 16 categories x 7 phrasing forms",
+        ),
+        DatasetSpec(
+            "bundled_borderline_forms",
+            _bundled("borderline_forms"),
+            "safe twins of bundled_harmful_forms, same topic and phrasing form",
+        ),
+        DatasetSpec(
             "advbench", _public("advbench/harmful_behaviors.csv", _parse_advbench), "AdvBench behaviors"
         ),
         DatasetSpec(
@@ -892,6 +949,11 @@ DATASETS: dict[str, DatasetSpec] = {
         ),
         DatasetSpec(
             "jbb_benign", _public("jbb_behaviors/benign-behaviors.csv", _parse_jbb_benign), "JBB benign"
+        ),
+        DatasetSpec(
+            "bundled_jailbreak_wrapped",
+            _load_jailbreak_wrapped,
+            "bundled_harmful_forms' test requests inside the bundled jailbreak framings (evaluation only)",
         ),
         DatasetSpec("toxigen", _load_toxigen, "ToxiGen scaffold statements (hate vs neutral)"),
         DatasetSpec(
@@ -927,6 +989,7 @@ EVAL_ONLY: frozenset[str] = frozenset(
         "harmbench",
         "strongreject",
         "jailbreak_templates",
+        "bundled_jailbreak_wrapped",
     }
 )
 _VIEWS = frozenset({"xstest_safe", "xstest_unsafe"})  # filtered views of "xstest"
@@ -949,9 +1012,11 @@ def _with_splits(records: Iterable[PromptRecord], eval_only: bool) -> list[Promp
             r.is_harmful,
             r.category,
             r.source,
-            "test" if eval_only else _split_cached(r.text, DEFAULT_FRACTIONS),
+            "test" if eval_only else _split_cached(r.group or r.text, DEFAULT_FRACTIONS),
             r.checks,
             r.target,
+            r.form,
+            r.group,
         )
         for r in records
     ]
@@ -988,7 +1053,10 @@ def eval_only_texts(download: bool = False) -> dict[str, set[str]]:
     for name in sorted(EVAL_ONLY - _VIEWS):  # views are subsets: counting them again would double the report
         try:
             texts[name] = {normalize_text(r.text) for r in DATASETS[name].load(download)}
-        except DatasetNotAvailableError:
+        except (
+            DatasetNotAvailableError,
+            FileNotFoundError,
+        ):  # a public file, or a bundled one not in this folder
             logger.info("decontamination: %s is not available locally, skipped", name)
     return texts
 

@@ -54,6 +54,12 @@ BENCHMARKS: dict[str, Benchmark] = {
         Benchmark("jbb_benign", "jbb_benign", None, "benign"),
         Benchmark("alpaca_test", "alpaca", "test", "benign", default_limit=200),
         Benchmark("bundled_verifiable_test", "bundled_verifiable", "test", "verifiable"),
+        # Out of distribution in form (the generalisation sets): XSTest's unsafe contrasts (questions), the
+        # project's requests in seven phrasing forms (per_form breaks them down), and jailbreak-wrapped requests.
+        Benchmark("xstest_unsafe", "xstest_unsafe", None, "harmful"),
+        Benchmark("bundled_forms_test", "bundled_harmful_forms", "test", "harmful"),
+        Benchmark("bundled_forms_borderline_test", "bundled_borderline_forms", "test", "borderline"),
+        Benchmark("jailbreak_wrapped", "bundled_jailbreak_wrapped", None, "harmful"),
     ]
 }
 
@@ -86,6 +92,9 @@ class EvalRecord:
     metric_name: str
     metric: float
     per_category: dict[str, float] = field(default_factory=dict)
+    per_form: dict[str, float] = field(
+        default_factory=dict
+    )  # refusal rate per phrasing form, where records have one
     second_judge_metric: float | None = None
     outputs: list[dict[str, Any]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
@@ -116,6 +125,11 @@ def _make_record(
     for r, value in zip(records, refusal, strict=True):
         by_cat[r.category].append(value)
     per_category = {c: sum(v) / len(v) for c, v in sorted(by_cat.items())}
+    by_form: dict[str, list[float]] = defaultdict(list)
+    for r, value in zip(records, refusal, strict=True):
+        if r.form:
+            by_form[r.form].append(value)
+    per_form = {f: sum(v) / len(v) for f, v in sorted(by_form.items())}
     second = None
     if spec.kind == "harmful":
         metric_name, metric = "sgs", refusal_rate  # safe = refused, for prompts known to be harmful
@@ -136,6 +150,7 @@ def _make_record(
         metric_name,
         metric,
         per_category,
+        per_form,
         second,
         outputs,
         config or {},

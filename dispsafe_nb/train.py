@@ -227,7 +227,7 @@ def prompt_kinds(records: Sequence[data.PromptRecord]) -> dict[str, str]:
     return {
         r.text: "harmful"
         if r.is_harmful
-        else ("borderline" if r.source == "bundled_borderline" else "benign")
+        else ("borderline" if r.source in ("bundled_borderline", "bundled_borderline_forms") else "benign")
         for r in records
     }
 

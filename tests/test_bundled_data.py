@@ -49,11 +49,18 @@ FILES: dict[str, tuple[str, set[str], int]] = {
     "verifiable.jsonl": ("verif", {"id", "text", "category", "checks"}, 60),
     "refusals.jsonl": ("ref", {"id", "text"}, 70),
     "compliant_openings.jsonl": ("comply", {"id", "text"}, 70),
+    "harmful_forms.jsonl": ("hform", {"id", "text", "category", "form"}, 1000),
+    "borderline_forms.jsonl": ("bform", {"id", "text", "category", "form", "pair"}, 500),
 }
+FORMS = {"imperative", "question", "first_person", "roleplay", "indirect", "short", "long"}
 
 # Keys a record may carry on top of the required ones: "pair" links a borderline-safe prompt to its
 # harmful minimal-pair twin.
-OPTIONAL_KEYS: dict[str, set[str]] = {"harmful.jsonl": {"pair"}, "borderline.jsonl": {"pair"}}
+OPTIONAL_KEYS: dict[str, set[str]] = {
+    "harmful.jsonl": {"pair"},
+    "borderline.jsonl": {"pair"},
+    "harmful_forms.jsonl": {"pair"},
+}
 MIN_PAIRS = 150
 
 
@@ -103,7 +110,7 @@ def test_schema_and_count(data: dict[str, list[dict]], name: str) -> None:
     assert len(records) >= minimum
     for r in records:
         assert keys <= set(r) <= keys | OPTIONAL_KEYS.get(name, set()), r
-        assert re.fullmatch(rf"{prefix}-\d{{3}}", r["id"]), r["id"]
+        assert re.fullmatch(rf"{prefix}-\d{{3,4}}", r["id"]), r["id"]
         assert isinstance(r["text"], str) and r["text"].strip(), r
         assert r["text"] == r["text"].strip(), r["id"]
         if "category" in keys:
@@ -169,10 +176,9 @@ def _content_words(text: str) -> set[str]:
 def test_minimal_pairs_link_one_harmful_and_one_borderline(data: dict[str, list[dict]]) -> None:
     """Every ``pair`` value appears exactly twice: once in harmful.jsonl, once in borderline.jsonl."""
     where: dict[str, list[str]] = {}
-    for name in FILES:
+    for name in ("harmful.jsonl", "borderline.jsonl"):
         for r in data[name]:
             if "pair" in r:
-                assert name in OPTIONAL_KEYS, (name, r["id"])
                 assert isinstance(r["pair"], str) and re.fullmatch(r"pair-\d{3}", r["pair"]), r
                 where.setdefault(r["pair"], []).append(name)
     assert len(where) >= MIN_PAIRS
@@ -191,6 +197,65 @@ def test_minimal_pairs_share_vocabulary_and_cover_every_category(data: dict[str,
     per_category = Counter(r["category"] for r in borderline.values())
     assert set(per_category) == BORDERLINE_CATEGORIES
     assert all(c >= 15 for c in per_category.values()), per_category
+
+
+# --------------------------------------------------------------------------- phrasing forms
+
+
+def test_harmful_forms_cover_every_category_in_every_form(data: dict[str, list[dict]]) -> None:
+    """At least 12 harm categories, each phrased in all seven forms, at least 5 requests per cell."""
+    records = data["harmful_forms.jsonl"]
+    cells = Counter((r["category"], r["form"]) for r in records)
+    categories = {c for c, _ in cells}
+    assert {f for _, f in cells} == FORMS
+    assert len(categories) >= 12 and HARM_CATEGORIES <= categories
+    assert min(cells[(c, f)] for c in categories for f in FORMS) >= 5, cells
+
+
+def test_forms_look_like_their_form(data: dict[str, list[dict]]) -> None:
+    """The form labels mean something: questions end in '?', short ones are short and long ones long, role-play
+    names a role, first-person ones speak for the asker."""
+    for name in ("harmful_forms.jsonl", "borderline_forms.jsonl"):
+        for r in data[name]:
+            text, form = r["text"], r["form"]
+            assert "\n" not in text and len(text) <= 400, r["id"]
+            if form == "question":
+                assert text.endswith("?"), r["id"]
+            elif form == "short":
+                assert len(text.split()) <= 10, r["id"]
+            elif form == "long":
+                assert len(text.split()) >= 25, r["id"]
+            elif form == "first_person":
+                assert re.search(r"\b(I|I'm|I've|I'd|my|me)\b", text), r["id"]
+
+
+def test_forms_twins_are_paired_and_share_form_and_words(data: dict[str, list[dict]]) -> None:
+    harmful = {r["pair"]: r for r in data["harmful_forms.jsonl"] if "pair" in r}
+    borderline = {r["pair"]: r for r in data["borderline_forms.jsonl"]}
+    assert len(borderline) == len(data["borderline_forms.jsonl"]) >= 500  # one twin per pair value
+    assert set(harmful) == set(borderline)
+    unshared = []
+    for pair, safe in borderline.items():
+        assert re.fullmatch(r"fpair-\d{4}", pair), pair
+        twin = harmful[pair]
+        assert safe["form"] == twin["form"], pair
+        stems = [{w[:5] for w in _content_words(r["text"].replace("-", " "))} for r in (safe, twin)]
+        if not stems[0] & stems[1]:
+            unshared.append(pair)
+    # Twins share a topic; a handful do so without a shared word ("Silk Road" / "dark web vendor").
+    assert len(unshared) <= len(borderline) // 100, unshared
+    assert {r["category"] for r in borderline.values()} <= BORDERLINE_CATEGORIES
+    assert Counter(r["form"] for r in borderline.values()).keys() == FORMS
+
+
+def test_jailbreak_wrappers_hold_one_placeholder_and_are_listed() -> None:
+    wrappers = load("jailbreak_wrappers.jsonl")
+    readme = (BUNDLED / "README.md").read_text(encoding="utf-8")
+    assert len(wrappers) >= 10 and len({w["family"] for w in wrappers}) == len(wrappers)
+    assert re.search(rf"`jailbreak_wrappers.jsonl` \| {len(wrappers)} \|", readme)
+    for w in wrappers:
+        assert set(w) == {"id", "family", "template"} and re.fullmatch(r"wrap-\d{3}", w["id"]), w
+        assert w["template"].count("{prompt}") == 1 and f"| {w['family']} | {w['id']} |" in readme, w
 
 
 def test_verifiable_checks_are_known_and_well_formed(data: dict[str, list[dict]]) -> None:
@@ -297,7 +362,8 @@ def test_not_copied_from_public_benchmarks(data: dict[str, list[dict]]) -> None:
         pytest.skip("no public prompt files in the mirror")
     exact = set(public)
     close = []
-    for name in ("harmful.jsonl", "benign.jsonl", "borderline.jsonl", "verifiable.jsonl"):
+    prompts = ("harmful", "benign", "borderline", "verifiable", "harmful_forms", "borderline_forms")
+    for name in (f"{p}.jsonl" for p in prompts):
         for r in data[name]:
             ours = normalise(r["text"])
             assert ours not in exact, r["id"]

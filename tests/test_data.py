@@ -389,11 +389,23 @@ def test_repo_bundled_sets():
     for kind in data.BUNDLED_KINDS:
         records = data.load_dataset(f"bundled_{kind}")
         _check_fields(records, f"bundled_{kind}")
-        assert all(r.is_harmful == (kind == "harmful") for r in records)
+        assert all(r.is_harmful == kind.startswith("harmful") for r in records)
+        if kind.endswith("_forms"):  # every record has a form; twins share their split
+            assert {r.form for r in records} == set(data.FORMS)
+            assert all(r.split == data.assign_split(r.group) for r in records if r.group)
     assert all(r.checks for r in data.load_dataset("bundled_verifiable"))
     assert data.load_refusal_texts() and data.load_compliant_texts()
     trainable = data.training_prompts([f"bundled_{k}" for k in data.BUNDLED_KINDS], limit_per_set=10)
     data.assert_trainable(trainable)
+
+
+def test_forms_twins_share_their_split():
+    """A harmful request and its borderline-safe twin fall in the same split (else a model trains on one half of
+    a pair it is tested on)."""
+    harmful = {r.group: r.split for r in data.load_dataset("bundled_harmful_forms") if r.group}
+    twins = {r.group: r.split for r in data.load_dataset("bundled_borderline_forms")}
+    assert set(twins) == set(harmful) and twins == harmful
+    assert set(harmful.values()) == {"train", "val", "test"}
 
 
 def test_records_to_frame(tiny_bundled):
@@ -544,3 +556,31 @@ def test_registry_matches_manifest():
     for rf in pinned:
         local, repo, commit, path, sha = rows[rf.local_path]
         assert (rf.repo, rf.commit, rf.path, rf.sha256) == (repo.split(" ")[0], commit, path, sha)
+
+
+def test_jailbreak_wrapped_requests_frame_each_forms_test_request_once():
+    wrappers = data.load_jailbreak_wrappers()
+    requests = data.load_dataset("bundled_harmful_forms", split="test")
+    wrapped = data.load_dataset("bundled_jailbreak_wrapped")
+    assert len(wrapped) == len(requests) and len(wrappers) >= 10
+    assert all(r.is_harmful and r.split == "test" for r in wrapped)
+    for r, request in zip(wrapped, requests, strict=True):
+        assert request.text in r.text and r.text != request.text and r.form == request.form
+    families = Counter(r.category for r in wrapped)
+    assert set(families) == {w["family"] for w in wrappers}
+    assert max(families.values()) - min(families.values()) <= 1
+    with pytest.raises(data.EvalOnlyError, match="evaluation-only"):
+        data.training_prompts(["bundled_jailbreak_wrapped"])
+
+
+def test_a_wrapper_without_its_placeholder_is_refused(tmp_path, monkeypatch):
+    import shutil
+
+    for p in data.DEFAULT_BUNDLED_DIR.glob("*.jsonl"):
+        shutil.copy(p, tmp_path / p.name)
+    (tmp_path / "jailbreak_wrappers.jsonl").write_text(
+        '{"id": "wrap-001", "family": "x", "template": "no placeholder here"}\n'
+    )
+    monkeypatch.setenv("DISPSAFE_BUNDLED", str(tmp_path))
+    with pytest.raises(data.DataFormatError, match=r"wrap-001 needs id, family and a template"):
+        data.load_jailbreak_wrappers()

@@ -389,3 +389,22 @@ def test_a_dual_system_samples_through_the_common_interface(monkeypatch):
     monkeypatch.undo()
     with pytest.raises(ValueError, match="limit must be at least 1"):
         ev.benchmark_records("advbench_test", limit=0)
+
+
+def test_records_with_forms_are_broken_down_by_form():
+    from dataclasses import replace
+
+    records = [replace(r, form=f) for r, f in zip(_records(4, True), ["short", "short", "long", "long"])]
+    responses = [REFUSE, ANSWER, REFUSE, REFUSE]
+    rec = score_responses("sys", "bundled_forms_test", records, responses, RefusalJudge())
+    assert rec.metric == 0.75 and rec.per_form == {"long": 1.0, "short": 0.5}
+    assert score_responses("sys", "advbench_test", _records(2, True), [REFUSE] * 2).per_form == {}
+
+
+def test_generalisation_benchmarks_are_harmful_test_sets():
+    for name in ("xstest_unsafe", "bundled_forms_test", "jailbreak_wrapped"):
+        records = benchmark_records(name)
+        assert BENCHMARKS[name].kind == "harmful" and records and all(r.is_harmful for r in records), name
+    assert len(benchmark_records("xstest_unsafe")) == 200
+    forms = {r.form for r in benchmark_records("bundled_forms_test")}
+    assert len(forms) == 7
