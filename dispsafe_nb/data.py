@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import csv
 import functools
-import itertools
 import hashlib
 import http.client
 import io
+import itertools
 import json
 import logging
 import os

@@ -394,7 +394,9 @@ def test_a_dual_system_samples_through_the_common_interface(monkeypatch):
 def test_records_with_forms_are_broken_down_by_form():
     from dataclasses import replace
 
-    records = [replace(r, form=f) for r, f in zip(_records(4, True), ["short", "short", "long", "long"])]
+    records = [
+        replace(r, form=f) for r, f in zip(_records(4, True), ["short", "short", "long", "long"], strict=True)
+    ]
     responses = [REFUSE, ANSWER, REFUSE, REFUSE]
     rec = score_responses("sys", "bundled_forms_test", records, responses, RefusalJudge())
     assert rec.metric == 0.75 and rec.per_form == {"long": 1.0, "short": 0.5}
