@@ -12,6 +12,7 @@ validation estimate of the distillation gap, periodic checkpoints and exact resu
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -47,6 +48,7 @@ WEIGHTINGS = ("none", "per_token")
 SCORINGS = ("shared_prompt", "separate")
 AUTOCASTS = ("none", "bf16")
 BUCKETINGS = ("length", "none")
+SAMPLINGS = ("replacement", "epoch")
 
 
 @dataclass
@@ -104,6 +106,10 @@ class DistillConfig:
     # over the same examples (a test checks). Batches are not drawn by length: length follows the label here
     # (refusals are short), and length-grouped batches would be all-harmful or all-benign.
     bucketing: str = "length"
+    # "replacement": every micro-batch drawn uniformly with replacement (examples may repeat or be missed);
+    # "epoch": a seeded permutation per epoch, consumed in order (the paper's "one epoch" sees each example once;
+    # with `steps = steps_per_epoch(...)`).
+    sampling: str = "replacement"
 
     def __post_init__(self) -> None:
         if self.objective not in ALL_OBJECTIVES:
@@ -112,6 +118,8 @@ class DistillConfig:
             raise ValueError(unknown_name_message("scoring", self.scoring, SCORINGS))
         if self.autocast not in AUTOCASTS:
             raise ValueError(unknown_name_message("autocast", self.autocast, AUTOCASTS))
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(unknown_name_message("sampling", self.sampling, SAMPLINGS))
         if self.bucketing not in BUCKETINGS:
             raise ValueError(unknown_name_message("bucketing", self.bucketing, BUCKETINGS))
         if self.autocast != "none" and self.scoring != "shared_prompt":
@@ -414,9 +422,24 @@ def learning_rate(cfg: DistillConfig, step: int) -> float:
 
 
 def _batch_indices(n: int, cfg: DistillConfig, step: int, micro: int) -> list[int]:
-    # A generator per (seed, step, micro-batch): resuming at any step draws the same batches.
+    # A pure function of (seed, step, micro-batch): resuming at any step draws the same batches.
+    if cfg.sampling == "epoch":
+        start = (step * cfg.grad_accum + micro) * cfg.batch_size
+        return [_epoch_order(n, cfg.seed, pos // n)[pos % n] for pos in range(start, start + cfg.batch_size)]
     gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 97 + micro)
     return torch.randint(0, n, (cfg.batch_size,), generator=gen).tolist()
+
+
+@functools.lru_cache(maxsize=8)
+def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
+    """The order epoch `epoch` visits n examples in (a seeded permutation; every example once)."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + 7_919 * (epoch + 1))
+    return tuple(torch.randperm(n, generator=gen).tolist())
+
+
+def steps_per_epoch(n_examples: int, cfg: DistillConfig) -> int:
+    """Steps that visit every example once at the config's effective batch (batch_size x grad_accum)."""
+    return math.ceil(n_examples / (cfg.batch_size * cfg.grad_accum))
 
 
 def example_tokens(llm: LLM, example: Example) -> int:
@@ -526,6 +549,8 @@ def distill(
     examples = examples_from_samples(train_samples, labels)
     if not examples:
         raise ValueError("no training examples: pass teacher samples for at least one prompt")
+    # Whatever mix the caller built: no evaluated prompt (or near-duplicate) is trained on.
+    data.check_training_texts(s.prompt for s in train_samples)
     torch.manual_seed(cfg.seed)
     method = make_method(llm, cfg)
     if not method.trainable_parameters():

@@ -98,6 +98,23 @@ def _reference_batch(n: int, seed: int, step: int, micro: int, batch_size: int) 
     return torch.randint(0, n, (batch_size,), generator=gen).tolist()
 
 
+def test_epoch_sampling_visits_every_example_once_per_epoch():
+    from dispsafe_nb.train import steps_per_epoch
+
+    cfg = DistillConfig(seed=2, batch_size=3, grad_accum=2, sampling="epoch")
+    n = 10
+    steps = steps_per_epoch(n, cfg)
+    assert steps == 2  # 10 examples at an effective batch of 6
+    drawn = [i for step in range(4) for micro in range(2) for i in _batch_indices(n, cfg, step, micro)]
+    assert sorted(drawn[:n]) == list(range(n)) and sorted(drawn[n : 2 * n]) == list(range(n))
+    assert drawn[:n] != drawn[n : 2 * n]  # each epoch in its own order
+    assert drawn == [i for step in range(4) for micro in range(2) for i in _batch_indices(n, cfg, step, micro)]
+    other = DistillConfig(seed=3, batch_size=3, grad_accum=2, sampling="epoch")
+    assert _batch_indices(n, other, 0, 0) != _batch_indices(n, cfg, 0, 0)
+    with pytest.raises(ValueError, match="Did you mean 'epoch'"):
+        DistillConfig(sampling="epochs")
+
+
 def test_batch_indices_are_a_pure_function_of_seed_step_and_micro_batch():
     cfg = DistillConfig(seed=3, batch_size=5)
     for step in (0, 1, 7):
