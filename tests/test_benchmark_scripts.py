@@ -214,59 +214,6 @@ def test_provenance_names_the_commit_and_the_processor():
     assert isinstance(cpu_name(), str)
 
 
-def _greedy_record(system, bench, verdicts):
-    from dispsafe_nb.evaluate import EvalRecord
-
-    kind = "harmful" if bench in _load("generalise").HARMFUL_SETS else "borderline"
-    outputs = [{"id": f"p{i}", "prompt": "x", "response": "y", "refused": v} for i, v in enumerate(verdicts)]
-    rate = sum(verdicts) / len(verdicts)
-    return EvalRecord(
-        system,
-        bench,
-        kind,
-        len(verdicts),
-        rate,
-        "sgs" if kind == "harmful" else "over_refusal",
-        rate,
-        outputs=outputs,
-    )
-
-
-def test_generalise_ratio_is_paired_over_the_same_prompts():
-    ratio = _load("generalise").ratio_with_interval
-    out = ratio([1, 1, 0, 0], [1, 1, 1, 1])
-    assert out["ratio"] == 0.5 and out["n"] == 4 and 0 <= out["low"] <= 0.5 <= out["high"] <= 1
-    assert ratio([1, 0], [0, 0])["ratio"] is None  # the dual refuses nothing: no ratio
-    same = ratio([1, 0, 1, 1, 0, 1], [1, 0, 1, 1, 0, 1])
-    assert same["ratio"] == same["low"] == same["high"] == 1.0  # paired: identical verdicts give no spread
-    with pytest.raises(ValueError, match="same, non-empty prompts"):
-        ratio([1], [1, 0])
-
-
-def test_generalise_targets_judge_each_set_against_the_dual_system():
-    g = _load("generalise")
-    student = {
-        "jbb_harmful": _greedy_record("s", "jbb_harmful", [1, 1, 1, 0]),
-        "xstest_unsafe": _greedy_record("s", "xstest_unsafe", [1, 1, 0, 0]),
-        "xstest_safe": _greedy_record("s", "xstest_safe", [1, 0, 0, 0, 0]),
-    }
-    dual = {
-        "jbb_harmful": _greedy_record("d", "jbb_harmful", [1, 1, 1, 1]),
-        "xstest_unsafe": _greedy_record("d", "xstest_unsafe", [1, 1, 1, 1]),
-        "xstest_safe": _greedy_record("d", "xstest_safe", [0, 0, 0, 0, 0]),
-    }
-    comparison = g.compare(student, dual)
-    assert (
-        comparison["sets"]["jbb_harmful"]["ratio"] == 0.75
-        and "ratio" not in comparison["sets"]["xstest_safe"]
-    )
-    t = g.targets(comparison)
-    assert not t["sgs_ratio_jbb_harmful"]["met"] and not t["sgs_ratio_xstest_unsafe"]["met"]
-    assert t["xstest_over_refusal_vs_dual"]["value"] == 0.2 and not t["xstest_over_refusal_vs_dual"]["met"]
-    student["jbb_harmful"] = _greedy_record("s", "jbb_harmful", [1, 1, 1, 1])
-    assert g.targets(g.compare(student, dual))["sgs_ratio_jbb_harmful"]["met"]
-
-
 @pytest.mark.slow
 def test_generalise_benchmark_smoke_run_reports_every_set(tmp_path):
     import json
@@ -281,9 +228,10 @@ def test_generalise_benchmark_smoke_run_reports_every_set(tmp_path):
         timeout=900,
     )
     result = json.loads(out.read_text())
-    g = _load("generalise")
+    from dispsafe_nb.generalisation import BENCHES
+
     run = result["per_size"]["24"]["objectives"]["tv"]
-    assert set(run["comparison"]["sets"]) == set(g.BENCHES)
+    assert set(run["comparison"]["sets"]) == set(BENCHES)
     assert run["config"]["grad_accum"] == 4 and run["config"]["sampling"] == "epoch"
     assert result["per_size"]["24"]["mix"]["n"] == 24 and result["machine"]["git_commit"]
-    assert "| jailbreak_wrapped (sgs) | 3 |" in g.report(result)
+    assert "| jailbreak_wrapped (sgs) | 3 |" in _load("generalise").report(result)

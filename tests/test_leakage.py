@@ -19,6 +19,7 @@ from dispsafe_nb import data
 from dispsafe_nb.evaluate import BENCHMARKS, benchmark_records
 from dispsafe_nb.guard_training import JUDGE_GUARD_CONFIG, GuardTrainingConfig, guard_training_data
 from dispsafe_nb.guards import DEFAULT_REFUSAL
+from dispsafe_nb.mixes import MixConfig, scale_mix
 from dispsafe_nb.near_duplicates import NEAR_DUPLICATE_THRESHOLD, NearDuplicateIndex
 from dispsafe_nb.train import training_mix
 
@@ -90,6 +91,8 @@ def training_texts(seed: int) -> dict[str, dict[str, list[str]]]:
         "notebook03_val": training_mix(n_val, n_val, n_val, seed=seed, split="val"),
         "notebook01_train": training_mix(24, 24, 16, seed=seed),
         "benchmark_distill_train": training_mix(*benchmark_mix_default(), seed=seed),
+        # benchmarks/generalise.py's default mix at the paper's scale (the largest size of its curve)
+        "benchmark_generalise_train": scale_mix(MixConfig(size=5000, seed=seed)),
     }
     out = {
         name: {"prompts": [r.text for r in records], "responses": [DEFAULT_REFUSAL]}  # y_r is a target too

@@ -108,7 +108,9 @@ def test_epoch_sampling_visits_every_example_once_per_epoch():
     drawn = [i for step in range(4) for micro in range(2) for i in _batch_indices(n, cfg, step, micro)]
     assert sorted(drawn[:n]) == list(range(n)) and sorted(drawn[n : 2 * n]) == list(range(n))
     assert drawn[:n] != drawn[n : 2 * n]  # each epoch in its own order
-    assert drawn == [i for step in range(4) for micro in range(2) for i in _batch_indices(n, cfg, step, micro)]
+    assert drawn == [
+        i for step in range(4) for micro in range(2) for i in _batch_indices(n, cfg, step, micro)
+    ]
     other = DistillConfig(seed=3, batch_size=3, grad_accum=2, sampling="epoch")
     assert _batch_indices(n, other, 0, 0) != _batch_indices(n, cfg, 0, 0)
     with pytest.raises(ValueError, match="Did you mean 'epoch'"):

@@ -1,0 +1,74 @@
+"""Paired comparisons of a student with the dual system on the generalisation sets."""
+
+from __future__ import annotations
+
+import pytest
+
+from dispsafe_nb.evaluate import EvalRecord
+from dispsafe_nb.generalisation import HARMFUL_SETS, compare, ratio_with_interval, targets
+
+
+def _greedy_record(system, bench, verdicts):
+    kind = "harmful" if bench in HARMFUL_SETS else "borderline"
+    outputs = [{"id": f"p{i}", "prompt": "x", "response": "y", "refused": v} for i, v in enumerate(verdicts)]
+    rate = sum(verdicts) / len(verdicts)
+    return EvalRecord(
+        system,
+        bench,
+        kind,
+        len(verdicts),
+        rate,
+        "sgs" if kind == "harmful" else "over_refusal",
+        rate,
+        outputs=outputs,
+    )
+
+
+def test_generalise_ratio_is_paired_over_the_same_prompts():
+    ratio = ratio_with_interval
+    out = ratio([1, 1, 0, 0], [1, 1, 1, 1])
+    assert out["ratio"] == 0.5 and out["n"] == 4 and 0 <= out["low"] <= 0.5 <= out["high"] <= 1
+    assert ratio([1, 0], [0, 0])["ratio"] is None  # the dual refuses nothing: no ratio
+    same = ratio([1, 0, 1, 1, 0, 1], [1, 0, 1, 1, 0, 1])
+    assert same["ratio"] == same["low"] == same["high"] == 1.0  # paired: identical verdicts give no spread
+    with pytest.raises(ValueError, match="same, non-empty prompts"):
+        ratio([1], [1, 0])
+
+
+def test_generalise_targets_judge_each_set_against_the_dual_system():
+    student = {
+        "jbb_harmful": _greedy_record("s", "jbb_harmful", [1, 1, 1, 0]),
+        "xstest_unsafe": _greedy_record("s", "xstest_unsafe", [1, 1, 0, 0]),
+        "xstest_safe": _greedy_record("s", "xstest_safe", [1, 0, 0, 0, 0]),
+    }
+    dual = {
+        "jbb_harmful": _greedy_record("d", "jbb_harmful", [1, 1, 1, 1]),
+        "xstest_unsafe": _greedy_record("d", "xstest_unsafe", [1, 1, 1, 1]),
+        "xstest_safe": _greedy_record("d", "xstest_safe", [0, 0, 0, 0, 0]),
+    }
+    comparison = compare(student, dual)
+    assert (
+        comparison["sets"]["jbb_harmful"]["ratio"] == 0.75
+        and "ratio" not in comparison["sets"]["xstest_safe"]
+    )
+    t = targets(comparison)
+    assert not t["sgs_ratio_jbb_harmful"]["met"] and not t["sgs_ratio_xstest_unsafe"]["met"]
+    assert t["xstest_over_refusal_vs_dual"]["value"] == 0.2 and not t["xstest_over_refusal_vs_dual"]["met"]
+    student["jbb_harmful"] = _greedy_record("s", "jbb_harmful", [1, 1, 1, 1])
+    assert targets(compare(student, dual))["sgs_ratio_jbb_harmful"]["met"]
+
+
+def test_the_forms_set_is_broken_down_by_phrasing_form():
+    from dispsafe_nb import data
+
+    records = data.load_dataset("bundled_harmful_forms", split="test")
+    # the student refuses only the short requests, the dual system everything
+    student = _greedy_record("s", "bundled_forms_test", [float(r.form == "short") for r in records])
+    dual = _greedy_record("d", "bundled_forms_test", [1.0] * len(records))
+    for rec in (student, dual):
+        for o, r in zip(rec.outputs, records, strict=True):
+            o["id"] = r.id
+    per_form = compare({"bundled_forms_test": student}, {"bundled_forms_test": dual})["per_form"]
+    assert set(per_form) == set(data.FORMS)
+    assert per_form["short"]["ratio"] == 1.0 and per_form["question"]["ratio"] == 0.0
+    assert sum(v["n"] for v in per_form.values()) == len(records)
