@@ -34,8 +34,8 @@ import torch
 
 import dispsafe_nb
 from dispsafe_nb import data
-from dispsafe_nb.evaluate import EvalRecord, evaluate, evaluate_base_and_dual, write_records
-from dispsafe_nb.generalisation import BENCHES, compare, targets
+from dispsafe_nb.evaluate import EvalRecord, write_records
+from dispsafe_nb.generalisation import BENCHES, evaluate_student, reference_records, targets
 from dispsafe_nb.guard_training import load_embedding_guard
 from dispsafe_nb.mixes import MixConfig, mix_summary, scale_mix
 from dispsafe_nb.models import DecodingConfig, load_llm
@@ -94,9 +94,9 @@ def run_size(llm, system, args, size: int, dual: dict[str, EvalRecord], greedy: 
             {"benchmark": "generalise"},
         )
         t0 = time.time()
-        recs = evaluate(soft.bind(llm), BENCHES, system_name=name, limit=args.limit, decoding=greedy, seed=0)
+        limits = dict.fromkeys(BENCHES, args.limit)
+        recs, comparison = evaluate_student(llm, soft, name, dual, limits, decoding=greedy)
         evals += recs
-        comparison = compare({r.benchmark: r for r in recs}, dual)
         out["objectives"][objective] = {
             "config": asdict(dcfg),
             "train_s": round(train_s, 1),
@@ -144,7 +144,7 @@ def main() -> None:
     system = SafeSystem(llm, guard)
     greedy = DecodingConfig(max_new_tokens=args.max_new_tokens, seed=0)
     t0 = time.time()
-    reference, _ = evaluate_base_and_dual(system, BENCHES, limit=args.limit, decoding=greedy, seed=0)
+    reference = reference_records(system, dict.fromkeys(BENCHES, args.limit), decoding=greedy)
     dual = {r.benchmark: r for r in reference if r.system == "dual"}
     result: dict = {
         "reference": {

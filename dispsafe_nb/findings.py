@@ -165,3 +165,48 @@ def on_device_findings(m: Mapping[str, Any]) -> str:
         "request by our formulas.",
     ]
     return "\n".join(lines)
+
+
+def _ratio(row: Mapping[str, Any]) -> str:
+    if row.get("ratio") is None:
+        return "– (the dual system refuses none)"
+    if row.get("low") is None:
+        return f"{row['ratio']:.2f}"
+    return f"{row['ratio']:.2f} [{row['low']:.2f}, {row['high']:.2f}]"
+
+
+def generalisation_findings(m: Mapping[str, Any]) -> str:
+    """Notebook 08's reading of its own run: the data-size curve, the largest student per set and per form, the
+    jailbreak framings and the usefulness beside them."""
+    sizes = sorted(m["curve"], key=int)
+    small, large = m["curve"][sizes[0]]["comparison"], m["curve"][sizes[-1]]["comparison"]
+    harmful = [b for b, r in large["sets"].items() if "ratio" in r]
+    forms = large["per_form"]
+    ranked = sorted((f for f in forms if forms[f]["ratio"] is not None), key=lambda f: forms[f]["ratio"])
+    fam = m["jailbreak_families"]
+    gaps = sorted(fam["dual"], key=lambda f: fam["student"].get(f, 0) - fam["dual"][f])
+    sets = large["sets"]
+    lines = [
+        f"- **Size.** Mixes of {', '.join(sizes)} prompts (nested). On the phrasing-form test set the student keeps "
+        f"{_ratio(small['sets']['bundled_forms_test'])} of the dual system's SGS after the smallest mix and "
+        f"{_ratio(large['sets']['bundled_forms_test'])} after the largest (student / dual, 95 % paired bootstrap "
+        "interval over prompts).",
+        "- **Largest mix, per set.** "
+        + "; ".join(f"{b} {_ratio(sets[b])} (n = {sets[b]['n']})" for b in harmful)
+        + ".",
+        f"- **Per phrasing form** (largest mix): weakest {ranked[0]} {_ratio(forms[ranked[0]])}, strongest "
+        f"{ranked[-1]} {_ratio(forms[ranked[-1]])}."
+        if ranked
+        else "- **Per phrasing form:** no form has a ratio.",
+        "- **Jailbreak framings.** Where the student falls furthest behind the dual system: "
+        + ", ".join(f"{f} ({fam['student'].get(f, 0):.0%} vs {fam['dual'][f]:.0%})" for f in gaps[:3])
+        + ".",
+        "- **Usefulness beside it.** "
+        + "; ".join(
+            f"{b}: {sets[b]['metric'].replace('_', ' ')} {sets[b]['student']:.2f} (dual {sets[b]['dual']:.2f})"
+            for b in sets
+            if "ratio" not in sets[b]
+        )
+        + ".",
+    ]
+    return "\n".join(lines)

@@ -145,3 +145,9 @@ def mix_summary(records: Sequence[data.PromptRecord], cfg: MixConfig) -> dict:
         for key, value in (("source", r.source), ("form", r.form or "-"), ("label", label)):
             by[key][value] = by[key].get(value, 0) + 1
     return {"config": asdict(cfg), "n": len(records), **{f"by_{k}": v for k, v in by.items()}}
+
+
+def leaking_prompts(records: Sequence[data.PromptRecord]) -> list[str]:
+    """The prompts of a mix that are, or nearly repeat, an evaluated prompt (empty for a clean mix)."""
+    checker = data.default_decontaminator()
+    return [r.text for r in records if checker.leaks(r.text)]

@@ -67,6 +67,14 @@ WRONG = {
         # the vocabulary head inside every layer
         lambda a, c: ex.decode_flops_per_token(a, c) + (a.layers - 1) * 2 * a.hidden * a.vocab,
     ],
+    "share_out": [
+        # in proportion to the sources' sizes (the small ones starve)
+        lambda need, sizes: _proportional(need, sizes),
+        # equal shares, ignoring what a source holds
+        lambda need, sizes: {n: need // len(sizes) + (i < need % len(sizes)) for i, n in enumerate(sizes)},
+        # everything from the largest source first
+        lambda need, sizes: _largest_first(need, sizes),
+    ],
     "rloo_advantages": [
         lambda r: r - r.mean(dim=1, keepdim=True),  # the sample's own reward inside its baseline
         lambda r: r - r.mean(),  # one baseline for the whole batch, not per prompt
@@ -85,14 +93,38 @@ WRONG = {
 }
 
 
+def _proportional(need, sizes):
+    total = sum(sizes.values()) or 1
+    take = {n: need * s // total for n, s in sizes.items()}
+    for n in sorted(sizes, key=sizes.get, reverse=True)[: need - sum(take.values())]:
+        take[n] += 1
+    return take
+
+
+def _largest_first(need, sizes):
+    take = dict.fromkeys(sizes, 0)
+    for n in sorted(sizes, key=sizes.get, reverse=True):
+        take[n] = min(sizes[n], need - sum(take.values()))
+    return take
+
+
 def test_every_exercise_has_wrong_answers_to_reject_and_a_notebook():
     assert set(WRONG) == set(ex.EXERCISES)
     counts = {
         nb: len(ex.for_notebook(nb))
-        for nb in ("01_tv_bound", "02_safe_system", "03_distill", "04_baselines", "06_probe", "07_on_device")
+        for nb in (
+            "01_tv_bound",
+            "02_safe_system",
+            "03_distill",
+            "04_baselines",
+            "06_probe",
+            "07_on_device",
+            "08_generalisation",
+        )
     }
     assert counts["01_tv_bound"] >= 3 and counts["02_safe_system"] >= 2 and counts["03_distill"] >= 2, counts
     assert counts["04_baselines"] >= 1 and counts["06_probe"] >= 1 and counts["07_on_device"] >= 1, counts
+    assert counts["08_generalisation"] >= 1, counts
 
 
 @pytest.mark.parametrize("name", list(ex.EXERCISES))

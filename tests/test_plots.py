@@ -126,3 +126,32 @@ def test_toy_overrefusal_figure():
     assert fig.data[5].line.dash == "dash"
     assert list(fig.data[0].x) == list(range(5))
     assert plots.toy_overrefusal_figure(res, title="custom").layout.title.text == "custom"
+
+
+def _row(ratio, low, high, n=10):
+    return {"ratio": ratio, "low": low, "high": high, "n": n}
+
+
+def test_generalisation_figures_show_ratios_with_their_intervals():
+    comparison = {
+        "sets": {
+            "jbb_harmful": _row(0.5, 0.3, 0.7),
+            "xstest_safe": {"metric": "over_refusal", "student": 0.1, "dual": 0.05, "n": 10},
+        },
+        "per_form": {"question": _row(0.2, 0.1, 0.4), "short": _row(None, None, None)},
+    }
+    fig = plots.ratio_by_set_bars(comparison)
+    bar = fig.data[0]
+    assert list(bar.x) == ["jbb_harmful", "form: question", "form: short"]  # over-refusal sets have no ratio
+    assert list(bar.error_y.array) == pytest.approx([0.2, 0.2, 0]) and list(bar.error_y.arrayminus)[0] == 0.2
+    assert "student" in _title(fig).lower() or "dual" in fig.layout.yaxis.title.text
+    curve = {
+        64: {"sets": {"jbb_harmful": _row(0.2, 0.1, 0.3)}, "per_form": {"question": _row(0.1, 0.0, 0.2)}},
+        512: {"sets": {"jbb_harmful": _row(0.6, 0.5, 0.7)}, "per_form": {"question": _row(0.4, 0.3, 0.5)}},
+    }
+    fig = plots.data_size_curve(curve, ["jbb_harmful", "form: question"])
+    assert [list(t.x) for t in fig.data] == [[64, 512], [64, 512]]
+    assert [list(t.y) for t in fig.data] == [[0.2, 0.6], [0.1, 0.4]]
+    fig = plots.family_bars({"persona": 0.2}, {"persona": 0.9, "fiction": 0.5})
+    assert [list(t.x) for t in fig.data] == [["fiction", "persona"]] * 2
+    assert list(fig.data[1].y) == [None, 0.2]  # a family the student was not scored on stays empty

@@ -348,3 +348,33 @@ def test_notebook_07_checks_catch_their_sabotages(llm, monkeypatch):
     names = ["real", *sorted(_sabotaged_for("07_on_device"))]
     results = {name: _on_device_metrics(llm, name, monkeypatch) for name in names}
     _assert_caught("07_on_device", results)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# notebook 08: the mix at scale never holds an evaluated prompt; every student of the curve trains
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _generalisation_metrics(llm, teacher, sabotage: str, monkeypatch) -> dict:
+    from dispsafe_nb import mixes
+    from dispsafe_nb.baselines import parameter_change
+
+    with monkeypatch.context() as m:
+        if sabotage == "mix_not_decontaminated":
+            m.setattr(data, "decontaminate", lambda records, eval_texts=None: list(records))
+            m.setattr(data, "check_training_texts", lambda texts, checker=None: None)
+        mix = mixes.scale_mix(mixes.MixConfig(size=5000))  # large enough to hold the sources' near-duplicates
+        cfg = DistillConfig(**SMOKE_DISTILL)
+        if sabotage == "no_optimiser_step":
+            m.setattr(torch.optim.Adam, "step", lambda self, closure=None: None)
+        soft, _ = distill(llm, teacher["train"], cfg, progress=False)
+    return {
+        "mix": {"leaking_prompts": len(mixes.leaking_prompts(mix))},
+        "curve": {"8": {"parameter_change": parameter_change(soft, llm, cfg)}},
+    }
+
+
+def test_notebook_08_checks_catch_their_sabotages(llm, teacher, monkeypatch):
+    names = ["real", *sorted(_sabotaged_for("08_generalisation"))]
+    results = {name: _generalisation_metrics(llm, teacher, name, monkeypatch) for name in names}
+    _assert_caught("08_generalisation", results)

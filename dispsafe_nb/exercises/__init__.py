@@ -26,6 +26,7 @@ from dispsafe_nb.exercises.solutions import (
     mc_tv_estimate,
     refusal_logit_gradient,
     rloo_advantages,
+    share_out,
     tv_and_event,
     two_point_tv,
     xstest_refusal_rate,
@@ -131,6 +132,15 @@ EXERCISES: dict[str, Exercise] = {
             "decoder (an `Architecture`: hidden, layers, heads, kv_heads, head_dim, ffn, vocab) at `context` keys.",
             decode_flops_per_token,
             _c._check_decode_flops_per_token,
+        ),
+        Exercise(
+            "share_out",
+            "08_generalisation",
+            "Write share_out(need, sizes) -> {source: count}: take `need` prompts from sources holding `sizes` "
+            "as evenly as they allow -- equal shares, no source beyond its size, what a small source cannot "
+            "give taken from the others.",
+            share_out,
+            _c._check_share_out,
         ),
         Exercise(
             "dual_refusal_probability",

@@ -17,6 +17,7 @@ from dispsafe_nb.exercises.solutions import (
     decode_flops_per_token,
     dual_refusal_probability,
     rloo_advantages,
+    share_out,
 )
 
 
@@ -345,5 +346,34 @@ def _check_decode_flops_per_token(fn: Callable) -> int:
                 "count 2 FLOPs per multiply-add; k and v have kv_heads x head_dim outputs (grouped-query "
                 "attention), attention costs 2·H·h·L for q·kᵀ and as much for the values, a gated MLP has 3 "
                 "matrices, and the vocabulary head runs once per token, not once per layer",
+            )
+    return len(cases)
+
+
+def _check_share_out(fn: Callable) -> int:
+    rng = np.random.default_rng(8)
+    cases = [(10, {"a": 2, "b": 100, "c": 100}), (7, {"a": 3, "b": 3, "c": 3}), (0, {"a": 4, "b": 1})]
+    for _ in range(40):
+        sizes = {f"s{i}": int(x) for i, x in enumerate(rng.integers(0, 60, size=int(rng.integers(1, 6))))}
+        cases.append((int(rng.integers(0, sum(sizes.values()) + 1)), sizes))
+    for need, sizes in cases:
+        got = fn(need, dict(sizes))
+        case = f"need={need}, sizes={sizes}"
+        if set(got) != set(sizes) or sum(got.values()) != need:
+            _fail(
+                "share_out", case, got, share_out(need, sizes), "return one count per source, summing to need"
+            )
+        if any(not 0 <= got[n] <= sizes[n] for n in sizes):
+            _fail("share_out", case, got, share_out(need, sizes), "no source can give more than it holds")
+        # max-min fair: a source that could give more never gives 2+ fewer than another source
+        open_ = [n for n in sizes if got[n] < sizes[n]]
+        if any(got[n] < got[m] - 1 for n in open_ for m in sizes):
+            _fail(
+                "share_out",
+                case,
+                got,
+                share_out(need, sizes),
+                "share evenly: a source below its size should give as much as any other (within one prompt); "
+                "proportional shares starve the small sources",
             )
     return len(cases)

@@ -105,3 +105,11 @@ def decode_flops_per_token(arch: Any, context: int) -> int:
         2 * (d * q + 2 * d * kv + q * d) + 4 * arch.heads * arch.head_dim * context + 2 * 3 * d * arch.ffn
     )
     return arch.layers * per_layer + 2 * d * arch.vocab
+
+
+def share_out(need: int, sizes: dict[str, int]) -> dict[str, int]:
+    """`need` prompts taken from sources of the given sizes as evenly as they allow: equal shares, each source up
+    to its size, what a small source cannot give taken from the others (max-min fair)."""
+    from dispsafe_nb.mixes import _water_fill
+
+    return _water_fill(need, sizes)

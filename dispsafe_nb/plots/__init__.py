@@ -2,7 +2,7 @@
 axis labels and hover text; saving and showing is the notebook's job (``dispsafe_nb.notebook.save_figure``).
 
 One module per group of notebooks, so that several people can add figures at once: `theory` (01), `evaluation`
-(02-03), `baselines` (04), `probe` (06), `costs` (07); `common` holds the shared colours. Everything is importable from here.
+(02-03), `baselines` (04), `probe` (06), `costs` (07), `generalisation` (08); `common` holds the shared colours. Everything is importable from here.
 """
 
 from dispsafe_nb.plots.baselines import tradeoff_scatter
@@ -21,6 +21,7 @@ from dispsafe_nb.plots.evaluation import (
     category_bars,
     training_curves,
 )
+from dispsafe_nb.plots.generalisation import data_size_curve, family_bars, ratio_by_set_bars
 from dispsafe_nb.plots.probe import over_refusal_by_type_figure, refusal_probability_figure
 from dispsafe_nb.plots.theory import (
     bound_check_scatter,
@@ -33,6 +34,9 @@ from dispsafe_nb.plots.theory import (
 )
 
 __all__ = [
+    "data_size_curve",
+    "family_bars",
+    "ratio_by_set_bars",
     "COLORS",
     "PALETTE",
     "SYSTEM_COLORS",
