@@ -127,7 +127,8 @@ def main() -> None:
     parser.add_argument(
         "--limit", type=int, default=None, help="at most this many prompts per set (default: all)"
     )
-    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--max-new-tokens", type=int, default=48, help="teacher samples' length (notebook 03's)")
+    parser.add_argument("--eval-tokens", type=int, default=32, help="greedy answers' length when evaluating")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the plumbing")
     parser.add_argument("--out", default=str(RESULTS_DIR / "generalise.json"))
     parser.add_argument("--report", metavar="JSON", help="print a written result as Markdown and exit")
@@ -136,13 +137,13 @@ def main() -> None:
         print(report(json.loads(Path(args.report).read_text(encoding="utf-8"))))
         return
     if args.smoke:
-        args.sizes, args.steps, args.limit, args.max_new_tokens = "24", 2, 3, 6
+        args.sizes, args.steps, args.limit, args.max_new_tokens, args.eval_tokens = "24", 2, 3, 6, 6
     args.objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     started, commit = time.time(), git_commit()
     llm, guard = load_llm(), load_embedding_guard()
     system = SafeSystem(llm, guard)
-    greedy = DecodingConfig(max_new_tokens=args.max_new_tokens, seed=0)
+    greedy = DecodingConfig(max_new_tokens=args.eval_tokens, seed=0)
     t0 = time.time()
     reference = reference_records(system, dict.fromkeys(BENCHES, args.limit), decoding=greedy)
     dual = {r.benchmark: r for r in reference if r.system == "dual"}

@@ -614,8 +614,10 @@ def _fit(
     opt = torch.optim.Adam(method.trainable_parameters(), lr=cfg.lr, eps=1e-7)
     lengths: dict[int, int] = {}
 
-    def length(example: Example) -> int:
-        return lengths.setdefault(id(example), example_tokens(llm, example))
+    def length(example: Example) -> int:  # tokenised once per example
+        if id(example) not in lengths:
+            lengths[id(example)] = example_tokens(llm, example)
+        return lengths[id(example)]
 
     history, start = History(), 0
     if resume:
