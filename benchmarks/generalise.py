@@ -127,7 +127,9 @@ def main() -> None:
     parser.add_argument(
         "--limit", type=int, default=None, help="at most this many prompts per set (default: all)"
     )
-    parser.add_argument("--max-new-tokens", type=int, default=48, help="teacher samples' length (notebook 03's)")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=48, help="teacher samples' length (notebook 03's)"
+    )
     parser.add_argument("--eval-tokens", type=int, default=32, help="greedy answers' length when evaluating")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the plumbing")
     parser.add_argument("--out", default=str(RESULTS_DIR / "generalise.json"))
