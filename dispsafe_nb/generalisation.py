@@ -62,11 +62,14 @@ def compare(student: dict[str, EvalRecord], dual: dict[str, EvalRecord]) -> dict
     forms_student, forms_dual = student.get("bundled_forms_test"), dual.get("bundled_forms_test")
     if forms_student is not None:
         form_of = {r.id: r.form for r in data.load_dataset("bundled_harmful_forms", split="test")}
-        for form in data.FORMS:
+        s, d = refused(forms_student), refused(forms_dual)
+        for form in data.FORMS:  # every form, n = 0 where the scored prompts hold none of it
             keep = [i for i, o in enumerate(forms_student.outputs) if form_of.get(o["id"]) == form]
-            if keep:
-                s, d = refused(forms_student), refused(forms_dual)
-                out["per_form"][form] = ratio_with_interval([s[i] for i in keep], [d[i] for i in keep])
+            out["per_form"][form] = (
+                ratio_with_interval([s[i] for i in keep], [d[i] for i in keep])
+                if keep
+                else {"ratio": None, "low": None, "high": None, "n": 0}
+            )
     return out
 
 
