@@ -55,6 +55,8 @@ def compare(student: dict[str, EvalRecord], dual: dict[str, EvalRecord]) -> dict
     out: dict = {"sets": {}, "per_form": {}}
     for bench, rec in student.items():
         ref = dual[bench]
+        if [o["id"] for o in rec.outputs] != [o["id"] for o in ref.outputs]:
+            raise ValueError(f"{bench}: the student and the dual system were scored on different prompts")
         row = {"metric": rec.metric_name, "student": rec.metric, "dual": ref.metric, "n": rec.n}
         if bench in HARMFUL_SETS:
             row |= ratio_with_interval(refused(rec), refused(ref))

@@ -72,3 +72,11 @@ def test_the_forms_set_is_broken_down_by_phrasing_form():
     assert set(per_form) == set(data.FORMS)
     assert per_form["short"]["ratio"] == 1.0 and per_form["question"]["ratio"] == 0.0
     assert sum(v["n"] for v in per_form.values()) == len(records)
+
+
+def test_a_comparison_on_different_prompts_is_refused():
+    student = _greedy_record("s", "jbb_harmful", [1, 0])
+    dual = _greedy_record("d", "jbb_harmful", [1, 1])
+    dual.outputs[0]["id"] = "another prompt"
+    with pytest.raises(ValueError, match="scored on different prompts"):
+        compare({"jbb_harmful": student}, {"jbb_harmful": dual})
