@@ -77,11 +77,6 @@ def mix_pools(split: str = "train") -> dict[str, dict[str, list[data.PromptRecor
     return pools
 
 
-def available(split: str = "train") -> dict[str, dict[str, int]]:
-    """How many prompts each group's sources hold (after decontamination)."""
-    return {g: {n: len(rs) for n, rs in by_source.items()} for g, by_source in mix_pools(split).items()}
-
-
 def _water_fill(need: int, sizes: dict[str, int]) -> dict[str, int]:
     """`need` split as evenly as the sources allow: each gets an equal share up to what it holds, and what a
     small source cannot take goes to the others (max-min fair; a larger `need` never takes less from a source)."""
