@@ -409,7 +409,9 @@ def test_tv_distillation_makes_the_model_refuse_harmful_training_prompts(llm, gu
     benign = [r.text for r in data.training_prompts(["bundled_benign"], limit_per_set=4, seed=0)]
     sampling = DecodingConfig(max_new_tokens=24, temperature=0.7, top_p=0.95, seed=0)
     samples = teacher_samples(system, harmful + benign, k=1, decoding=sampling, progress=False)
-    cfg = DistillConfig(objective="tv", n_tokens=8, steps=24, batch_size=4, lr=3e-2)
+    # 48 steps: at 24 a guard retrained on another machine (weights differ by ~3e-5, enough to change the sampled
+    # teacher answers) left the student at 3/8 from 2/8; at 48 it measured 7/8 there.
+    cfg = DistillConfig(objective="tv", n_tokens=8, steps=48, batch_size=4, lr=3e-2)
     soft, _ = distill(llm, samples, cfg, progress=False)
 
     judge = judge_for_kind("harmful", system.refusal)
