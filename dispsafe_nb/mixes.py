@@ -15,7 +15,7 @@ checked again (`data.check_training_texts`).
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from dispsafe_nb import data
@@ -64,11 +64,14 @@ class MixConfig:
         return {"harmful": harmful, "borderline": borderline, "benign": self.size - harmful - borderline}
 
 
-def mix_pools(split: str = "train") -> dict[str, dict[str, list[data.PromptRecord]]]:
-    """{group: {source: decontaminated records of that split with the group's label}}."""
+def mix_pools(
+    split: str = "train", *, download: bool = True
+) -> dict[str, dict[str, list[data.PromptRecord]]]:
+    """{group: {source: decontaminated records of that split with the group's label}} (a public set that is in
+    neither the mirror nor the cache is downloaded from its pinned commit unless `download=False`)."""
     pools: dict[str, dict[str, list[data.PromptRecord]]] = {}
     loaded = {
-        name: data.training_prompts([name], split=split, download=False)
+        name: data.training_prompts([name], split=split, download=download)
         for name in dict.fromkeys(n for names in MIX_SOURCES.values() for n in names)
     }
     for group, names in MIX_SOURCES.items():
@@ -100,25 +103,62 @@ def scale_mix(cfg: MixConfig = MixConfig()) -> list[data.PromptRecord]:
     """The mix `cfg` describes (harmful, then borderline, then benign records). Raises MixTooLargeError, saying
     how many prompts exist, when a group asks for more than its sources hold."""
     pools = mix_pools(cfg.split)
+    return _draw(pools, cfg.group_sizes(), cfg.seed, cfg.split, largest=lambda: _largest_size(cfg, pools))
+
+
+def group_mix(
+    harmful: int, borderline: int, benign: int, *, seed: int = 0, split: str = "train"
+) -> list[data.PromptRecord]:
+    """A mix with this many prompts per group, drawn like `scale_mix` (every source of the group shares them
+    max-min fair, a prefix of each source's seeded shuffle): a small mix that still sees every source and, through
+    the bundled forms sets, every phrasing form. Notebook 03's `train.training_mix` is this."""
+    data.check_seed(seed)
+    counts = {"harmful": harmful, "borderline": borderline, "benign": benign}
+    bad = {g: n for g, n in counts.items() if not isinstance(n, int) or n < 0}
+    if bad:
+        raise ValueError(f"prompts per group must be non-negative integers, not {bad}")
+    return _draw(mix_pools(split), counts, seed, split, largest=None, by_form=True)
+
+
+def _draw(
+    pools: dict[str, dict[str, list[data.PromptRecord]]],
+    counts: dict[str, int],
+    seed: int,
+    split: str,
+    largest: Callable[[], int] | None,
+    by_form: bool = False,
+) -> list[data.PromptRecord]:
     out: list[data.PromptRecord] = []
-    for group, need in cfg.group_sizes().items():
+    for group, need in counts.items():
         sizes = {n: len(rs) for n, rs in pools[group].items()}
         if need > sum(sizes.values()):
-            largest = _largest_size(cfg, pools)
             detail = ", ".join(f"{n} {k}" for n, k in sizes.items())
+            hint = f"; at these shares the largest mix is {largest()}" if largest else ""
             raise MixTooLargeError(
-                f"a mix of {cfg.size} needs {need} {group} prompts but the {cfg.split} splits hold "
-                f"{sum(sizes.values())} ({detail}); at these shares the largest mix is {largest}"
+                f"the mix needs {need} {group} prompts but the {split} splits hold "
+                f"{sum(sizes.values())} ({detail}){hint}"
             )
         for name, k in _water_fill(need, sizes).items():
             records = list(pools[group][name])
             # A seed per (mix seed, source, group): a source's order does not depend on the other sources.
-            random.Random(f"{cfg.seed}:{group}:{name}").shuffle(records)
-            out += records[:k]
-    if cfg.split == "train":
+            random.Random(f"{seed}:{group}:{name}").shuffle(records)
+            out += (_round_robin_by_form(records) if by_form else records)[:k]
+    if split == "train":
         data.assert_trainable(out)
     data.check_training_texts(r.text for r in out)
     return out
+
+
+def _round_robin_by_form(records: list[data.PromptRecord]) -> list[data.PromptRecord]:
+    """The shuffled records taken one phrasing form at a time (forms in first-seen order), so that a short prefix
+    already holds every form. Small mixes need this: 12 of 710 forms prompts drawn at random miss a form or two.
+    (`scale_mix` keeps the plain shuffle: its thousands of prompts hold every form, and its recorded runs stay
+    reproducible.)"""
+    by_form: dict[str, list[data.PromptRecord]] = {}
+    for r in records:
+        by_form.setdefault(r.form, []).append(r)
+    queues = list(by_form.values())
+    return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
 
 
 def _largest_size(cfg: MixConfig, pools: dict[str, dict[str, list[data.PromptRecord]]]) -> int:

@@ -26,6 +26,7 @@ import torch
 from dispsafe_nb import data
 from dispsafe_nb.artifacts import load_artifact, save_artifact
 from dispsafe_nb.methods import DEFAULT_INIT_TEXT, DEFAULT_TARGETS, Method, check_method_name, new_method
+from dispsafe_nb.mixes import BORDERLINE_SOURCES, group_mix
 from dispsafe_nb.models import LLM
 from dispsafe_nb.names import unknown_name_message
 from dispsafe_nb.objectives import (
@@ -206,23 +207,13 @@ def data_hash(examples: Sequence[Example]) -> str:
 def training_mix(
     n_harmful: int = 48, n_benign: int = 48, n_borderline: int = 32, seed: int = 0, split: str = "train"
 ) -> list[data.PromptRecord]:
-    """The default distillation prompts: harmful (bundled + AdvBench), benign (bundled + Alpaca) and
-    borderline-safe (bundled), from the train split (or "val" for validation). Evaluation-only sets and the
-    test split are refused by `data.training_prompts`."""
-    plan = [
-        ("bundled_harmful", max(1, n_harmful // 2)),
-        ("advbench", n_harmful - max(1, n_harmful // 2)),
-        ("bundled_benign", max(1, n_benign // 2)),
-        ("alpaca", n_benign - max(1, n_benign // 2)),
-        ("bundled_borderline", n_borderline),
-    ]
-    records = []
-    for name, n in plan:
-        if n > 0:
-            records += data.training_prompts([name], split=split, limit_per_set=n, seed=seed)
-    if split == "train":
-        data.assert_trainable(records)
-    return records
+    """Notebook 03's CPU-friendly default: 128 prompts from the train split (or "val" for validation) of every
+    source the paper-scale mix draws from (`mixes.MIX_SOURCES`), each group's prompts shared evenly among its
+    sources -- harmful: the bundled phrasing-form requests (imperatives, questions, first-person needs,
+    role-play ...), the bundled harmful set, AdvBench and ToxiGen statements framed as requests; borderline: the
+    bundled safe twins and borderline set; benign: bundled, ToxiGen's neutral requests and Alpaca. Evaluation-only
+    sets and the test split are refused by `data.training_prompts`."""
+    return group_mix(n_harmful, n_borderline, n_benign, seed=seed, split=split)
 
 
 def prompt_labels(records: Sequence[data.PromptRecord]) -> dict[str, bool]:
@@ -233,9 +224,7 @@ def prompt_labels(records: Sequence[data.PromptRecord]) -> dict[str, bool]:
 def prompt_kinds(records: Sequence[data.PromptRecord]) -> dict[str, str]:
     """{prompt text: "harmful", "borderline" (the bundled borderline-safe set) or "benign"} for a training mix."""
     return {
-        r.text: "harmful"
-        if r.is_harmful
-        else ("borderline" if r.source in ("bundled_borderline", "bundled_borderline_forms") else "benign")
+        r.text: "harmful" if r.is_harmful else ("borderline" if r.source in BORDERLINE_SOURCES else "benign")
         for r in records
     }
 

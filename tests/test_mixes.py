@@ -61,6 +61,31 @@ def test_a_mix_larger_than_the_sources_says_how_many_exist():
     assert len(scale_mix(MixConfig(size=largest))) == largest
 
 
+def test_group_mix_takes_the_phrasing_forms_in_turn_and_says_what_is_wrong():
+    _mirror_or_skip()
+    mix = mixes.group_mix(16, 4, 6, seed=0)
+    forms = [r.form for r in mix if r.source == "bundled_harmful_forms"]
+    assert (
+        len(forms) == 4 and len(set(forms)) == 4
+    )  # 4 prompts, 4 different forms (a random prefix may repeat)
+    assert [r.is_harmful for r in mix] == [True] * 16 + [False] * 10
+    with pytest.raises(MixTooLargeError, match=r"needs 100000 benign prompts but the train splits hold"):
+        mixes.group_mix(1, 1, 100_000)
+    with pytest.raises(ValueError, match="non-negative integers"):
+        mixes.group_mix(-1, 2, 2)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        mixes.group_mix(1, 1, 1, seed="0")
+
+
+def test_round_robin_by_form_keeps_each_forms_order():
+    def record(i, form):
+        return data.PromptRecord(str(i), f"text {i}", True, "c", "bundled_harmful_forms", "train", form=form)
+
+    records = [record(0, "a"), record(1, "a"), record(2, "b"), record(3, "a"), record(4, "c")]
+    assert [r.id for r in mixes._round_robin_by_form(records)] == ["0", "2", "4", "1", "3"]
+    assert mixes._round_robin_by_form([]) == []
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -63,7 +63,22 @@ def test_training_mix_uses_train_splits_of_trainable_sets_only():
     assert {r.split for r in records} == {"train"}
     assert not {r.source for r in records} & data.EVAL_ONLY
     assert sum(r.is_harmful for r in records) == 10
-    assert sum(r.source == "bundled_borderline" for r in records) == 6
+    assert sum(r.source in ("bundled_borderline", "bundled_borderline_forms") for r in records) == 6
+    assert len(records) == 26
+
+
+def test_default_training_mix_sees_every_source_and_phrasing_form():
+    """Notebook 03's 128 prompts come from every source of the paper-scale mix, and its harmful requests are
+    phrased in every bundled form (not only AdvBench's imperatives)."""
+    from dispsafe_nb.mixes import MIX_SOURCES
+
+    records = training_mix()
+    assert len(records) == 128 and len({r.text for r in records}) == 128
+    assert sum(r.is_harmful for r in records) == 48
+    assert {r.source for r in records} == {s for sources in MIX_SOURCES.values() for s in sources}
+    forms = {r.form for r in records if r.source == "bundled_harmful_forms"}
+    assert forms == set(data.FORMS), set(data.FORMS) - forms
+    assert training_mix(seed=1) != records
 
 
 def test_examples_flatten_every_sample():
