@@ -35,34 +35,22 @@ import torch
 import dispsafe_nb
 from dispsafe_nb import data
 from dispsafe_nb.evaluate import EvalRecord, write_records
-from dispsafe_nb.generalisation import BENCHES, evaluate_student, reference_records, targets
+from dispsafe_nb.generalisation import (
+    BENCHES,
+    BUDGETS,
+    budget_config,
+    evaluate_student,
+    reference_records,
+    targets,
+    teach,
+)
 from dispsafe_nb.guard_training import load_embedding_guard
 from dispsafe_nb.mixes import MixConfig, mix_summary, scale_mix
 from dispsafe_nb.models import DecodingConfig, load_llm
 from dispsafe_nb.paths import RESULTS_DIR
 from dispsafe_nb.provenance import cpu_name, git_commit
-from dispsafe_nb.safe_system import SafeSystem, teacher_samples
-from dispsafe_nb.train import DistillConfig, distill, steps_per_epoch
-
-BUDGETS = {
-    "paper": {"batch_size": 8, "grad_accum": 4, "sampling": "epoch", "epochs": 1},
-    "notebook": {"batch_size": 4, "grad_accum": 1, "sampling": "replacement", "steps": 60},
-}
-
-
-def distill_config(args, objective: str, n_examples: int) -> DistillConfig:
-    budget = BUDGETS[args.budget]
-    cfg = DistillConfig(
-        objective=objective,
-        n_tokens=args.n_tokens,
-        lr=args.lr,
-        batch_size=budget["batch_size"],
-        grad_accum=budget["grad_accum"],
-        sampling=budget["sampling"],
-        seed=args.seed,
-    )
-    steps = budget.get("steps") or budget["epochs"] * steps_per_epoch(n_examples, cfg)
-    return DistillConfig(**{**asdict(cfg), "steps": args.steps or steps})
+from dispsafe_nb.safe_system import SafeSystem
+from dispsafe_nb.train import DistillConfig, distill
 
 
 def run_size(llm, system, args, size: int, dual: dict[str, EvalRecord], greedy: DecodingConfig) -> tuple:
@@ -71,11 +59,8 @@ def run_size(llm, system, args, size: int, dual: dict[str, EvalRecord], greedy: 
     )
     records = scale_mix(cfg)
     decoding = DecodingConfig(max_new_tokens=args.max_new_tokens, temperature=0.7, top_p=0.95, seed=args.seed)
-    t0 = time.time()
-    samples = teacher_samples(
-        system, [r.text for r in records], k=args.k_samples, decoding=decoding, batch_size=16
-    )
-    out = {"mix": mix_summary(records, cfg), "teacher_s": round(time.time() - t0, 1), "objectives": {}}
+    samples, teacher_s = teach(system, records, args.k_samples, decoding)
+    out = {"mix": mix_summary(records, cfg), "teacher_s": round(teacher_s, 1), "objectives": {}}
     alphas = [a for s in samples for a in s.alphas]
     out["teacher"] = {
         "decoding": decoding.to_dict(),
@@ -84,7 +69,16 @@ def run_size(llm, system, args, size: int, dual: dict[str, EvalRecord], greedy: 
     }
     evals: list[EvalRecord] = []
     for objective in args.objectives:
-        dcfg = distill_config(args, objective, len(samples) * args.k_samples)
+        overrides = {"steps": args.steps} if args.steps else {}
+        dcfg = budget_config(
+            args.budget,
+            len(samples) * args.k_samples,
+            objective=objective,
+            n_tokens=args.n_tokens,
+            lr=args.lr,
+            seed=args.seed,
+            **overrides,
+        )
         t0 = time.time()
         soft, history = distill(llm, samples, dcfg, progress=True)
         train_s = time.time() - t0

@@ -80,3 +80,18 @@ def test_a_comparison_on_different_prompts_is_refused():
     dual.outputs[0]["id"] = "another prompt"
     with pytest.raises(ValueError, match="scored on different prompts"):
         compare({"jbb_harmful": student}, {"jbb_harmful": dual})
+
+
+def test_named_budgets_give_the_papers_epoch_or_fixed_steps():
+    from dispsafe_nb.generalisation import budget_config
+
+    paper = budget_config("paper", 5000, objective="tv", lr=1e-2)
+    assert (paper.batch_size, paper.grad_accum, paper.sampling) == (8, 4, "epoch")
+    assert paper.steps == 157 and paper.lr == 1e-2  # ceil(5000 / 32): one pass, each example once
+    assert budget_config("notebook", 5000).steps == 60
+    assert budget_config("paper", 5000, steps=3).steps == 3
+    assert budget_config({"sampling": "epoch", "epochs": 2, "batch_size": 4}, 10).steps == 6
+    with pytest.raises(ValueError, match="Did you mean 'paper'"):
+        budget_config("papr", 10)
+    with pytest.raises(ValueError, match="either 'steps' or 'epochs'"):
+        budget_config({"batch_size": 4}, 10)
