@@ -46,7 +46,7 @@ def isolated(monkeypatch, tmp_path):
     for var in ("DISPSAFE_DATA", "DISPSAFE_BUNDLED", "DISPSAFE_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("DISPSAFE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(data, "_download", _no_network)
+    monkeypatch.setattr(data.remote, "_download", _no_network)
 
 
 @pytest.fixture
@@ -449,7 +449,7 @@ def _serve(monkeypatch, payload: bytes) -> list[str]:
         calls.append(url)
         Path(dest).write_bytes(payload)
 
-    monkeypatch.setattr(data, "_download", fake)
+    monkeypatch.setattr(data.remote, "_download", fake)
     return calls
 
 

@@ -361,7 +361,7 @@ def _generalisation_metrics(llm, teacher, sabotage: str, monkeypatch) -> dict:
 
     with monkeypatch.context() as m:
         if sabotage == "mix_not_decontaminated":
-            m.setattr(data, "decontaminate", lambda records, eval_texts=None: list(records))
+            m.setattr(data.training, "decontaminate", lambda records, eval_texts=None: list(records))
             m.setattr(data, "check_training_texts", lambda texts, checker=None: None)
         mix = mixes.scale_mix(mixes.MixConfig(size=5000))  # large enough to hold the sources' near-duplicates
         cfg = DistillConfig(**SMOKE_DISTILL)
