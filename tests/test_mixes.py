@@ -65,9 +65,8 @@ def test_group_mix_takes_the_phrasing_forms_in_turn_and_says_what_is_wrong():
     _mirror_or_skip()
     mix = mixes.group_mix(16, 4, 6, seed=0)
     forms = [r.form for r in mix if r.source == "bundled_harmful_forms"]
-    assert (
-        len(forms) == 4 and len(set(forms)) == 4
-    )  # 4 prompts, 4 different forms (a random prefix may repeat)
+    # 4 forms prompts in 4 different forms (a prefix of the plain shuffle may repeat one)
+    assert len(forms) == 4 and len(set(forms)) == 4
     assert [r.is_harmful for r in mix] == [True] * 16 + [False] * 10
     with pytest.raises(MixTooLargeError, match=r"needs 100000 benign prompts but the train splits hold"):
         mixes.group_mix(1, 1, 100_000)
