@@ -204,3 +204,54 @@ def train_on_mix(
     cfg = budget_config(budget, len(samples) * k, **config)
     method, _ = distill(system.llm, samples, cfg, progress=progress)
     return method, cfg
+
+
+def report_markdown(result: dict) -> str:
+    """A `benchmarks/generalise.py` result (its JSON) as Markdown: per size and objective, each set's ratio to the
+    dual system, then the targets met and missed."""
+    m = result["machine"]
+    lines = [
+        f"One run on {m['processor']} ({m['threads']} threads, {m['device']}), code {m['git_commit'][:7]}, "
+        f"{result['wall_s'] / 60:.0f} min in all.",
+    ]
+    for size, run in result["per_size"].items():
+        for objective, o in run["objectives"].items():
+            cfg = o["config"]
+            lines += [
+                "",
+                f"**{objective.upper()}-DiSP, mix of {size}** ({run['mix']['by_label']}; teacher samples "
+                f"{run['teacher_s'] / 60:.0f} min, training {cfg['steps']} steps of {cfg['batch_size']}×"
+                f"{cfg['grad_accum']} in {o['train_s'] / 60:.0f} min, N = {cfg['n_tokens']}, lr {cfg['lr']})",
+                "",
+                "| set | n | student | dual | student / dual (95 % bootstrap) |",
+                "|---|---|---|---|---|",
+            ]
+            for bench, row in o["comparison"]["sets"].items():
+                ratio = (
+                    f"{row['ratio']:.2f} [{row['low']:.2f}, {row['high']:.2f}]"
+                    if row.get("ratio") is not None and row.get("low") is not None
+                    else "–"
+                )
+                lines.append(
+                    f"| {bench} ({row['metric']}) | {row['n']} | {row['student']:.2f} | {row['dual']:.2f} | {ratio} |"
+                )
+            forms = o["comparison"]["per_form"]
+            if forms:
+                lines.append(
+                    "\nPer phrasing form (bundled_forms_test, student / dual): "
+                    + ", ".join(
+                        f"{f} {v['ratio']:.2f} (n = {v['n']})"
+                        if v["ratio"] is not None
+                        else f"{f} – (n = {v['n']})"
+                        for f, v in forms.items()
+                    )
+                )
+            met = [k for k, t in o["targets"].items() if t["met"]]
+            missed = [
+                f"{k} {'–' if t['value'] is None else format(t['value'], '.2f')} "
+                f"(target {t['direction']} {t['threshold']:.2f})"
+                for k, t in o["targets"].items()
+                if not t["met"]
+            ]
+            lines.append(f"\nTargets met: {', '.join(met) or 'none'}. Missed: {'; '.join(missed) or 'none'}.")
+    return "\n".join(lines)

@@ -64,14 +64,12 @@ class MixConfig:
         return {"harmful": harmful, "borderline": borderline, "benign": self.size - harmful - borderline}
 
 
-def mix_pools(
-    split: str = "train", *, download: bool = True
-) -> dict[str, dict[str, list[data.PromptRecord]]]:
+def mix_pools(split: str = "train") -> dict[str, dict[str, list[data.PromptRecord]]]:
     """{group: {source: decontaminated records of that split with the group's label}} (a public set that is in
-    neither the mirror nor the cache is downloaded from its pinned commit unless `download=False`)."""
+    neither the mirror nor the cache is downloaded from its pinned commit)."""
     pools: dict[str, dict[str, list[data.PromptRecord]]] = {}
     loaded = {
-        name: data.training_prompts([name], split=split, download=download)
+        name: data.training_prompts([name], split=split)
         for name in dict.fromkeys(n for names in MIX_SOURCES.values() for n in names)
     }
     for group, names in MIX_SOURCES.items():
