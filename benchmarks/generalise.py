@@ -33,13 +33,14 @@ from pathlib import Path
 import torch
 
 import dispsafe_nb
-from dispsafe_nb import data
+from dispsafe_nb import data, record_cache
 from dispsafe_nb.evaluate import EvalRecord, write_records
 from dispsafe_nb.generalisation import (
     BENCHES,
     BUDGETS,
     budget_config,
     evaluate_student,
+    reference_key,
     reference_records,
     report_markdown,
     targets,
@@ -126,6 +127,11 @@ def main() -> None:
         "--max-new-tokens", type=int, default=48, help="teacher samples' length (notebook 03's)"
     )
     parser.add_argument("--eval-tokens", type=int, default=32, help="greedy answers' length when evaluating")
+    parser.add_argument(
+        "--fresh-reference",
+        action="store_true",
+        help="regenerate the base and dual reference records (and cache them anew) instead of reusing them",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the plumbing")
     parser.add_argument("--out", default=str(RESULTS_DIR / "generalise.json"))
     parser.add_argument("--report", metavar="JSON", help="print a written result as Markdown and exit")
@@ -142,7 +148,12 @@ def main() -> None:
     system = SafeSystem(llm, guard)
     greedy = DecodingConfig(max_new_tokens=args.eval_tokens, seed=0)
     t0 = time.time()
-    reference = reference_records(system, dict.fromkeys(BENCHES, args.limit), decoding=greedy)
+    limits = dict.fromkeys(BENCHES, args.limit)
+    entry = record_cache.cache_path(reference_key(system, limits, greedy))
+    if args.fresh_reference:
+        entry.unlink(missing_ok=True)
+    cached = entry.exists()
+    reference = reference_records(system, limits, decoding=greedy)
     dual = {r.benchmark: r for r in reference if r.system == "dual"}
     result: dict = {
         "reference": {
@@ -155,6 +166,7 @@ def main() -> None:
             for r in reference
         },
         "reference_s": round(time.time() - t0, 1),
+        "reference_cached": cached,
         "per_size": {},
     }
     records = list(reference)

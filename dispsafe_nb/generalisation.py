@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from dispsafe_nb import data
+from dispsafe_nb import data, record_cache
 from dispsafe_nb.evaluate import EvalRecord, evaluate
 
 HARMFUL_SETS = ("jbb_harmful", "xstest_unsafe", "bundled_forms_test", "jailbreak_wrapped", "advbench_test")
@@ -105,19 +105,51 @@ def _by_limit(limits: Mapping[str, int | None]) -> dict[int | None, list[str]]:
     return groups
 
 
+def reference_key(system: Any, limits: Mapping[str, int | None], decoding: Any | None) -> dict[str, Any]:
+    """Everything the reference records depend on: the dual system (model, guard, refusal, threshold), the
+    decoding, the limits, the prompts of each set, and the code that generates and judges."""
+    from dispsafe_nb import evaluate as evaluate_module
+    from dispsafe_nb import fast_generate, guards, judges, models
+    from dispsafe_nb.evaluate import benchmark_records
+
+    prompts = {
+        bench: record_cache.stable_hash([r.text for r in benchmark_records(bench, limit, 0)])[:16]
+        for bench, limit in sorted(limits.items())
+    }
+    return {
+        "what": "generalisation reference (base + deployed dual, greedy)",
+        "system": system.describe(),
+        "decoding": decoding.to_dict() if decoding is not None else None,
+        "limits": dict(sorted(limits.items())),
+        "prompts": prompts,
+        "code": record_cache.source_digest(evaluate_module, judges, guards, models, fast_generate),
+    }
+
+
 def reference_records(
-    system: Any, limits: Mapping[str, int | None], decoding: Any | None = None, progress: bool = True
+    system: Any,
+    limits: Mapping[str, int | None],
+    decoding: Any | None = None,
+    progress: bool = True,
+    cache: bool = True,
 ) -> list[EvalRecord]:
     """The base model's and the deployed dual system's greedy records on each benchmark of `limits` ({benchmark:
-    at most this many prompts, None for all}), from one generation pass per benchmark."""
+    at most this many prompts, None for all}), from one generation pass per benchmark. With `cache`, computed once
+    per `reference_key` and reused (`dispsafe_nb.record_cache`)."""
     from dispsafe_nb.evaluate import evaluate_base_and_dual
 
-    records: list[EvalRecord] = []
-    for limit, benches in _by_limit(limits).items():
-        recs, _ = evaluate_base_and_dual(
-            system, benches, limit=limit, decoding=decoding, seed=0, progress=progress
-        )
-        records += recs
+    def compute() -> list[EvalRecord]:
+        records: list[EvalRecord] = []
+        for limit, benches in _by_limit(limits).items():
+            recs, _ = evaluate_base_and_dual(
+                system, benches, limit=limit, decoding=decoding, seed=0, progress=progress
+            )
+            records += recs
+        return records
+
+    if not cache:
+        return compute()
+    records, _ = record_cache.cached_records(reference_key(system, limits, decoding), compute)
     return records
 
 

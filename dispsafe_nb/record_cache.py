@@ -1,0 +1,91 @@
+"""Evaluation records computed once and reused: one JSON file per key under ``cache_root()/records``.
+
+Used for reference systems whose answers do not change between runs (the base model and the dual system on the
+generalisation sets: 7 minutes of generation on a CPU). The key names everything the records depend on --
+systems, decoding, limits, the prompts themselves and the source of the code that generates and judges -- so a
+change to any of them is a different key, never a stale hit. A damaged entry (bad JSON, checksum mismatch, another
+key in the file) is reported, deleted and recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from dispsafe_nb.evaluate import EvalRecord
+from dispsafe_nb.paths import cache_root
+
+RECORD_CACHE_FORMAT = 1
+
+
+def stable_hash(obj: Any) -> str:
+    """SHA-256 of the canonical JSON of `obj`."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def source_digest(*modules: Any) -> str:
+    """A short digest of the modules' source: records made by other code are not reused."""
+    text = "".join(inspect.getsource(m) for m in modules)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cache_path(key: Mapping[str, Any], root: Path | None = None) -> Path:
+    return (root or cache_root() / "records") / f"{stable_hash(dict(key))[:20]}.json"
+
+
+def load(key: Mapping[str, Any], root: Path | None = None) -> list[EvalRecord] | None:
+    """The records cached under `key`, or None (absent, or damaged: then warned about and deleted)."""
+    path = cache_path(key, root)
+    if not path.exists():
+        return None
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8"))
+        if entry.get("format") != RECORD_CACHE_FORMAT or entry.get("key") != json.loads(
+            json.dumps(dict(key), sort_keys=True, default=str)
+        ):
+            raise ValueError("another format or key")
+        if entry["checksum"] != stable_hash(entry["records"]):
+            raise ValueError("checksum mismatch")
+        return [EvalRecord(**r) for r in entry["records"]]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+        warnings.warn(f"record cache entry {path} is unusable ({err}); recomputing it", stacklevel=2)
+        path.unlink(missing_ok=True)
+        return None
+
+
+def store(key: Mapping[str, Any], records: list[EvalRecord], root: Path | None = None) -> Path:
+    """Write `records` under `key` atomically (a crash leaves the old entry or none, never half a file)."""
+    path = cache_path(key, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = [json.loads(json.dumps(asdict(r), default=str)) for r in records]
+    payload = {
+        "format": RECORD_CACHE_FORMAT,
+        "key": json.loads(json.dumps(dict(key), sort_keys=True, default=str)),
+        "checksum": stable_hash(body),
+        "records": body,
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, ensure_ascii=False)
+    os.replace(tmp, path)
+    return path
+
+
+def cached_records(
+    key: Mapping[str, Any], compute: Callable[[], list[EvalRecord]], root: Path | None = None
+) -> tuple[list[EvalRecord], bool]:
+    """The records under `key` if cached, else `compute()` stored under it; and whether they came from the cache."""
+    hit = load(key, root)
+    if hit is not None:
+        return hit, True
+    records = compute()
+    store(key, records, root)
+    return records, False
