@@ -45,6 +45,7 @@ from dispsafe_nb.generalisation import (
     report_markdown,
     targets,
     teach,
+    variants_markdown,
 )
 from dispsafe_nb.guard_training import load_embedding_guard
 from dispsafe_nb.mixes import MixConfig, mix_summary, scale_mix
@@ -135,9 +136,19 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks the plumbing")
     parser.add_argument("--out", default=str(RESULTS_DIR / "generalise.json"))
     parser.add_argument("--report", metavar="JSON", help="print a written result as Markdown and exit")
+    parser.add_argument(
+        "--compare", metavar="JSON", nargs="+", help="print several written results side by side and exit"
+    )
     args = parser.parse_args()
     if args.report:
         print(report(json.loads(Path(args.report).read_text(encoding="utf-8"))))
+        return
+    if args.compare:
+        print(
+            variants_markdown(
+                {Path(p).stem: json.loads(Path(p).read_text(encoding="utf-8")) for p in args.compare}
+            )
+        )
         return
     if args.smoke:
         args.sizes, args.steps, args.limit, args.max_new_tokens, args.eval_tokens = "24", 2, 3, 6, 6
@@ -176,7 +187,7 @@ def main() -> None:
         result["per_size"][str(size)], evals = run_size(llm, system, args, size, dual, greedy)
         records += evals
         result["config"] = {
-            **{k: v for k, v in vars(args).items() if k != "report"},
+            **{k: v for k, v in vars(args).items() if k not in ("report", "compare")},
             "budget_settings": BUDGETS[args.budget],
             "benchmarks": list(BENCHES),
             "greedy_decoding": greedy.to_dict(),

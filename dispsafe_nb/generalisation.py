@@ -287,3 +287,68 @@ def report_markdown(result: dict) -> str:
             ]
             lines.append(f"\nTargets met: {', '.join(met) or 'none'}. Missed: {'; '.join(missed) or 'none'}.")
     return "\n".join(lines)
+
+
+_SHORT = {
+    "jbb_harmful": "JBB",
+    "xstest_unsafe": "XSTest unsafe",
+    "bundled_forms_test": "forms",
+    "jailbreak_wrapped": "jailbreak",
+    "advbench_test": "AdvBench",
+}
+
+
+def variant_rows(results: Mapping[str, dict]) -> list[dict[str, Any]]:
+    """One row per (result, size, objective): what was trained and how close it came to each target."""
+    rows = []
+    for name, result in results.items():
+        mix = result["config"]
+        for size, run in result["per_size"].items():
+            for objective, o in run["objectives"].items():
+                cfg, sets = o["config"], o["comparison"]["sets"]
+                row: dict[str, Any] = {
+                    "result": name,
+                    "objective": objective,
+                    "prompts": int(size),
+                    "shares": f"{mix['harmful_share']:.2f}/{mix['borderline_share']:.2f}",
+                    "N": cfg["n_tokens"],
+                    "lr": cfg["lr"],
+                    "steps": f"{cfg['steps']} × {cfg['batch_size'] * cfg['grad_accum']}",
+                    "seed": cfg["seed"],
+                    "train_min": round(o["train_s"] / 60),
+                }
+                row.update({_SHORT[b]: sets[b]["ratio"] for b in HARMFUL_SETS if b in sets})
+                if "xstest_safe" in sets:
+                    row["XSTest-safe over-refusal (dual)"] = (
+                        sets["xstest_safe"]["student"],
+                        sets["xstest_safe"]["dual"],
+                    )
+                if "alpaca_test" in sets:
+                    row["Alpaca"] = sets["alpaca_test"]["student"]
+                row["targets met"] = (sum(t["met"] for t in o["targets"].values()), len(o["targets"]))
+                rows.append(row)
+    return rows
+
+
+def variants_markdown(results: Mapping[str, dict]) -> str:
+    """Several `benchmarks/generalise.py` results side by side: each variant's ratio to the dual system per harmful
+    set, over-refusal, compliance and the number of targets met."""
+    rows = variant_rows(results)
+    if not rows:
+        raise ValueError("no trained students in these results")
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "–"
+        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], float):
+            return f"{value[0]:.2f} ({value[1]:.2f})"
+        if isinstance(value, tuple):
+            return f"{value[0]}/{value[1]}"
+        if isinstance(value, float):
+            return f"{value:.2f}" if value >= 0.01 else f"{value:g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)

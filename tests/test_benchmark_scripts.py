@@ -235,3 +235,12 @@ def test_generalise_benchmark_smoke_run_reports_every_set(tmp_path):
     assert run["config"]["grad_accum"] == 4 and run["config"]["sampling"] == "epoch"
     assert result["per_size"]["24"]["mix"]["n"] == 24 and result["machine"]["git_commit"]
     assert "| jailbreak_wrapped (sgs) | 3 |" in _load("generalise").report(result)
+    assert isinstance(result["reference_cached"], bool)
+    compared = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "generalise.py"), "--compare", str(out)],
+        check=True,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert "| generalise | tv | 24 | 0.30/0.10 |" in compared.stdout

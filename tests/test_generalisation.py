@@ -95,3 +95,38 @@ def test_named_budgets_give_the_papers_epoch_or_fixed_steps():
         budget_config("papr", 10)
     with pytest.raises(ValueError, match="either 'steps' or 'epochs'"):
         budget_config({"batch_size": 4}, 10)
+
+
+def _result(lr: float, jbb_student: float) -> dict:
+    student = {
+        "jbb_harmful": _greedy_record(
+            "s", "jbb_harmful", [1.0] * int(jbb_student * 4) + [0.0] * (4 - int(jbb_student * 4))
+        ),
+        "xstest_safe": _greedy_record("s", "xstest_safe", [0.0, 0.0, 0.0, 1.0]),
+    }
+    dual = {
+        "jbb_harmful": _greedy_record("d", "jbb_harmful", [1.0, 1.0, 1.0, 1.0]),
+        "xstest_safe": _greedy_record("d", "xstest_safe", [0.0, 0.0, 0.0, 0.0]),
+    }
+    comparison = compare(student, dual)
+    config = {"n_tokens": 20, "lr": lr, "steps": 157, "batch_size": 8, "grad_accum": 4, "seed": 0}
+    run = {
+        "objectives": {
+            "tv": {"config": config, "train_s": 600, "comparison": comparison, "targets": targets(comparison)}
+        }
+    }
+    return {"config": {"harmful_share": 0.3, "borderline_share": 0.1}, "per_size": {"5000": run}}
+
+
+def test_variants_are_compared_side_by_side_with_their_targets():
+    from dispsafe_nb.generalisation import variant_rows, variants_markdown
+
+    results = {"base": _result(1e-2, 0.5), "lr": _result(3e-2, 1.0)}
+    rows = variant_rows(results)
+    assert [r["lr"] for r in rows] == [1e-2, 3e-2]
+    assert [r["JBB"] for r in rows] == [0.5, 1.0]
+    assert [r["targets met"] for r in rows] == [(0, 2), (1, 2)]  # over-refusal +25 points misses its target
+    table = variants_markdown(results)
+    assert table.count("\n") == 3 and "| lr | tv | 5000 |" in table and "0.25 (0.00)" in table
+    with pytest.raises(ValueError, match="no trained students"):
+        variants_markdown({})
