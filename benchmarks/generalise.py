@@ -87,8 +87,9 @@ def run_size(llm, system, args, size: int, dual: dict[str, EvalRecord], greedy: 
         train_s = time.time() - t0
         name = f"{objective}-disp-{size}"
         soft.save(
-            RESULTS_DIR / "artifacts" / f"generalise_{objective}_{size}_seed{args.seed}",
-            {"benchmark": "generalise"},
+            # named after the result file, so that variants (--out) do not overwrite each other's students
+            RESULTS_DIR / "artifacts" / f"{Path(args.out).stem}_{objective}_{size}_seed{args.seed}",
+            {"benchmark": "generalise", "result": str(args.out)},
         )
         t0 = time.time()
         limits = dict.fromkeys(BENCHES, args.limit)
