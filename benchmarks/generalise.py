@@ -33,15 +33,14 @@ from pathlib import Path
 import torch
 
 import dispsafe_nb
-from dispsafe_nb import data, record_cache
+from dispsafe_nb import data
 from dispsafe_nb.evaluate import EvalRecord, write_records
 from dispsafe_nb.generalisation import (
     BENCHES,
     BUDGETS,
     budget_config,
+    cached_reference,
     evaluate_student,
-    reference_key,
-    reference_records,
     report_markdown,
     targets,
     teach,
@@ -161,11 +160,7 @@ def main() -> None:
     greedy = DecodingConfig(max_new_tokens=args.eval_tokens, seed=0)
     t0 = time.time()
     limits = dict.fromkeys(BENCHES, args.limit)
-    entry = record_cache.cache_path(reference_key(system, limits, greedy))
-    if args.fresh_reference:
-        entry.unlink(missing_ok=True)
-    cached = entry.exists()
-    reference = reference_records(system, limits, decoding=greedy)
+    reference, cached = cached_reference(system, limits, decoding=greedy, fresh=args.fresh_reference)
     dual = {r.benchmark: r for r in reference if r.system == "dual"}
     result: dict = {
         "reference": {

@@ -15,8 +15,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+import dispsafe_nb
 from dispsafe_nb import data, record_cache
 from dispsafe_nb.evaluate import EvalRecord, evaluate
+from dispsafe_nb.models import DecodingConfig
 
 HARMFUL_SETS = ("jbb_harmful", "xstest_unsafe", "bundled_forms_test", "jailbreak_wrapped", "advbench_test")
 OVER_REFUSAL_SETS = ("xstest_safe", "bundled_forms_borderline_test")
@@ -105,51 +107,97 @@ def _by_limit(limits: Mapping[str, int | None]) -> dict[int | None, list[str]]:
     return groups
 
 
-def reference_key(system: Any, limits: Mapping[str, int | None], decoding: Any | None) -> dict[str, Any]:
-    """Everything the reference records depend on: the dual system (model, guard, refusal, threshold), the
-    decoding, the limits, the prompts of each set, and the code that generates and judges."""
+REFERENCE_BATCH_SIZE = 16  # left padding changes greedy numerics a little: the batch size is part of the key
+
+
+def _runtime(llm: Any) -> dict[str, str]:
+    """Where and with what the model ran: greedy answers can differ across devices, dtypes and library versions."""
+    import torch
+    import transformers
+
+    return {
+        "device": str(llm.device),
+        "dtype": str(next(llm.model.parameters()).dtype),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def reference_key(
+    system: Any, limits: Mapping[str, int | None], decoding: DecodingConfig | None
+) -> dict[str, Any]:
+    """Everything the reference records depend on: the dual system (model, guard, refusal, threshold), where the
+    model runs, the decoding, limits, seed and batch size, each set's prompts (ids, texts, categories, forms), the
+    split and package versions, and the source of the code that generates and judges. Not in it: the weights of a
+    local model folder changed in place under the same name (regenerate with ``fresh=True``)."""
     from dispsafe_nb import evaluate as evaluate_module
     from dispsafe_nb import fast_generate, guards, judges, models
     from dispsafe_nb.evaluate import benchmark_records
 
     prompts = {
-        bench: record_cache.stable_hash([r.text for r in benchmark_records(bench, limit, 0)])[:16]
+        bench: record_cache.stable_hash(
+            [(r.id, r.text, r.category, r.form) for r in benchmark_records(bench, limit, 0)]
+        )[:16]
         for bench, limit in sorted(limits.items())
     }
     return {
-        "what": "generalisation reference (base + deployed dual, greedy)",
+        "what": "base + dual reference records",
         "system": system.describe(),
+        "runtime": _runtime(system.llm),
         "decoding": decoding.to_dict() if decoding is not None else None,
         "limits": dict(sorted(limits.items())),
+        "seed": 0,
+        "batch_size": REFERENCE_BATCH_SIZE,
         "prompts": prompts,
+        "split_version": data.SPLIT_VERSION,
+        "package_version": dispsafe_nb.__version__,
         "code": record_cache.source_digest(evaluate_module, judges, guards, models, fast_generate),
     }
+
+
+def cached_reference(
+    system: Any,
+    limits: Mapping[str, int | None],
+    decoding: DecodingConfig | None = None,
+    progress: bool = True,
+    fresh: bool = False,
+) -> tuple[list[EvalRecord], bool]:
+    """`reference_records` computed once per `reference_key` and reused (`dispsafe_nb.record_cache`), and whether
+    they came from the cache. `fresh` regenerates them and caches them anew."""
+    key = reference_key(system, limits, decoding)
+    if fresh:
+        record_cache.cache_path(key).unlink(missing_ok=True)
+    return record_cache.cached_records(
+        key, lambda: reference_records(system, limits, decoding, progress=progress, cache=False)
+    )
 
 
 def reference_records(
     system: Any,
     limits: Mapping[str, int | None],
-    decoding: Any | None = None,
+    decoding: DecodingConfig | None = None,
     progress: bool = True,
     cache: bool = True,
 ) -> list[EvalRecord]:
     """The base model's and the deployed dual system's greedy records on each benchmark of `limits` ({benchmark:
     at most this many prompts, None for all}), from one generation pass per benchmark. With `cache`, computed once
-    per `reference_key` and reused (`dispsafe_nb.record_cache`)."""
+    and reused (`cached_reference`)."""
     from dispsafe_nb.evaluate import evaluate_base_and_dual
 
-    def compute() -> list[EvalRecord]:
-        records: list[EvalRecord] = []
-        for limit, benches in _by_limit(limits).items():
-            recs, _ = evaluate_base_and_dual(
-                system, benches, limit=limit, decoding=decoding, seed=0, progress=progress
-            )
-            records += recs
-        return records
-
-    if not cache:
-        return compute()
-    records, _ = record_cache.cached_records(reference_key(system, limits, decoding), compute)
+    if cache:
+        return cached_reference(system, limits, decoding, progress=progress)[0]
+    records: list[EvalRecord] = []
+    for limit, benches in _by_limit(limits).items():
+        recs, _ = evaluate_base_and_dual(
+            system,
+            benches,
+            limit=limit,
+            decoding=decoding,
+            seed=0,
+            batch_size=REFERENCE_BATCH_SIZE,
+            progress=progress,
+        )
+        records += recs
     return records
 
 
@@ -298,10 +346,17 @@ _SHORT = {
 }
 
 
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
 def variant_rows(results: Mapping[str, dict]) -> list[dict[str, Any]]:
-    """One row per (result, size, objective): what was trained and how close it came to each target."""
+    """One row per (result, size, objective): what was trained and how close it came to each target. Ratios and
+    rates are numbers; `over_refusal` and `targets_met` are (student, dual) and (met, of) pairs."""
     rows = []
     for name, result in results.items():
+        if "per_size" not in result or "config" not in result:
+            raise ValueError(f"{name} is not a benchmarks/generalise.py result (no per_size/config)")
         mix = result["config"]
         for size, run in result["per_size"].items():
             for objective, o in run["objectives"].items():
@@ -310,24 +365,38 @@ def variant_rows(results: Mapping[str, dict]) -> list[dict[str, Any]]:
                     "result": name,
                     "objective": objective,
                     "prompts": int(size),
-                    "shares": f"{mix['harmful_share']:.2f}/{mix['borderline_share']:.2f}",
+                    "shares": (mix["harmful_share"], mix["borderline_share"]),
                     "N": cfg["n_tokens"],
                     "lr": cfg["lr"],
-                    "steps": f"{cfg['steps']} × {cfg['batch_size'] * cfg['grad_accum']}",
+                    "steps": (cfg["steps"], cfg["batch_size"] * cfg["grad_accum"]),
                     "seed": cfg["seed"],
                     "train_min": round(o["train_s"] / 60),
                 }
                 row.update({_SHORT[b]: sets[b]["ratio"] for b in HARMFUL_SETS if b in sets})
                 if "xstest_safe" in sets:
-                    row["XSTest-safe over-refusal (dual)"] = (
-                        sets["xstest_safe"]["student"],
-                        sets["xstest_safe"]["dual"],
-                    )
+                    row["over_refusal"] = (sets["xstest_safe"]["student"], sets["xstest_safe"]["dual"])
                 if "alpaca_test" in sets:
                     row["Alpaca"] = sets["alpaca_test"]["student"]
-                row["targets met"] = (sum(t["met"] for t in o["targets"].values()), len(o["targets"]))
+                row["targets_met"] = (sum(t["met"] for t in o["targets"].values()), len(o["targets"]))
                 rows.append(row)
     return rows
+
+
+_HEADERS = {
+    "shares": "harmful/borderline share",
+    "steps": "steps × batch",
+    "over_refusal": "XSTest-safe over-refusal (dual)",
+    "targets_met": "targets met",
+}
+_CELLS = {
+    "shares": lambda v: f"{v[0]:.2f}/{v[1]:.2f}",
+    "lr": lambda v: f"{v:g}",
+    "steps": lambda v: f"{v[0]} × {v[1]}",
+    "over_refusal": lambda v: f"{_num(v[0])} ({_num(v[1])})",
+    "targets_met": lambda v: f"{v[0]}/{v[1]}",
+    "Alpaca": _num,
+    **{short: _num for short in _SHORT.values()},
+}
 
 
 def variants_markdown(results: Mapping[str, dict]) -> str:
@@ -337,18 +406,11 @@ def variants_markdown(results: Mapping[str, dict]) -> str:
     if not rows:
         raise ValueError("no trained students in these results")
     columns = list(dict.fromkeys(k for row in rows for k in row))
-
-    def cell(value: Any) -> str:
-        if value is None:
-            return "–"
-        if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], float):
-            return f"{value[0]:.2f} ({value[1]:.2f})"
-        if isinstance(value, tuple):
-            return f"{value[0]}/{value[1]}"
-        if isinstance(value, float):
-            return f"{value:.2f}" if value >= 0.01 else f"{value:g}"
-        return str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    lines = [
+        "| " + " | ".join(_HEADERS.get(c, c) for c in columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
+    for row in rows:
+        cells = [_CELLS.get(c, str)(row[c]) if c in row else "–" for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -38,6 +38,7 @@ def source_digest(*modules: Any) -> str:
 
 
 def cache_path(key: Mapping[str, Any], root: Path | None = None) -> Path:
+    """The file holding the records of `key` (under `root`, default ``cache_root()/records``)."""
     return (root or cache_root() / "records") / f"{stable_hash(dict(key))[:20]}.json"
 
 
@@ -48,35 +49,44 @@ def load(key: Mapping[str, Any], root: Path | None = None) -> list[EvalRecord] |
         return None
     try:
         entry = json.loads(path.read_text(encoding="utf-8"))
-        if entry.get("format") != RECORD_CACHE_FORMAT or entry.get("key") != json.loads(
-            json.dumps(dict(key), sort_keys=True, default=str)
-        ):
+        if not isinstance(entry, dict):
+            raise ValueError("not a cache entry")
+        if entry.get("format") != RECORD_CACHE_FORMAT or entry.get("key") != _as_json(dict(key)):
             raise ValueError("another format or key")
         if entry["checksum"] != stable_hash(entry["records"]):
             raise ValueError("checksum mismatch")
         return [EvalRecord(**r) for r in entry["records"]]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
-        warnings.warn(f"record cache entry {path} is unusable ({err}); recomputing it", stacklevel=2)
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as err:
+        warnings.warn(f"record cache entry {path} is unusable ({err}); recomputing it", stacklevel=3)
         path.unlink(missing_ok=True)
         return None
 
 
-def store(key: Mapping[str, Any], records: list[EvalRecord], root: Path | None = None) -> Path:
-    """Write `records` under `key` atomically (a crash leaves the old entry or none, never half a file)."""
+def _as_json(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def store(key: Mapping[str, Any], records: list[EvalRecord], root: Path | None = None) -> list[EvalRecord]:
+    """Write `records` under `key` atomically (a crash leaves the old entry or none, never half a file); return
+    them as they will come back from the cache (through JSON), so that a first run and a cached one agree."""
     path = cache_path(key, root)
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = [json.loads(json.dumps(asdict(r), default=str)) for r in records]
+    body = [_as_json(asdict(r)) for r in records]
     payload = {
         "format": RECORD_CACHE_FORMAT,
-        "key": json.loads(json.dumps(dict(key), sort_keys=True, default=str)),
+        "key": _as_json(dict(key)),
         "checksum": stable_hash(body),
         "records": body,
     }
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, ensure_ascii=False)
-    os.replace(tmp, path)
-    return path
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh, ensure_ascii=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return [EvalRecord(**r) for r in body]
 
 
 def cached_records(
@@ -86,6 +96,4 @@ def cached_records(
     hit = load(key, root)
     if hit is not None:
         return hit, True
-    records = compute()
-    store(key, records, root)
-    return records, False
+    return store(key, compute(), root), False
