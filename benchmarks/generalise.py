@@ -78,6 +78,7 @@ def run_size(llm, system, args, size: int, dual: dict[str, EvalRecord], greedy: 
             objective=objective,
             n_tokens=args.n_tokens,
             lr=args.lr,
+            teacher_alpha=args.teacher_alpha,
             seed=args.seed,
             **overrides,
         )
@@ -120,6 +121,12 @@ def main() -> None:
     parser.add_argument("--objectives", default="tv")
     parser.add_argument("--n-tokens", type=int, default=DistillConfig.n_tokens)
     parser.add_argument("--lr", type=float, default=1e-2)
+    parser.add_argument(
+        "--teacher-alpha",
+        default="soft",
+        choices=("soft", "deployed"),
+        help="soft: Eq. 4 as written; deployed: α thresholded at 0.5, the system greedy evaluation compares with",
+    )
     parser.add_argument("--seed", type=int, default=0, help="mix, teacher and training seed")
     parser.add_argument(
         "--limit", type=int, default=None, help="at most this many prompts per set (default: all)"

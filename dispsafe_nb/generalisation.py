@@ -364,6 +364,7 @@ def variant_rows(results: Mapping[str, dict]) -> list[dict[str, Any]]:
                 row: dict[str, Any] = {
                     "result": name,
                     "objective": objective,
+                    "teacher α": cfg.get("teacher_alpha", "soft"),
                     "prompts": int(size),
                     "shares": (mix["harmful_share"], mix["borderline_share"]),
                     "N": cfg["n_tokens"],

@@ -15,7 +15,7 @@ import random
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -265,6 +265,15 @@ class TeacherCache:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(payload)
         os.replace(tmp, self.path(sample.prompt))
+
+
+def deployed_alphas(samples: Sequence[TeacherSample], threshold: float = 0.5) -> list[TeacherSample]:
+    """The samples as the *deployed* dual system treats them: α → 1 where α ≥ threshold (the answer is kept), else
+    0 (replaced by y_r). Eq. 4 with these α distils the thresholded system that greedy evaluation compares with,
+    instead of the soft distribution that keeps y with probability α."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must lie in [0, 1], not {threshold}")
+    return [replace(s, alphas=tuple(1.0 if a >= threshold else 0.0 for a in s.alphas)) for s in samples]
 
 
 def prompt_seed(prompt: str, seed: int) -> int:

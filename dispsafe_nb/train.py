@@ -36,7 +36,7 @@ from dispsafe_nb.objectives import (
     sequence_logprobs,
     tv_disp_loss,
 )
-from dispsafe_nb.safe_system import TeacherSample, TeacherSampleError
+from dispsafe_nb.safe_system import TeacherSample, TeacherSampleError, deployed_alphas
 from dispsafe_nb.shared_prompt import shared_prompt_logprobs
 
 OBJECTIVES = {"tv": tv_disp_loss, "kl": kl_disp_loss}  # the distillation losses on teacher samples
@@ -46,6 +46,7 @@ ALL_OBJECTIVES = (*OBJECTIVES, *TARGET_OBJECTIVES, *REWARD_OBJECTIVES)
 CHECKPOINT_KIND = "distill_checkpoint"
 LR_SCHEDULES = ("linear", "constant")
 WEIGHTINGS = ("none", "per_token")
+TEACHER_ALPHAS = ("soft", "deployed")
 SCORINGS = ("shared_prompt", "separate")
 AUTOCASTS = ("none", "bf16")
 BUCKETINGS = ("length", "none")
@@ -78,6 +79,10 @@ class DistillConfig:
     # "constant": lr throughout (the paper does not state its schedule); "linear": decays linearly to 0. In one
     # benchmark-sized run each, linear decay did not change the safety/usefulness trade-off beyond run-to-run noise.
     lr_schedule: str = "constant"
+    # Which teacher Eq. 4 distils. "soft" (default, as written): the dual system that keeps y with probability α.
+    # "deployed": α thresholded at 0.5 (1 if the deployed system keeps y, else 0) -- the system greedy evaluation
+    # compares the student with; a named variant, not the paper's objective.
+    teacher_alpha: str = "soft"
     seed: int = 0
     eval_every: int = 10
     checkpoint_every: int = 0  # 0: no periodic checkpoints
@@ -144,6 +149,8 @@ class DistillConfig:
                 "weighting='per_token' rescales whole-sequence terms: use it with reduction='sum'"
             )
         data.check_seed(self.seed)
+        if self.teacher_alpha not in TEACHER_ALPHAS:
+            raise ValueError(f"teacher_alpha must be one of {TEACHER_ALPHAS}, not {self.teacher_alpha!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, not {self.lr_schedule!r}")
         for name in ("n_tokens", "steps", "batch_size", "grad_accum"):
@@ -535,6 +542,8 @@ def distill(
         raise ValueError(
             f"the {cfg.objective} objective needs labels={{prompt: is harmful}} (train.prompt_labels)"
         )
+    if cfg.teacher_alpha == "deployed":
+        train_samples, val_samples = deployed_alphas(train_samples), deployed_alphas(val_samples)
     examples = examples_from_samples(train_samples, labels)
     if not examples:
         raise ValueError("no training examples: pass teacher samples for at least one prompt")

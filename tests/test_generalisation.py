@@ -127,7 +127,7 @@ def test_variants_are_compared_side_by_side_with_their_targets():
     assert [r["JBB"] for r in rows] == [0.5, 1.0]
     assert [r["targets_met"] for r in rows] == [(0, 2), (1, 2)]  # over-refusal +25 points misses its target
     table = variants_markdown(results)
-    assert table.count("\n") == 3 and "| lr | tv | 5000 | 0.30/0.10 | 20 | 0.03 | 157 × 32 |" in table
+    assert table.count("\n") == 3 and "| lr | tv | soft | 5000 | 0.30/0.10 | 20 | 0.03 | 157 × 32 |" in table
     assert "| 0.25 (0.00) | 1/2 |" in table and "| 0.01 |" in table  # lr 1e-2
     assert "| 0.025 |" in variants_markdown({"x": _result(2.5e-2, 0.5)})  # lrs are not rounded together
     with pytest.raises(ValueError, match="no trained students"):
