@@ -126,3 +126,22 @@ def test_teacher_alphas_are_the_guards_scores_of_exactly_the_sampled_answers(sys
         assert list(s.alphas) == pytest.approx(direct, abs=1e-6), s.prompt
     harmful, benign = samples[0].alphas + samples[1].alphas, samples[2].alphas + samples[3].alphas
     assert sum(harmful) < sum(benign), "the guard must tell these prompts apart for the test to mean much"
+
+
+def test_deployed_alphas_keep_what_the_deployed_system_keeps():
+    from dispsafe_nb.safe_system import TeacherSample, deployed_alphas
+
+    sample = TeacherSample(
+        "p", ("a", "b", "c"), (0.49, 0.5, 0.97), "No.", ((1,), (2,), (3,)), (True, True, False)
+    )
+    (hard,) = deployed_alphas([sample])
+    assert hard.alphas == (0.0, 1.0, 1.0)  # kept at alpha >= threshold, as SafeSystem.keep does
+    assert (hard.prompt, hard.responses, hard.response_ids, hard.finished) == (
+        sample.prompt,
+        sample.responses,
+        sample.response_ids,
+        sample.finished,
+    )
+    assert deployed_alphas([sample], threshold=0.99)[0].alphas == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="threshold must lie in"):
+        deployed_alphas([sample], threshold=1.5)

@@ -223,6 +223,28 @@ def test_gradient_accumulation_averages_the_micro_batch_gradients(tiny_llm):
     assert len(history.loss) == 1
 
 
+def test_the_deployed_teacher_trains_on_thresholded_alphas(tiny_llm):
+    """teacher_alpha='deployed' is exactly Eq. 4 on α thresholded at 0.5 (train and validation), and differs from
+    the soft teacher."""
+    from dispsafe_nb.safe_system import deployed_alphas
+
+    samples = _tiny_samples()  # α 0.05, 0.95, 0.2 -> 0, 1, 0
+    cfg = DistillConfig(
+        n_tokens=2, steps=2, batch_size=3, lr=0.05, eval_every=1, sampling="epoch", teacher_alpha="deployed"
+    )
+    deployed, history = distill(tiny_llm, samples, cfg, val_samples=samples[:2], progress=False)
+    hard = deployed_alphas(samples)
+    by_hand, by_hand_history = distill(
+        tiny_llm, hard, replace(cfg, teacher_alpha="soft"), val_samples=hard[:2], progress=False
+    )
+    torch.testing.assert_close(deployed.W, by_hand.W)
+    assert history.val_loss == by_hand_history.val_loss
+    assert history.mean_alpha[0] == pytest.approx(1 / 3)
+    soft, soft_history = distill(tiny_llm, samples, replace(cfg, teacher_alpha="soft"), progress=False)
+    assert soft_history.mean_alpha[0] == pytest.approx(0.4)
+    assert not torch.allclose(soft.W, deployed.W)
+
+
 def test_validation_gap_is_the_loss_and_the_refusal_mass_gap(tiny_llm):
     from dispsafe_nb.methods import SoftPrompt
     from dispsafe_nb.train import validation_gap

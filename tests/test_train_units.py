@@ -49,6 +49,7 @@ def _raises(exc, message):
             "weighting='per_token' rescales whole-sequence terms: use it with reduction='sum'",
         ),
         ({"lr_schedule": "cosine"}, "lr_schedule must be one of ('linear', 'constant'), not 'cosine'"),
+        ({"teacher_alpha": "hard"}, "teacher_alpha must be one of ('soft', 'deployed'), not 'hard'"),
         ({"n_tokens": 0}, "n_tokens must be at least 1, not 0"),
         ({"steps": 0}, "steps must be at least 1, not 0"),
         ({"batch_size": -1}, "batch_size must be at least 1, not -1"),
