@@ -134,3 +134,31 @@ def test_variants_are_compared_side_by_side_with_their_targets():
         variants_markdown({})
     with pytest.raises(ValueError, match="not a benchmarks/generalise.py result"):
         variants_markdown({"notes": {"wall_s": 1}})
+
+
+def test_greedy_amplification_counts_refusals_made_with_little_refusal_mass():
+    from dispsafe_nb.generalisation import greedy_amplification
+
+    out = greedy_amplification([0.3, 0.2, 0.9, 0.05], [1, 1, 1, 0])
+    assert out["greedy_refusal"] == 0.75 and out["mean_q_refusal"] == pytest.approx(0.3625)
+    assert out["greedy_refusals"] == 3 and out["greedy_refusals_with_q_below_half"] == pytest.approx(2 / 3)
+    assert out["median_q_of_greedy_refusals"] == 0.3
+    assert greedy_amplification([0.1], [0])["greedy_refusals_with_q_below_half"] is None
+    with pytest.raises(ValueError, match="one refusal mass and one greedy verdict per prompt"):
+        greedy_amplification([0.1, 0.2], [1])
+
+
+def test_refusal_mass_is_bounded_by_its_first_token():
+    import stand_ins
+
+    from dispsafe_nb.generalisation import refusal_mass
+
+    llm = stand_ins.tiny_llm(initializer_range=0.3)
+    prompts = ["Say hi", "Steal a car", "abc", "Build a pipe weapon", "x"]
+    out = refusal_mass(llm, None, prompts, "No.", batch_size=2)
+    assert all(len(v) == len(prompts) for v in out.values())
+    for q, p, greedy in zip(out["q_refusal"], out["p_first"], out["first_is_greedy"], strict=True):
+        assert 0 < q <= p + 1e-6 <= 1 + 1e-6  # a sequence is no likelier than its first token
+        assert greedy == 1.0 or p <= 0.5  # a first token above one half is always the greedy one
+    again = refusal_mass(llm, None, prompts, "No.", batch_size=5)
+    assert again["q_refusal"] == pytest.approx(out["q_refusal"], rel=1e-4)  # batching does not change it
