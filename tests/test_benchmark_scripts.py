@@ -243,4 +243,4 @@ def test_generalise_benchmark_smoke_run_reports_every_set(tmp_path):
         capture_output=True,
         text=True,
     )
-    assert "| generalise | tv | 24 | 0.30/0.10 |" in compared.stdout
+    assert "| generalise | tv | soft | 24 | 0.30/0.10 |" in compared.stdout
