@@ -22,13 +22,9 @@ from typing import Any
 
 from dispsafe_nb.evaluate import EvalRecord
 from dispsafe_nb.paths import cache_root
+from dispsafe_nb.safe_system import stable_hash  # the teacher cache's checksum, reused
 
 RECORD_CACHE_FORMAT = 1
-
-
-def stable_hash(obj: Any) -> str:
-    """SHA-256 of the canonical JSON of `obj`."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def source_digest(*modules: Any) -> str:

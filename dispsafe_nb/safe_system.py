@@ -190,7 +190,8 @@ def sample_from_texts(
     )
 
 
-def _stable_hash(obj: Any) -> str:
+def stable_hash(obj: Any) -> str:
+    """SHA-256 of the canonical JSON of `obj` (cache keys and checksums)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -207,7 +208,7 @@ class TeacherCache:
 
     @property
     def folder(self) -> Path:
-        return self.root / _stable_hash(self.key)[:16]
+        return self.root / stable_hash(self.key)[:16]
 
     def path(self, prompt: str) -> Path:
         return self.folder / f"{hashlib.sha256(prompt.encode()).hexdigest()[:24]}.json"
@@ -227,7 +228,7 @@ class TeacherCache:
                 path.unlink(missing_ok=True)
                 return None
             body = entry["sample"]
-            if entry["checksum"] != _stable_hash(body) or body["prompt"] != prompt:
+            if entry["checksum"] != stable_hash(body) or body["prompt"] != prompt:
                 raise ValueError("checksum or prompt mismatch")
             return TeacherSample(
                 body["prompt"],
@@ -258,7 +259,7 @@ class TeacherCache:
             "finished": list(sample.finished),
         }
         payload = json.dumps(
-            {"format": TEACHER_CACHE_FORMAT, "checksum": _stable_hash(body), "sample": body},
+            {"format": TEACHER_CACHE_FORMAT, "checksum": stable_hash(body), "sample": body},
             ensure_ascii=False,
         )
         fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")

@@ -30,7 +30,7 @@ from dispsafe_nb.safe_system import (
     TeacherCache,
     TeacherSample,
     TeacherSampleError,
-    _stable_hash,
+    stable_hash,
     teacher_cache_key,
     teacher_samples,
 )
@@ -236,7 +236,7 @@ def test_a_format_1_teacher_cache_entry_is_recomputed_never_read(tmp_path, forma
     path = cache.path(prompt)
     path.parent.mkdir(parents=True)
     body = _v1_body(prompt)
-    entry = {"checksum": _stable_hash(body), "sample": body}  # a valid v1 entry: texts only, no ids
+    entry = {"checksum": stable_hash(body), "sample": body}  # a valid v1 entry: texts only, no ids
     if format_field is not None:
         entry["format"] = format_field
     path.write_text(json.dumps(entry), encoding="utf-8")
@@ -253,7 +253,7 @@ def test_a_current_format_entry_without_ids_is_corrupt(tmp_path):
     prompt = "How do I bake bread?"
     cache.path(prompt).parent.mkdir(parents=True)
     body = _v1_body(prompt)  # claims format 2 but has no ids
-    entry = {"format": TEACHER_CACHE_FORMAT, "checksum": _stable_hash(body), "sample": body}
+    entry = {"format": TEACHER_CACHE_FORMAT, "checksum": stable_hash(body), "sample": body}
     cache.path(prompt).write_text(json.dumps(entry), encoding="utf-8")
     with pytest.warns(UserWarning, match="corrupt"):
         assert cache.get(prompt) is None
