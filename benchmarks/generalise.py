@@ -55,6 +55,18 @@ from dispsafe_nb.safe_system import SafeSystem
 from dispsafe_nb.train import DistillConfig, distill
 
 
+def budget_settings(args: argparse.Namespace) -> dict:
+    """The named budget with `--epochs` applied (an epoch budget only: a step budget has no epochs to change)."""
+    settings = dict(BUDGETS[args.budget])
+    if args.epochs:
+        if "epochs" not in settings:
+            raise SystemExit(
+                f"--epochs needs an epoch budget (paper); budget {args.budget!r} sets steps: use --steps"
+            )
+        settings["epochs"] = args.epochs
+    return settings
+
+
 def run_size(llm, system, args, size: int, dual: dict[str, EvalRecord], greedy: DecodingConfig) -> tuple:
     cfg = MixConfig(
         size=size, harmful_share=args.harmful_share, borderline_share=args.borderline_share, seed=args.seed
@@ -73,7 +85,7 @@ def run_size(llm, system, args, size: int, dual: dict[str, EvalRecord], greedy: 
     for objective in args.objectives:
         overrides = {"steps": args.steps} if args.steps else {}
         dcfg = budget_config(
-            args.budget,
+            budget_settings(args),
             len(samples) * args.k_samples,
             objective=objective,
             n_tokens=args.n_tokens,
@@ -118,6 +130,12 @@ def main() -> None:
     parser.add_argument(
         "--steps", type=int, default=0, help="override the budget's step count (0: the budget's)"
     )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=0,
+        help="passes over the teacher samples (0: the budget's; epoch budgets only)",
+    )
     parser.add_argument("--objectives", default="tv")
     parser.add_argument("--n-tokens", type=int, default=DistillConfig.n_tokens)
     parser.add_argument("--lr", type=float, default=1e-2)
@@ -157,6 +175,7 @@ def main() -> None:
             )
         )
         return
+    budget_settings(args)  # a bad --epochs fails here, before minutes of loading
     if args.smoke:
         args.sizes, args.steps, args.limit, args.max_new_tokens, args.eval_tokens = "24", 2, 3, 6, 6
     args.objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
@@ -191,7 +210,7 @@ def main() -> None:
         records += evals
         result["config"] = {
             **{k: v for k, v in vars(args).items() if k not in ("report", "compare")},
-            "budget_settings": BUDGETS[args.budget],
+            "budget_settings": budget_settings(args),
             "benchmarks": list(BENCHES),
             "greedy_decoding": greedy.to_dict(),
             "model": llm.describe(),

@@ -214,6 +214,17 @@ def test_provenance_names_the_commit_and_the_processor():
     assert isinstance(cpu_name(), str)
 
 
+def test_generalise_epochs_change_only_an_epoch_budget():
+    import argparse
+
+    settings = _load("generalise").budget_settings
+    assert settings(argparse.Namespace(budget="paper", epochs=0))["epochs"] == 1
+    two = settings(argparse.Namespace(budget="paper", epochs=2))
+    assert two["epochs"] == 2 and two["batch_size"] * two["grad_accum"] == 32
+    with pytest.raises(SystemExit, match="--steps"):
+        settings(argparse.Namespace(budget="notebook", epochs=2))
+
+
 @pytest.mark.slow
 def test_generalise_benchmark_smoke_run_reports_every_set(tmp_path):
     import json
