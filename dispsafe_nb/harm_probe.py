@@ -108,14 +108,25 @@ def fit_probe(
     return LinearProbe(mean.float(), scale.float(), weight.detach().float(), bias.detach().float())
 
 
-def held_out_split(n: int, val_fraction: float = 0.2, seed: int = 0) -> tuple[list[int], list[int]]:
-    """A seeded (fit, held-out) split of n training examples."""
+def held_out_split(
+    labels: Sequence[bool], val_fraction: float = 0.2, seed: int = 0
+) -> tuple[list[int], list[int]]:
+    """A seeded (fit, held-out) split of labelled examples, stratified: each class gives `val_fraction` of its
+    examples (at least one) to the held-out part, so both parts hold both classes."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    order = list(range(n))
-    random.Random(seed).shuffle(order)
-    cut = max(1, round(n * val_fraction))
-    return sorted(order[cut:]), sorted(order[:cut])
+    rng, held = random.Random(seed), []
+    for cls in (True, False):
+        members = [i for i, y in enumerate(labels) if bool(y) == cls]
+        if len(members) < 2:
+            raise ValueError(
+                f"{len(members)} example(s) labelled {'refused' if cls else 'answered'}: a probe needs at least two "
+                "of each class (use a larger training mix)"
+            )
+        rng.shuffle(members)
+        held += members[: max(1, round(len(members) * val_fraction))]
+    held_set = set(held)
+    return [i for i in range(len(labels)) if i not in held_set], sorted(held)
 
 
 def choose_layer(
@@ -123,7 +134,7 @@ def choose_layer(
 ) -> tuple[int, list[LinearProbe], list[dict[str, float]]]:
     """Per layer of `features` (n_layers, n, d): a probe fitted on the fit part, its AUROC and accuracy on the
     held-out part. Returns the layer with the best held-out AUROC, every layer's probe, and the table."""
-    fit, held = held_out_split(features.shape[1], val_fraction, seed)
+    fit, held = held_out_split(list(labels), val_fraction, seed)
     y = torch.as_tensor(labels, dtype=torch.bool)
     table, probes = [], []
     for layer in range(features.shape[0]):

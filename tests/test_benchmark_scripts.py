@@ -255,3 +255,27 @@ def test_generalise_benchmark_smoke_run_reports_every_set(tmp_path):
         text=True,
     )
     assert "| generalise | tv | soft | 24 | 0.30/0.10 |" in compared.stdout
+
+
+@pytest.mark.slow
+def test_harm_probe_benchmark_smoke_run_scores_the_probe_system_on_every_set(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from dispsafe_nb.generalisation import BENCHES
+
+    out = tmp_path / "harm_probe.json"
+    subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / "harm_probe.py"), "--smoke", "--out", str(out)],
+        check=True,
+        cwd=REPO_ROOT,
+        timeout=900,
+    )
+    result = json.loads(out.read_text())
+    assert set(result["comparison"]["sets"]) == set(BENCHES) and set(result["flag_rate"]) == set(BENCHES)
+    assert len(result["layers"]) == 30 and 0 <= result["layer"] < 30
+    row = result["layers"][result["layer"]]
+    assert row["held_out_auroc"] == max(r["held_out_auroc"] for r in result["layers"])
+    assert 0 <= row["xstest_auroc"] <= 1 and result["mix"]["n"] == result["config"]["size"]
+    assert "probe / dual" in _load("harm_probe").report(result)

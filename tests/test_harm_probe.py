@@ -42,12 +42,19 @@ def test_a_probe_refuses_one_class_or_mismatched_shapes():
         fit_probe(x, y[:-1])
 
 
-def test_held_out_split_is_seeded_disjoint_and_complete():
-    fit, held = held_out_split(50, 0.2, seed=3)
+def test_held_out_split_is_seeded_stratified_disjoint_and_complete():
+    labels = [i % 5 == 0 for i in range(50)]  # 10 refused, 40 answered
+    fit, held = held_out_split(labels, 0.2, seed=3)
     assert len(held) == 10 and sorted(fit + held) == list(range(50))
-    assert held_out_split(50, 0.2, seed=3) == (fit, held) and held_out_split(50, 0.2, seed=4) != (fit, held)
+    assert sum(labels[i] for i in held) == 2  # each class gives a fifth
+    assert held_out_split(labels, 0.2, seed=3) == (fit, held) and held_out_split(labels, 0.2, seed=4) != (
+        fit,
+        held,
+    )
     with pytest.raises(ValueError, match="val_fraction"):
-        held_out_split(50, 1.0)
+        held_out_split(labels, 1.0)
+    with pytest.raises(ValueError, match="1 example.*refused.*larger training mix"):
+        held_out_split([True] + [False] * 9)
 
 
 def test_the_layer_that_carries_the_label_is_chosen_on_held_out_data():
