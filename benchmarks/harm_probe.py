@@ -33,7 +33,7 @@ from dispsafe_nb.generalisation import (
     teach,
 )
 from dispsafe_nb.guard_training import load_embedding_guard
-from dispsafe_nb.harm_probe import choose_layer, probe_record, prompt_activations
+from dispsafe_nb.harm_probe import choose_layer, probe_record, prompt_activations, report_markdown
 from dispsafe_nb.metrics import auroc
 from dispsafe_nb.mixes import MixConfig, mix_summary, scale_mix
 from dispsafe_nb.models import DecodingConfig, load_llm
@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS_DIR / "harm_probe.json"))
     args = parser.parse_args()
     if args.smoke:
-        args.size, args.limit, args.max_new_tokens, args.eval_tokens = 40, 6, 6, 6
+        args.size, args.limit, args.max_new_tokens, args.eval_tokens = 60, 6, 6, 6
     started = time.time()
     llm, guard = load_llm(), load_embedding_guard()
     system = SafeSystem(llm, guard)
@@ -141,23 +141,8 @@ def main() -> None:
 
 
 def report(result: dict) -> str:
-    """A written result as Markdown: the chosen layer, the probe system against the dual system, the targets."""
-    row = result["layers"][result["layer"]]
-    lines = [
-        f"Probe at layer {result['layer']} (held-out AUROC {row['held_out_auroc']:.3f}; off-distribution AUROC "
-        f"XSTest {row['xstest_auroc']:.3f}, bundled forms {row['bundled_forms_auroc']:.3f}).",
-        "",
-        "| set | n | probe system | dual | probe / dual (95 % bootstrap) |",
-        "|---|---|---|---|---|",
-    ]
-    for bench, s in result["comparison"]["sets"].items():
-        ratio = "–" if s.get("ratio") is None else f"{s['ratio']:.2f} [{s['low']:.2f}, {s['high']:.2f}]"
-        lines.append(
-            f"| {bench} ({s['metric']}) | {s['n']} | {s['student']:.2f} | {s['dual']:.2f} | {ratio} |"
-        )
-    met = [n for n, t in result["targets"].items() if t["met"]]
-    lines += ["", f"Targets met: {len(met)}/{len(result['targets'])} ({', '.join(met) or 'none'})."]
-    return "\n".join(lines)
+    """A written result as Markdown (`harm_probe.report_markdown`)."""
+    return report_markdown(result)
 
 
 if __name__ == "__main__":

@@ -110,3 +110,48 @@ def test_prompt_activations_average_to_the_refusal_directions_mean(llm):
     torch.testing.assert_close(
         per_prompt[:, 2], prompt_activations(llm, prompts[2:])[:, 0], rtol=1e-3, atol=1e-3
     )
+
+
+def test_the_report_names_the_layer_the_separation_and_each_sets_ratio():
+    from dispsafe_nb.harm_probe import report_markdown
+
+    layers = [
+        {
+            "layer": i,
+            "held_out_auroc": a,
+            "held_out_accuracy": 0.8,
+            "xstest_auroc": 0.7,
+            "bundled_forms_auroc": 0.6,
+        }
+        for i, a in enumerate((0.6, 0.9))
+    ]
+    result = {
+        "layer": 1,
+        "layers": layers,
+        "flag_rate": {"jbb_harmful": 0.4, "xstest_safe": 0.1},
+        "comparison": {
+            "sets": {
+                "jbb_harmful": {
+                    "metric": "sgs",
+                    "n": 100,
+                    "student": 0.5,
+                    "dual": 0.6,
+                    "ratio": 0.83,
+                    "low": 0.7,
+                    "high": 0.95,
+                },
+                "xstest_safe": {"metric": "over_refusal", "n": 250, "student": 0.12, "dual": 0.05},
+            },
+            "per_form": {
+                "question": {"ratio": 0.5, "low": 0.3, "high": 0.7, "n": 31},
+                "short": {"ratio": None, "low": None, "high": None, "n": 0},
+            },
+        },
+        "targets": {"sgs_ratio_jbb_harmful": {"met": False}, "xstest_over_refusal_vs_dual": {"met": True}},
+    }
+    text = report_markdown(result)
+    assert "layer 1 of 2" in text and "0.900" in text and "XSTest 0.700" in text
+    assert "| jbb_harmful (sgs) | 100 | 0.40 | 0.50 | 0.60 | 0.83 [0.70, 0.95] |" in text
+    assert "| xstest_safe (over_refusal) | 250 | 0.10 | 0.12 | 0.05 | – |" in text
+    assert "question 0.50 (n = 31)" in text and "short" not in text
+    assert "Targets met: 1/2 (xstest_over_refusal_vs_dual)" in text
