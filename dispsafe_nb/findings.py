@@ -210,3 +210,64 @@ def generalisation_findings(m: Mapping[str, Any]) -> str:
         + ".",
     ]
     return "\n".join(lines)
+
+
+def probe_findings(probe: Mapping[str, Any], variants: Mapping[str, Mapping[str, Any]]) -> str:
+    """The harm probe's reading (`benchmarks/harm_probe.py`'s result) beside trained students (`generalise.py`
+    results by name): how well the frozen model separates harm off-distribution, and whether a linear read-out of
+    it meets targets the students miss."""
+    from dispsafe_nb.generalisation import SHORT_NAMES, variant_rows
+
+    layer = probe["layers"][probe["layer"]]
+    met = {n for n, t in probe["targets"].items() if t["met"]}
+    rows = variant_rows(variants)
+    best = max(rows, key=lambda r: r["targets_met"][0])
+    sets = probe["comparison"]["sets"]
+    harmful = [b for b in sets if b in SHORT_NAMES]
+    lines = [
+        f"- **Separation.** At layer {probe['layer']} (chosen on held-out training prompts), a linear probe of the "
+        f"frozen model separates XSTest's unsafe from its safe prompts with AUROC {layer['xstest_auroc']:.2f}, and "
+        f"the bundled requests from their safe twins with {layer['bundled_forms_auroc']:.2f} (1 separates "
+        "perfectly, 0.5 not at all); on held-out training prompts "
+        f"{layer['held_out_auroc']:.2f}.",
+        f"- **As a student.** The probe system meets {len(met)} of {len(probe['targets'])} targets; the best trained "
+        f"student meets {best['targets_met'][0]} ({best['result']}, {best['objective']}).",
+        "- **Per harmful set** (probe system / dual; best student's ratio on that set): "
+        + "; ".join(
+            f"{SHORT_NAMES[b]} {_ratio(sets[b])} vs {max(r.get(SHORT_NAMES[b]) or 0 for r in rows):.2f}"
+            for b in harmful
+        )
+        + ".",
+    ]
+    if "xstest_safe" in sets:
+        lowest = min(r["over_refusal"][0] for r in rows if "over_refusal" in r)
+        lines.append(
+            f"- **Over-refusal** (XSTest safe): probe system {sets['xstest_safe']['student']:.0%}, dual "
+            f"{sets['xstest_safe']['dual']:.0%}, lowest student {lowest:.0%}."
+        )
+    student_met = {n for n, t in _best_targets(variants, best).items() if t["met"]}
+    if len(met) == len(probe["targets"]):
+        reading = (
+            "A linear read-out of the frozen model already meets every target: what the dual system refuses is "
+            "there in the model's activations, off-distribution. The students' shortfall lies in training "
+            "(budget, objective, decoding), not in the model."
+        )
+    elif met - student_met:
+        reading = (
+            f"The read-out meets targets the best student misses ({', '.join(sorted(met - student_met))}): room that "
+            "training has not used. Where it misses too, the model's own representation falls short."
+        )
+    else:
+        reading = (
+            "A linear read-out meets no target the best student misses: what the students miss, the frozen model's "
+            "activations do not separate linearly either. At this model size that is a limit of the model more "
+            "than of the distillation; the paper's 1–3B models need not share it."
+        )
+    lines.append(f"- **Reading.** {reading}")
+    return "\n".join(lines)
+
+
+def _best_targets(variants: Mapping[str, Mapping[str, Any]], row: Mapping[str, Any]) -> dict[str, Any]:
+    """The targets of the student a `variant_rows` row describes."""
+    result = variants[row["result"]]
+    return result["per_size"][str(row["prompts"])]["objectives"][row["objective"]]["targets"]

@@ -338,7 +338,7 @@ def report_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-_SHORT = {
+SHORT_NAMES = {
     "jbb_harmful": "JBB",
     "xstest_unsafe": "XSTest unsafe",
     "bundled_forms_test": "forms",
@@ -374,7 +374,7 @@ def variant_rows(results: Mapping[str, dict]) -> list[dict[str, Any]]:
                     "seed": cfg["seed"],
                     "train_min": round(o["train_s"] / 60),
                 }
-                row.update({_SHORT[b]: sets[b]["ratio"] for b in HARMFUL_SETS if b in sets})
+                row.update({SHORT_NAMES[b]: sets[b]["ratio"] for b in HARMFUL_SETS if b in sets})
                 if "xstest_safe" in sets:
                     row["over_refusal"] = (sets["xstest_safe"]["student"], sets["xstest_safe"]["dual"])
                 if "alpaca_test" in sets:
@@ -397,7 +397,7 @@ _CELLS = {
     "over_refusal": lambda v: f"{_num(v[0])} ({_num(v[1])})",
     "targets_met": lambda v: f"{v[0]}/{v[1]}",
     "Alpaca": _num,
-    **{short: _num for short in _SHORT.values()},
+    **{short: _num for short in SHORT_NAMES.values()},
 }
 
 

@@ -162,3 +162,37 @@ def test_refusal_mass_is_bounded_by_its_first_token():
         assert greedy == 1.0 or p <= 0.5  # a first token above one half is always the greedy one
     again = refusal_mass(llm, None, prompts, "No.", batch_size=5)
     assert again["q_refusal"] == pytest.approx(out["q_refusal"], rel=1e-4)  # batching does not change it
+
+
+def _probe_result(jbb: list[float], xstest_safe: list[float]) -> dict:
+    dual = {
+        "jbb_harmful": _greedy_record("d", "jbb_harmful", [1.0, 1.0, 1.0, 1.0]),
+        "xstest_safe": _greedy_record("d", "xstest_safe", [0.0, 0.0, 0.0, 0.0]),
+    }
+    probe = {
+        "jbb_harmful": _greedy_record("p", "jbb_harmful", jbb),
+        "xstest_safe": _greedy_record("p", "xstest_safe", xstest_safe),
+    }
+    comparison = compare(probe, dual)
+    row = {"layer": 0, "held_out_auroc": 0.91, "xstest_auroc": 0.83, "bundled_forms_auroc": 0.77}
+    return {"layer": 0, "layers": [row], "comparison": comparison, "targets": targets(comparison)}
+
+
+def test_probe_findings_say_whether_a_linear_read_out_beats_the_students():
+    from dispsafe_nb.findings import probe_findings
+
+    students = {"base": _result(1e-2, 0.5), "lr": _result(3e-2, 0.75)}
+    better = probe_findings(_probe_result([1.0] * 4, [0.0] * 4), students)
+    assert (
+        "AUROC 0.83" in better
+        and "meets 2 of 2 targets" in better
+        and "best trained student meets 0 (base" in better
+    )
+    assert (
+        "JBB 1.00 [1.00, 1.00] vs 0.75" in better and "probe system 0%, dual 0%, lowest student 25%" in better
+    )
+    assert "already meets every target" in better
+    partial = probe_findings(_probe_result([1.0] * 4, [1.0, 1.0, 0.0, 0.0]), students)
+    assert "meets targets the best student misses (sgs_ratio_jbb_harmful)" in partial
+    worse = probe_findings(_probe_result([1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]), students)
+    assert "meets no target the best student misses" in worse
