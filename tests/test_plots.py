@@ -155,3 +155,19 @@ def test_generalisation_figures_show_ratios_with_their_intervals():
     fig = plots.family_bars({"persona": 0.2}, {"persona": 0.9, "fiction": 0.5})
     assert [list(t.x) for t in fig.data] == [["fiction", "persona"]] * 2
     assert list(fig.data[1].y) == [None, 0.2]  # a family the student was not scored on stays empty
+
+
+def test_the_probe_figure_draws_each_auroc_per_layer_and_marks_the_chosen_one():
+    layers = [
+        {
+            "layer": i,
+            "held_out_auroc": 0.6 + i / 10,
+            "xstest_auroc": 0.55,
+            "bundled_forms_auroc": 0.5 + i / 20,
+        }
+        for i in range(3)
+    ]
+    fig = plots.probe_layers_figure(layers, chosen=2)
+    assert [list(t.x) for t in fig.data] == [[0, 1, 2]] * 3
+    assert list(fig.data[0].y) == pytest.approx([0.6, 0.7, 0.8]) and list(fig.data[1].y) == [0.55] * 3
+    assert any(s.x0 == 2 for s in fig.layout.shapes) and "layer" in fig.layout.xaxis.title.text

@@ -21,7 +21,12 @@ from dispsafe_nb.plots.evaluation import (
     category_bars,
     training_curves,
 )
-from dispsafe_nb.plots.generalisation import data_size_curve, family_bars, ratio_by_set_bars
+from dispsafe_nb.plots.generalisation import (
+    data_size_curve,
+    family_bars,
+    probe_layers_figure,
+    ratio_by_set_bars,
+)
 from dispsafe_nb.plots.probe import over_refusal_by_type_figure, refusal_probability_figure
 from dispsafe_nb.plots.theory import (
     bound_check_scatter,
@@ -36,6 +41,7 @@ from dispsafe_nb.plots.theory import (
 __all__ = [
     "data_size_curve",
     "family_bars",
+    "probe_layers_figure",
     "ratio_by_set_bars",
     "COLORS",
     "PALETTE",
