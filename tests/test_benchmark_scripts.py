@@ -278,4 +278,4 @@ def test_harm_probe_benchmark_smoke_run_scores_the_probe_system_on_every_set(tmp
     row = result["layers"][result["layer"]]
     assert row["held_out_auroc"] == max(r["held_out_auroc"] for r in result["layers"])
     assert 0 <= row["xstest_auroc"] <= 1 and result["mix"]["n"] == result["config"]["size"]
-    assert "probe / dual" in _load("harm_probe").report(result)
+    assert "probe system / dual" in _load("harm_probe").report(result)
