@@ -246,6 +246,7 @@ def probe_findings(probe: Mapping[str, Any], variants: Mapping[str, Mapping[str,
             f"{sets['xstest_safe']['dual']:.0%}, lowest student {lowest:.0%}."
         )
     student_met = {n for n, t in _best_targets(variants, best).items() if t["met"]}
+    any_student = {n for r in rows for n, t in _best_targets(variants, r).items() if t["met"]}
     if len(met) == len(probe["targets"]):
         reading = (
             "A linear read-out of the frozen model already meets every target: what the dual system refuses is "
@@ -254,14 +255,25 @@ def probe_findings(probe: Mapping[str, Any], variants: Mapping[str, Mapping[str,
         )
     elif met - student_met:
         reading = (
-            f"The read-out meets targets the best student misses ({', '.join(sorted(met - student_met))}): room that "
-            "training has not used. Where it misses too, the model's own representation falls short."
+            f"The read-out meets targets the best student misses ({', '.join(sorted(met - student_met))}): the "
+            "information is in the frozen model, and distillation has not drawn it out yet."
         )
     else:
         reading = (
             "A linear read-out meets no target the best student misses: what the students miss, the frozen model's "
             "activations do not separate linearly either. At this model size that is a limit of the model more "
             "than of the distillation; the paper's 1–3B models need not share it."
+        )
+    if any_student - met:
+        reading += (
+            f" Some student meets targets the read-out misses ({', '.join(sorted(any_student - met))}): a soft "
+            "prompt is more than one linear read-out of one layer."
+        )
+    neither = set(probe["targets"]) - met - any_student
+    if neither:
+        reading += (
+            f" Neither meets {', '.join(sorted(neither))}: there the model's representation, as these tools read "
+            "it, falls short."
         )
     lines.append(f"- **Reading.** {reading}")
     return "\n".join(lines)

@@ -194,5 +194,10 @@ def test_probe_findings_say_whether_a_linear_read_out_beats_the_students():
     assert "already meets every target" in better
     partial = probe_findings(_probe_result([1.0] * 4, [1.0, 1.0, 0.0, 0.0]), students)
     assert "meets targets the best student misses (sgs_ratio_jbb_harmful)" in partial
+    assert "Neither meets xstest_over_refusal_vs_dual" in partial and "Some student" not in partial
     worse = probe_findings(_probe_result([1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 0.0, 0.0]), students)
     assert "meets no target the best student misses" in worse
+    stronger = {"base": _result(1e-2, 0.5), "strong": _result(3e-2, 1.0)}  # meets the JBB target
+    assert "Some student meets targets the read-out misses (sgs_ratio_jbb_harmful)" in probe_findings(
+        _probe_result([1.0, 0.0, 0.0, 0.0], [0.0] * 4), stronger
+    )
