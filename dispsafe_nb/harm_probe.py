@@ -89,7 +89,7 @@ def fit_probe(
     x = features.double()
     if x.ndim != 2 or x.shape[0] != y.numel():
         raise ValueError(f"features {tuple(x.shape)} do not match {y.numel()} labels (want (n, d))")
-    if y.sum() in (0, y.numel()):
+    if int(y.sum()) in (0, y.numel()):
         raise ValueError("a probe needs examples of both classes (refused and answered)")
     mean, scale = x.mean(0), x.std(0).clamp_min(1e-6)
     z = (x - mean) / scale
