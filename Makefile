@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 DISPSAFE_DATA ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
 export DISPSAFE_DATA
 
-.PHONY: install test nbval ui-check lint format reproduce benchmark benchmark-distill benchmark-baselines benchmark-costs benchmark-generalise mutation lab clean
+.PHONY: install test nbval ui-check lint format reproduce benchmark benchmark-distill benchmark-baselines benchmark-costs benchmark-generalise benchmark-harm-probe mutation lab clean
 
 install: $(VENV)/.installed
 
@@ -76,6 +76,12 @@ benchmark-costs: install
 # system on out-of-distribution sets -> results/generalise.json (see the README for its wall time).
 benchmark-generalise: install
 	$(PY) benchmarks/generalise.py
+
+# Does the frozen model separate what the dual system refuses? Linear probes per layer on the same 5,000-prompt mix
+# (teacher samples and dual records cached by benchmark-generalise), the probe system scored like a student ->
+# results/harm_probe.json.
+benchmark-harm-probe: install
+	$(PY) benchmarks/harm_probe.py
 
 # Mutation score of theory/objectives/judges/metrics and train.py's loss/step code with their fast unit tests
 # (mutmut on a scratch copy in build/mutation; 10-15 minutes on 2 cores) -> results/mutation.json.

@@ -8,8 +8,8 @@ against the deployed dual system on the generalisation sets (same cached base/du
 Also per layer: the probe's AUROC between XSTest's unsafe and safe prompts and between the bundled forms' harmful
 requests and their safe twins (reported, never used to choose). `dispsafe_nb.harm_probe` says what it does and
 does not bound. Writes JSON with its config.
-Run: `python benchmarks/harm_probe.py --out results/harm_probe.json` (teacher samples and reference records
-cached by the generalisation benchmark; a few minutes), `--smoke` to check the plumbing.
+Run: `make benchmark-harm-probe` (about 7 minutes on 2 cores once `make benchmark-generalise` has cached the teacher
+samples and reference records; without them it computes both first), `--smoke` to check the plumbing.
 """
 
 from __future__ import annotations
