@@ -21,49 +21,25 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
+from dispsafe_nb.methods.base import layer_count
 from dispsafe_nb.metrics import auroc
-from dispsafe_nb.models import decoder_layers
 
 
-@torch.no_grad()
 def prompt_activations(
     llm: Any, prompts: Sequence[str], batch_size: int = 16, progress: bool = False
 ) -> torch.Tensor:
     """(n_layers, n, d): each decoder layer's output averaged over each prompt's post-instruction positions."""
-    from dispsafe_nb.refusal_direction import post_instruction_length
+    from dispsafe_nb.refusal_direction import post_instruction_outputs
 
-    if not prompts:
-        raise ValueError("no prompts to read activations of")
-    n_post = post_instruction_length(llm)
-    layers = decoder_layers(llm)
-    out = torch.zeros(len(layers), len(prompts), llm.hidden_size, dtype=torch.float64)
-    captured: dict[int, torch.Tensor] = {}
-
-    def hook(index: int):
-        def record(module: Any, args: Any, output: Any) -> None:
-            hidden = output[0] if isinstance(output, tuple) else output
-            # left padding: every row's post-instruction tokens are its last n_post positions
-            captured[index] = hidden[:, -n_post:, :].double().mean(dim=1).cpu()
-
-        return record
-
-    handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
-    try:
-        starts = range(0, len(prompts), batch_size)
-        for start in tqdm(starts, desc="activations", disable=not progress):
-            batch = llm.encode_chat(list(prompts[start : start + batch_size]))
-            llm.model(**batch, use_cache=False)
-            for i in range(len(layers)):
-                out[i, start : start + batch_size] = captured[i]
-    finally:
-        for handle in handles:
-            handle.remove()
+    out = torch.zeros(layer_count(llm), len(prompts), llm.hidden_size, dtype=torch.float64)
+    for start, outputs in post_instruction_outputs(llm, prompts, batch_size, progress):
+        for i, hidden in enumerate(outputs):
+            out[i, start : start + len(hidden)] = hidden.mean(dim=1)
     return out.float()
 
 
@@ -164,8 +140,6 @@ def probe_record(base: Any, probabilities: Sequence[float], name: str = "probe")
     """The probe system's `EvalRecord` on a benchmark, from the base model's record there (same prompts, in order)
     and the probe's P(refuse | x) per prompt: refused where the base refused or the probe says ≥ 0.5, scored with
     the base record's metric (SGS and over-refusal: the refusal rate; compliance: one minus it)."""
-    from dataclasses import replace
-
     if base.metric_name not in ("sgs", "over_refusal", "compliance"):
         raise ValueError(f"a probe system is scored by refusals; {base.benchmark} uses {base.metric_name}")
     if len(probabilities) != len(base.outputs):

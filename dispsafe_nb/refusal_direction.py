@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from dispsafe_nb import data
 from dispsafe_nb.methods import SteeringVector
@@ -47,35 +48,47 @@ def post_instruction_length(llm: LLM) -> int:
     return len(ids)
 
 
-@torch.no_grad()
-def mean_activations(llm: LLM, prompts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
-    """(n_layers, d): each decoder layer's output averaged over the post-instruction positions and prompts."""
+def post_instruction_outputs(
+    llm: LLM, prompts: Sequence[str], batch_size: int = 16, progress: bool = False
+) -> Iterator[tuple[int, list[torch.Tensor]]]:
+    """Per batch of prompts: its start index and each decoder layer's output at the post-instruction positions,
+    (batch, n_post, d) in float64 on the CPU."""
     if not prompts:
-        raise ValueError("no prompts to average activations over")
+        raise ValueError("no prompts to read activations of")
     n_post = post_instruction_length(llm)
     layers = decoder_layers(llm)
-    sums = torch.zeros(len(layers), llm.hidden_size, dtype=torch.float64)
     captured: dict[int, torch.Tensor] = {}
 
     def hook(index: int):
         def record(module: Any, args: Any, output: Any) -> None:
             hidden = output[0] if isinstance(output, tuple) else output
             # left padding: every row's post-instruction tokens are its last n_post positions
-            captured[index] = hidden[:, -n_post:, :].double().sum(dim=(0, 1)).cpu()
+            captured[index] = hidden[:, -n_post:, :].double().cpu()
 
         return record
 
     handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
     try:
-        for start in range(0, len(prompts), batch_size):
-            batch = llm.encode_chat(list(prompts[start : start + batch_size]))
-            llm.model(**batch, use_cache=False)
-            for i in range(len(layers)):
-                sums[i] += captured[i]
+        starts = range(0, len(prompts), batch_size)
+        for start in tqdm(starts, desc="activations", disable=not progress):
+            with torch.no_grad():
+                llm.model(**llm.encode_chat(list(prompts[start : start + batch_size])), use_cache=False)
+            yield start, [captured[i] for i in range(len(layers))]
     finally:
         for handle in handles:
             handle.remove()
-    return (sums / (len(prompts) * n_post)).float()
+
+
+@torch.no_grad()
+def mean_activations(llm: LLM, prompts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+    """(n_layers, d): each decoder layer's output averaged over the post-instruction positions and prompts."""
+    if not prompts:
+        raise ValueError("no prompts to average activations over")
+    sums = torch.zeros(layer_count(llm), llm.hidden_size, dtype=torch.float64)
+    for _, outputs in post_instruction_outputs(llm, prompts, batch_size):
+        for i, hidden in enumerate(outputs):
+            sums[i] += hidden.sum(dim=(0, 1))
+    return (sums / (len(prompts) * post_instruction_length(llm))).float()
 
 
 def diff_in_means(llm: LLM, harmful: Sequence[str], harmless: Sequence[str]) -> torch.Tensor:
@@ -140,8 +153,6 @@ def fit_refusal_direction(
     progress: bool = True,
 ) -> tuple[SteeringVector, DirectionFit]:
     """The difference-in-means direction at the layer and scale chosen on validation prompts (module docstring)."""
-    from tqdm.auto import tqdm
-
     n_layers = layer_count(llm)
     candidates = list(layers) if layers is not None else list(range(int(0.8 * n_layers)))
     bad = [i for i in candidates if not 0 <= i < n_layers]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,22 @@ def _load(name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _smoke_run(name: str, tmp_path) -> tuple[dict, Path]:
+    """Runs `benchmarks/<name>.py --smoke` in a subprocess; returns its written JSON and the file."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / f"{name}.json"
+    subprocess.run(
+        [sys.executable, str(REPO_ROOT / "benchmarks" / f"{name}.py"), "--smoke", "--out", str(out)],
+        check=True,
+        cwd=REPO_ROOT,
+        timeout=900,
+    )
+    return json.loads(out.read_text()), out
 
 
 def _metrics(tv_sgs, tv_xs, tv_alpaca, dual_sgs=0.8, dual_xs=0.1):
@@ -76,18 +93,7 @@ def test_costs_targets_are_judged_like_for_like():
 
 @pytest.mark.slow
 def test_costs_benchmark_smoke_run_writes_every_figure(tmp_path):
-    import json
-    import subprocess
-    import sys
-
-    out = tmp_path / "bench.json"
-    subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "costs.py"), "--smoke", "--out", str(out)],
-        check=True,
-        cwd=REPO_ROOT,
-        timeout=900,
-    )
-    result = json.loads(out.read_text())
+    result, _ = _smoke_run("costs", tmp_path)
     assert set(result["targets"]) == set(_load("costs").TARGETS)
     assert {"naive_fp32", "separate_fp32", "ours_fp32", "ours_bf16"} <= set(result["training"]["batch_2"])
     training = result["training"]["batch_2"]
@@ -227,18 +233,10 @@ def test_generalise_epochs_change_only_an_epoch_budget():
 
 @pytest.mark.slow
 def test_generalise_benchmark_smoke_run_reports_every_set(tmp_path):
-    import json
     import subprocess
     import sys
 
-    out = tmp_path / "generalise.json"
-    subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "generalise.py"), "--smoke", "--out", str(out)],
-        check=True,
-        cwd=REPO_ROOT,
-        timeout=900,
-    )
-    result = json.loads(out.read_text())
+    result, out = _smoke_run("generalise", tmp_path)
     from dispsafe_nb.generalisation import BENCHES
 
     run = result["per_size"]["24"]["objectives"]["tv"]
@@ -259,20 +257,9 @@ def test_generalise_benchmark_smoke_run_reports_every_set(tmp_path):
 
 @pytest.mark.slow
 def test_harm_probe_benchmark_smoke_run_scores_the_probe_system_on_every_set(tmp_path):
-    import json
-    import subprocess
-    import sys
-
     from dispsafe_nb.generalisation import BENCHES
 
-    out = tmp_path / "harm_probe.json"
-    subprocess.run(
-        [sys.executable, str(REPO_ROOT / "benchmarks" / "harm_probe.py"), "--smoke", "--out", str(out)],
-        check=True,
-        cwd=REPO_ROOT,
-        timeout=900,
-    )
-    result = json.loads(out.read_text())
+    result, _ = _smoke_run("harm_probe", tmp_path)
     assert set(result["comparison"]["sets"]) == set(BENCHES) and set(result["flag_rate"]) == set(BENCHES)
     assert len(result["layers"]) == 30 and 0 <= result["layer"] < 30
     row = result["layers"][result["layer"]]
