@@ -10,6 +10,7 @@ XSTest-safe over-refusal <= the dual's + 10 points, Alpaca compliance >= 95 %.
 
 from __future__ import annotations
 
+import importlib
 import random
 import statistics
 from collections.abc import Mapping, Sequence
@@ -18,6 +19,7 @@ from typing import Any
 
 import dispsafe_nb
 from dispsafe_nb import data, record_cache
+from dispsafe_nb.content_hash import code_digest
 from dispsafe_nb.evaluate import EvalRecord, evaluate
 from dispsafe_nb.models import DecodingConfig
 
@@ -124,6 +126,19 @@ def _runtime(llm: Any) -> dict[str, str]:
     }
 
 
+# The code that generates, decides and judges the reference records: its digest (by content) is part of their key.
+REFERENCE_CODE = (
+    "dispsafe_nb.evaluate",
+    "dispsafe_nb.judges",
+    "dispsafe_nb.verifiable",
+    "dispsafe_nb.guards",
+    "dispsafe_nb.safe_system",
+    "dispsafe_nb.models",
+    "dispsafe_nb.fast_generate",
+    "dispsafe_nb.prefix_cache",
+)
+
+
 def reference_key(
     system: Any, limits: Mapping[str, int | None], decoding: DecodingConfig | None
 ) -> dict[str, Any]:
@@ -131,8 +146,6 @@ def reference_key(
     model runs, the decoding, limits, seed and batch size, each set's prompts (ids, texts, categories, forms), the
     split and package versions, and the source of the code that generates and judges. Not in it: the weights of a
     local model folder changed in place under the same name (regenerate with ``fresh=True``)."""
-    from dispsafe_nb import evaluate as evaluate_module
-    from dispsafe_nb import fast_generate, guards, judges, models
     from dispsafe_nb.evaluate import benchmark_records
 
     prompts = {
@@ -152,7 +165,7 @@ def reference_key(
         "prompts": prompts,
         "split_version": data.SPLIT_VERSION,
         "package_version": dispsafe_nb.__version__,
-        "code": record_cache.source_digest(evaluate_module, judges, guards, models, fast_generate),
+        "code": code_digest(*(importlib.import_module(name) for name in REFERENCE_CODE)),
     }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -14,6 +15,7 @@ from torch import nn
 
 from dispsafe_nb import data
 from dispsafe_nb.artifacts import ArtifactError
+from dispsafe_nb.content_hash import code_digest
 from dispsafe_nb.encoders import MINILM_ID, MPNET_ID, SentenceEncoder, load_encoder
 from dispsafe_nb.guards import DEFAULT_REFUSAL, EmbeddingGuard, ProbeHead
 from dispsafe_nb.metrics import auroc, binary_report
@@ -85,17 +87,15 @@ def _in_role(text: str, role: str) -> bool:
     return role == "all" or data_role(text) == role
 
 
-# The source files whose code decides what a trained guard is: part of its cache key, so editing them retrains.
-_CODE_FILES = ("guard_training.py", "guards.py", "encoders.py")
+# The modules whose code decides what a trained guard is: this training code, the guards and the encoders. The
+# digest of their code (by content, `content_hash.code_digest`) is part of the guard's key.
+GUARD_CODE = ("dispsafe_nb.guard_training", "dispsafe_nb.guards", "dispsafe_nb.encoders")
 
 
 def code_version() -> str:
-    """A hash of the code that trains and applies the embedding guard."""
-    folder = Path(__file__).resolve().parent
-    h = hashlib.sha256()
-    for name in _CODE_FILES:
-        h.update((folder / name).read_bytes())
-    return h.hexdigest()[:12]
+    """A digest of the code that trains and applies the embedding guard, by content: editing what it does retrains
+    the guard; moving it between modules does not."""
+    return code_digest(*(importlib.import_module(name) for name in GUARD_CODE))[:12]
 
 
 def guard_key(cfg: GuardTrainingConfig, train: dict[str, Any] | None = None) -> str:

@@ -2,15 +2,14 @@
 
 Used for reference systems whose answers do not change between runs (the base model and the dual system on the
 generalisation sets: 7 minutes of generation on a CPU). The key names everything the records depend on --
-systems, decoding, limits, the prompts themselves and the source of the code that generates and judges -- so a
+systems, decoding, limits, the prompts themselves and a digest of the code that generates and judges
+(`content_hash.code_digest`: by what the code says, so moving it between modules keeps the records) -- so a
 change to any of them is a different key, never a stale hit. A damaged entry (bad JSON, checksum mismatch, another
 key in the file) is reported, deleted and recomputed.
 """
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import json
 import os
 import tempfile
@@ -20,17 +19,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from dispsafe_nb.content_hash import stable_hash
 from dispsafe_nb.evaluate import EvalRecord
 from dispsafe_nb.paths import cache_root
-from dispsafe_nb.safe_system import stable_hash  # the teacher cache's checksum, reused
 
 RECORD_CACHE_FORMAT = 1
-
-
-def source_digest(*modules: Any) -> str:
-    """A short digest of the modules' source: records made by other code are not reused."""
-    text = "".join(inspect.getsource(m) for m in modules)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def cache_path(key: Mapping[str, Any], root: Path | None = None) -> Path:

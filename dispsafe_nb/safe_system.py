@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from dispsafe_nb.content_hash import stable_hash
 from dispsafe_nb.guards import DEFAULT_REFUSAL, Guard
 from dispsafe_nb.models import LLM, DecodingConfig
 from dispsafe_nb.paths import cache_root
@@ -188,11 +189,6 @@ def sample_from_texts(
     return TeacherSample(
         prompt, tuple(responses), tuple(float(a) for a in alphas), refusal, ids, (True,) * len(responses)
     )
-
-
-def stable_hash(obj: Any) -> str:
-    """SHA-256 of the canonical JSON of `obj` (cache keys and checksums)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Cache keys follow content: editing one bundled training prompt changes the guard's key *and* the teacher-sample
-cache folder built on that guard; a code edit changes the guard's code version. Stale or unsafe inputs are refused:
+cache folder built on that guard; a code edit changes the guard's code version
+(tests/test_content_hash.py). Stale or unsafe inputs are refused:
 teacher-cache entries of the old format, samples without token ids, non-int seeds, and soft prompts trained under
 the seeded (leaky) split version. Nothing here loads a model or trains a guard.
 """
@@ -18,11 +19,11 @@ import torch
 
 from dispsafe_nb import data, guard_training
 from dispsafe_nb.artifacts import ArtifactError
+from dispsafe_nb.content_hash import stable_hash
 from dispsafe_nb.guard_training import GuardTrainingConfig, data_role, guard_key, guard_training_data
 from dispsafe_nb.guards import DEFAULT_REFUSAL, EmbeddingGuard, ProbeHead
 from dispsafe_nb.methods import SoftPrompt
 from dispsafe_nb.models import DecodingConfig, Generation
-from dispsafe_nb.paths import REPO_ROOT
 from dispsafe_nb.safe_system import (
     TEACHER_CACHE_FORMAT,
     TEACHER_DECODING,
@@ -30,7 +31,6 @@ from dispsafe_nb.safe_system import (
     TeacherCache,
     TeacherSample,
     TeacherSampleError,
-    stable_hash,
     teacher_cache_key,
     teacher_samples,
 )
@@ -184,40 +184,6 @@ def test_teacher_samples_cache_under_the_key_of_the_guard(tmp_path):
     )
     assert len(llm.calls) == 2
     assert len([d for d in tmp_path.iterdir() if d.is_dir()]) == 2
-
-
-# ---------------------------------------------------------------------------------------------------------
-# code version
-# ---------------------------------------------------------------------------------------------------------
-
-
-def test_code_version_changes_when_a_guard_code_file_changes(tmp_path, monkeypatch):
-    # The files that define a trained guard: its training code, the guard itself and the encoders.
-    assert {"guard_training.py", "guards.py", "encoders.py"} <= set(guard_training._CODE_FILES)
-    package = tmp_path / "dispsafe_nb"
-    package.mkdir()
-    real = guard_training.code_version()
-    for name in guard_training._CODE_FILES:
-        shutil.copy(REPO_ROOT / "dispsafe_nb" / name, package / name)
-    # code_version() reads the files beside the module: point it at the copies.
-    monkeypatch.setattr(guard_training, "__file__", str(package / "guard_training.py"))
-    assert guard_training.code_version() == real  # same bytes, same version
-    for name in guard_training._CODE_FILES:
-        before = guard_training.code_version()
-        with open(package / name, "a", encoding="utf-8") as fh:
-            fh.write("\n# an edit\n")
-        assert guard_training.code_version() != before, name
-    # ... and the guard's key follows the code version (given fixed training texts).
-    train = {
-        "prompts": ["p"],
-        "prompt_labels": torch.tensor([1.0]),
-        "prompt_weights": torch.tensor([1.0]),
-        "responses": ["r"],
-        "response_labels": torch.tensor([0.0]),
-    }
-    edited = guard_key(GuardTrainingConfig(), train)
-    monkeypatch.setattr(guard_training, "__file__", str(REPO_ROOT / "dispsafe_nb" / "guard_training.py"))
-    assert guard_key(GuardTrainingConfig(), train) != edited
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -127,13 +127,6 @@ def test_the_reference_key_changes_with_system_runtime_decoding_limits_and_promp
     assert key["prompts"] != gen.reference_key(_System(), limits, greedy)["prompts"]
 
 
-def test_the_code_digest_follows_the_source():
-    from dispsafe_nb import judges, metrics
-
-    assert record_cache.source_digest(judges) == record_cache.source_digest(judges)
-    assert record_cache.source_digest(judges) != record_cache.source_digest(metrics)
-
-
 def test_cached_reference_generates_once_then_reuses_and_fresh_regenerates(tmp_path, monkeypatch):
     from dispsafe_nb import evaluate
 
