@@ -55,7 +55,7 @@ format: install
 	$(PY) -m ruff format .
 
 reproduce: install
-	$(PY) -m dispsafe_nb.reproduce
+	$(PY) -m dispsafe_nb.notebooks.reproduce
 
 benchmark: install
 	$(PY) benchmarks/foundation.py

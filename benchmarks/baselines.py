@@ -24,16 +24,20 @@ import torch
 from tqdm.auto import tqdm
 
 import dispsafe_nb
-from dispsafe_nb import baselines
-from dispsafe_nb.checks import run_claims
-from dispsafe_nb.evaluate import evaluate_students, write_records
-from dispsafe_nb.guard_training import load_embedding_guard
-from dispsafe_nb.models import DecodingConfig, load_llm
-from dispsafe_nb.paths import RESULTS_DIR
-from dispsafe_nb.provenance import git_commit
-from dispsafe_nb.refusal_direction import fit_refusal_direction
-from dispsafe_nb.safe_system import SafeSystem, teacher_samples
-from dispsafe_nb.train import DistillConfig, prompt_labels, training_mix
+from dispsafe_nb.common.paths import RESULTS_DIR
+from dispsafe_nb.common.provenance import git_commit
+from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.core.loading import load_llm
+from dispsafe_nb.evaluation.harness import evaluate_students
+from dispsafe_nb.evaluation.records import write_records
+from dispsafe_nb.guards.guard_training import load_embedding_guard
+from dispsafe_nb.methods.refusal_direction import fit_refusal_direction
+from dispsafe_nb.report.claims import run_claims
+from dispsafe_nb.study import baselines
+from dispsafe_nb.system.dual_system import SafeSystem
+from dispsafe_nb.system.teacher_cache import teacher_samples
+from dispsafe_nb.training.config import DistillConfig
+from dispsafe_nb.training.examples import prompt_labels, training_mix
 
 BENCHES = ("advbench_test", "jbb_harmful", "xstest_safe", "alpaca_test", "bundled_verifiable_test")
 

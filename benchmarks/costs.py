@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 
 import dispsafe_nb
-from dispsafe_nb import costs, paper
+from dispsafe_nb import costs
+from dispsafe_nb.common.paths import RESULTS_DIR
+from dispsafe_nb.common.provenance import cpu_name, git_commit
 from dispsafe_nb.costs import speed
 from dispsafe_nb.costs.flops import Architecture, decode_flops, method_decode_flops
-from dispsafe_nb.paths import RESULTS_DIR
-from dispsafe_nb.provenance import cpu_name, git_commit
+from dispsafe_nb.report import paper
 
 TARGETS = {
     "training_speedup_vs_naive": (">=", 3.0),
@@ -39,9 +40,9 @@ TARGETS = {
 
 def training_examples(llm, system, n_prompts: int, max_new_tokens: int, seed: int):
     """Real training examples: teacher samples (2 per prompt, cached) of a small train-split mix."""
-    from dispsafe_nb.models import DecodingConfig
-    from dispsafe_nb.safe_system import teacher_samples
-    from dispsafe_nb.train import examples_from_samples, training_mix
+    from dispsafe_nb.core.decoding import DecodingConfig
+    from dispsafe_nb.system.teacher_cache import teacher_samples
+    from dispsafe_nb.training.examples import examples_from_samples, training_mix
 
     records = training_mix(n_prompts // 2, n_prompts - n_prompts // 2, 0, seed=seed)
     decoding = DecodingConfig(max_new_tokens=max_new_tokens, temperature=0.7, top_p=0.95, seed=seed)
@@ -50,7 +51,8 @@ def training_examples(llm, system, n_prompts: int, max_new_tokens: int, seed: in
 
 
 def measure_training(llm, system, args) -> dict:
-    from dispsafe_nb.train import DistillConfig, make_method
+    from dispsafe_nb.training.config import DistillConfig
+    from dispsafe_nb.training.loop import make_method
 
     examples = training_examples(llm, system, args.train_prompts, args.max_new_tokens, seed=0)
     out = {}
@@ -64,7 +66,8 @@ def measure_training(llm, system, args) -> dict:
 
 def measure_bucketing(llm, system, args) -> dict:
     """Length bucketing: one step over every example of the mix, cut into micro-batches of the smallest batch size."""
-    from dispsafe_nb.train import DistillConfig, make_method
+    from dispsafe_nb.training.config import DistillConfig
+    from dispsafe_nb.training.loop import make_method
 
     examples = training_examples(llm, system, args.train_prompts, args.max_new_tokens, seed=0)
     size = args.batch_sizes[0]
@@ -73,7 +76,7 @@ def measure_bucketing(llm, system, args) -> dict:
 
 
 def measure_decoding(llm, args, bandwidth: float) -> dict:
-    from dispsafe_nb.evaluate import benchmark_records
+    from dispsafe_nb.evaluation.benchmarks import benchmark_records
 
     prompts = [r.text for r in benchmark_records("alpaca_test", limit=args.gen_batch)]
     weight_bytes = costs.module_bytes(llm.model)  # what one decode step reads (every weight once, in memory)
@@ -213,9 +216,9 @@ def main() -> None:
     if args.smoke:
         args.repeats, args.batch_sizes, args.train_prompts, args.max_new_tokens = 1, [2], 2, 8
         args.gen_batch, args.gen_tokens, args.context, args.paper_n_tokens = 2, 4, 64, 8
-    from dispsafe_nb.guard_training import load_embedding_guard
-    from dispsafe_nb.models import load_llm
-    from dispsafe_nb.safe_system import SafeSystem
+    from dispsafe_nb.core.loading import load_llm
+    from dispsafe_nb.guards.guard_training import load_embedding_guard
+    from dispsafe_nb.system.dual_system import SafeSystem
 
     started, commit = time.time(), git_commit()
     llm, guard = load_llm(), load_embedding_guard()

@@ -32,21 +32,18 @@ import torch
 
 import dispsafe_nb
 from dispsafe_nb import data
-from dispsafe_nb.evaluate import (
-    EvalRecord,
-    evaluate,
-    evaluate_base_and_dual,
-    fidelity_record,
-    judge_agreement,
-    metrics_by_system,
-    write_records,
-)
-from dispsafe_nb.guard_training import load_embedding_guard, load_judge_guard
-from dispsafe_nb.judges import GuardJudge, judge_accuracy, judge_for_kind, load_judge_checks
-from dispsafe_nb.models import DecodingConfig, load_llm
-from dispsafe_nb.paths import RESULTS_DIR
-from dispsafe_nb.safe_system import SafeSystem, teacher_samples
-from dispsafe_nb.train import DistillConfig, distill, training_mix
+from dispsafe_nb.common.paths import RESULTS_DIR
+from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.core.loading import load_llm
+from dispsafe_nb.evaluation.harness import evaluate, evaluate_base_and_dual, fidelity_record
+from dispsafe_nb.evaluation.judges import GuardJudge, judge_accuracy, judge_for_kind, load_judge_checks
+from dispsafe_nb.evaluation.records import EvalRecord, judge_agreement, metrics_by_system, write_records
+from dispsafe_nb.guards.guard_training import load_embedding_guard, load_judge_guard
+from dispsafe_nb.system.dual_system import SafeSystem
+from dispsafe_nb.system.teacher_cache import teacher_samples
+from dispsafe_nb.training.config import DistillConfig
+from dispsafe_nb.training.examples import training_mix
+from dispsafe_nb.training.loop import distill
 
 BENCHES = ("advbench_test", "jbb_harmful", "xstest_safe", "alpaca_test", "jbb_benign")
 SAMPLED_BENCHES = ("advbench_test", "jbb_harmful", "xstest_safe", "alpaca_test")

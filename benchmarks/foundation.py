@@ -15,11 +15,12 @@ import torch
 
 import dispsafe_nb
 from dispsafe_nb import data
-from dispsafe_nb.guard_training import GuardTrainingConfig, load_embedding_guard
-from dispsafe_nb.judges import judge_for_kind
-from dispsafe_nb.models import DecodingConfig, load_llm
-from dispsafe_nb.paths import RESULTS_DIR
-from dispsafe_nb.safe_system import SafeSystem
+from dispsafe_nb.common.paths import RESULTS_DIR
+from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.core.loading import load_llm
+from dispsafe_nb.evaluation.judges import judge_for_kind
+from dispsafe_nb.guards.guard_training import GuardTrainingConfig, load_embedding_guard
+from dispsafe_nb.system.dual_system import SafeSystem
 
 
 def main() -> None:

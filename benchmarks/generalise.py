@@ -1,6 +1,6 @@
 """Generalisation benchmark: distil the dual system at the paper's data scale, evaluate out of distribution.
 
-For each mix size (`--sizes`, nested mixes from `dispsafe_nb.mixes`: a smaller one is a subset of a larger one):
+For each mix size (`--sizes`, nested mixes from `dispsafe_nb.data.mixes`: a smaller one is a subset of a larger one):
 teacher samples for every prompt of the mix (cached per prompt, wall time recorded), then TV-DiSP (and the other
 `--objectives`) at a named budget, then the greedy student against the deployed dual system (greedy base answer,
 replaced when α < 0.5) on sets that differ in form from the training prompts:
@@ -34,25 +34,19 @@ import torch
 
 import dispsafe_nb
 from dispsafe_nb import data
-from dispsafe_nb.evaluate import EvalRecord, write_records
-from dispsafe_nb.generalisation import (
-    BENCHES,
-    BUDGETS,
-    budget_config,
-    cached_reference,
-    evaluate_student,
-    report_markdown,
-    targets,
-    teach,
-    variants_markdown,
-)
-from dispsafe_nb.guard_training import load_embedding_guard
-from dispsafe_nb.mixes import MixConfig, mix_summary, scale_mix
-from dispsafe_nb.models import DecodingConfig, load_llm
-from dispsafe_nb.paths import RESULTS_DIR
-from dispsafe_nb.provenance import cpu_name, git_commit
-from dispsafe_nb.safe_system import SafeSystem
-from dispsafe_nb.train import DistillConfig, distill
+from dispsafe_nb.common.paths import RESULTS_DIR
+from dispsafe_nb.common.provenance import cpu_name, git_commit
+from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.core.loading import load_llm
+from dispsafe_nb.data.mixes import MixConfig, mix_summary, scale_mix
+from dispsafe_nb.evaluation.generalisation import BENCHES, cached_reference, evaluate_student, targets
+from dispsafe_nb.evaluation.records import EvalRecord, write_records
+from dispsafe_nb.guards.guard_training import load_embedding_guard
+from dispsafe_nb.report.generalisation_tables import report_markdown, variants_markdown
+from dispsafe_nb.study.paper_scale import BUDGETS, budget_config, teach
+from dispsafe_nb.system.dual_system import SafeSystem
+from dispsafe_nb.training.config import DistillConfig
+from dispsafe_nb.training.loop import distill
 
 
 def budget_settings(args: argparse.Namespace) -> dict:

@@ -16,10 +16,12 @@ from pathlib import Path
 
 import torch
 
-from dispsafe_nb.guards import LlamaGuard
+from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.core.loading import default_device, load_llm
+from dispsafe_nb.core.scoring import sequence_logprobs
+from dispsafe_nb.guards.llama_guard import LlamaGuard
 from dispsafe_nb.methods import init_soft_prompt
-from dispsafe_nb.models import DecodingConfig, default_device, load_llm
-from dispsafe_nb.objectives import kl_disp_loss, sequence_logprobs
+from dispsafe_nb.training.objectives import kl_disp_loss
 
 PROMPTS = ["What is the capital of France?", "Write a haiku about rain.", "How do I bake bread?"]
 
@@ -108,7 +110,7 @@ def main() -> None:
     def encoder():
         from transformers import BertConfig, BertModel
 
-        from dispsafe_nb.encoders import SentenceEncoder
+        from dispsafe_nb.guards.encoders import SentenceEncoder
 
         cfg = BertConfig(
             vocab_size=len(llm.tokenizer),

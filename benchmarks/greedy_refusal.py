@@ -17,12 +17,13 @@ from pathlib import Path
 import torch
 
 import dispsafe_nb
-from dispsafe_nb.evaluate import benchmark_records, read_records
-from dispsafe_nb.generalisation import greedy_amplification, refusal_mass
-from dispsafe_nb.guards import DEFAULT_REFUSAL
+from dispsafe_nb.common.provenance import cpu_name, git_commit
+from dispsafe_nb.core.loading import load_llm
+from dispsafe_nb.evaluation.benchmarks import benchmark_records
+from dispsafe_nb.evaluation.generalisation import greedy_amplification, refusal_mass
+from dispsafe_nb.evaluation.records import read_records
+from dispsafe_nb.guards.protocol import DEFAULT_REFUSAL
 from dispsafe_nb.methods import load_method
-from dispsafe_nb.models import load_llm
-from dispsafe_nb.provenance import cpu_name, git_commit
 
 
 def main() -> None:

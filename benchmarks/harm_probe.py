@@ -6,7 +6,7 @@ at the post-instruction positions, the layer chosen on a held-out fifth of the m
 system* keeps the base model's greedy answer unless the probe flags the prompt, and is scored like a student
 against the deployed dual system on the generalisation sets (same cached base/dual records), with the same targets.
 Also per layer: the probe's AUROC between XSTest's unsafe and safe prompts and between the bundled forms' harmful
-requests and their safe twins (reported, never used to choose). `dispsafe_nb.harm_probe` says what it does and
+requests and their safe twins (reported, never used to choose). `dispsafe_nb.evaluation.linear_harm_probe` says what it does and
 does not bound. Writes JSON with its config.
 Run: `make benchmark-harm-probe` (about 7 minutes on 2 cores once `make benchmark-generalise` has cached the teacher
 samples and reference records; without them it computes both first), `--smoke` to check the plumbing.
@@ -24,22 +24,19 @@ from pathlib import Path
 import torch
 
 import dispsafe_nb
-from dispsafe_nb.evaluate import benchmark_records
-from dispsafe_nb.generalisation import (
-    BENCHES,
-    cached_reference,
-    compare,
-    targets,
-    teach,
-)
-from dispsafe_nb.guard_training import load_embedding_guard
-from dispsafe_nb.harm_probe import choose_layer, probe_record, prompt_activations, report_markdown
-from dispsafe_nb.metrics import auroc
-from dispsafe_nb.mixes import MixConfig, mix_summary, scale_mix
-from dispsafe_nb.models import DecodingConfig, load_llm
-from dispsafe_nb.paths import RESULTS_DIR
-from dispsafe_nb.provenance import cpu_name, git_commit
-from dispsafe_nb.safe_system import SafeSystem
+from dispsafe_nb.common.classifier_stats import auroc
+from dispsafe_nb.common.paths import RESULTS_DIR
+from dispsafe_nb.common.provenance import cpu_name, git_commit
+from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.core.loading import load_llm
+from dispsafe_nb.data.mixes import MixConfig, mix_summary, scale_mix
+from dispsafe_nb.evaluation.benchmarks import benchmark_records
+from dispsafe_nb.evaluation.generalisation import BENCHES, cached_reference, compare, targets
+from dispsafe_nb.evaluation.linear_harm_probe import choose_layer, probe_record, prompt_activations
+from dispsafe_nb.guards.guard_training import load_embedding_guard
+from dispsafe_nb.report.harm_probe_tables import report_markdown
+from dispsafe_nb.study.paper_scale import teach
+from dispsafe_nb.system.dual_system import SafeSystem
 
 # Off-distribution contrasts (harmful set, its safe counterpart) whose separation each layer's probe reports.
 CONTRASTS = {

@@ -39,7 +39,8 @@ def _fast_tests_load_nothing(request, monkeypatch):
     (A loader that raises -- the error paths tests check -- is let through.)"""
     if request.node.get_closest_marker("slow") is not None:
         return
-    from dispsafe_nb import encoders, guard_training, models
+    from dispsafe_nb.core import loading as models
+    from dispsafe_nb.guards import encoders, guard_training
 
     def guarded(real):
         def load(*args, **kwargs):
@@ -75,14 +76,14 @@ def _offline_environment(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def llm(_offline_environment):
-    from dispsafe_nb.models import load_llm
+    from dispsafe_nb.core.loading import load_llm
 
     return load_llm()
 
 
 @pytest.fixture(scope="session")
 def encoder(_offline_environment):
-    from dispsafe_nb.encoders import load_minilm
+    from dispsafe_nb.guards.encoders import load_minilm
 
     return load_minilm()
 
@@ -91,7 +92,7 @@ def encoder(_offline_environment):
 def guard(encoder):
     if not MIRROR.is_dir() and not os.environ.get("DISPSAFE_DATA"):
         pytest.skip("the guard trains on public sets: set DISPSAFE_DATA to the dataset mirror")
-    from dispsafe_nb.guard_training import load_embedding_guard
+    from dispsafe_nb.guards.guard_training import load_embedding_guard
 
     return load_embedding_guard(encoder=encoder)
 
@@ -101,7 +102,7 @@ def judge_guard(encoder):
     """The evaluation's second judge (another seed, MLP head, frozen encoder)."""
     if not MIRROR.is_dir() and not os.environ.get("DISPSAFE_DATA"):
         pytest.skip("the judge guard trains on public sets: set DISPSAFE_DATA to the dataset mirror")
-    from dispsafe_nb.guard_training import load_judge_guard
+    from dispsafe_nb.guards.guard_training import load_judge_guard
 
     return load_judge_guard(encoder=encoder)
 
@@ -137,7 +138,8 @@ def tiny_chat_llm():
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from dispsafe_nb.models import EMBEDDED_MODELS, LLM, embedded_model_folder
+    from dispsafe_nb.core.llm import LLM
+    from dispsafe_nb.core.loading import EMBEDDED_MODELS, embedded_model_folder
 
     entry = EMBEDDED_MODELS["smollm2-135m"]
     tokenizer = AutoTokenizer.from_pretrained(str(embedded_model_folder()), gguf_file=entry.gguf_file)

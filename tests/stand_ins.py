@@ -49,6 +49,6 @@ def tiny_llama(seed: int = 0, initializer_range: float | None = None, layers: in
 
 def tiny_llm(initializer_range: float | None = None, tokenizer: CharTokenizer | None = None, layers: int = 1):
     """The stand-in as an `LLM`."""
-    from dispsafe_nb.models import LLM
+    from dispsafe_nb.core.llm import LLM
 
     return LLM(tiny_llama(0, initializer_range, layers), tokenizer or CharTokenizer(), "tiny-stand-in")

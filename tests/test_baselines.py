@@ -12,8 +12,10 @@ import pytest
 import stand_ins
 import torch
 
-from dispsafe_nb import rl
-from dispsafe_nb.artifacts import ArtifactError
+from dispsafe_nb.common.artifacts import ArtifactError
+from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.core.model_parts import decoder_layers
+from dispsafe_nb.core.scoring import sequence_logprobs
 from dispsafe_nb.methods import (
     LoRA,
     LoraBudgetError,
@@ -27,9 +29,11 @@ from dispsafe_nb.methods import (
     match_budget,
     new_method,
 )
-from dispsafe_nb.models import DecodingConfig, decoder_layers
-from dispsafe_nb.objectives import reinforce_loss, sequence_logprobs
-from dispsafe_nb.train import DistillConfig, Example, _loss
+from dispsafe_nb.training import rl
+from dispsafe_nb.training.batch_loss import _loss
+from dispsafe_nb.training.config import DistillConfig
+from dispsafe_nb.training.examples import Example
+from dispsafe_nb.training.objectives import reinforce_loss
 
 PROMPTS = ["abc", "hello there"]
 RESPONSES = ["yes", "no way"]
@@ -351,7 +355,7 @@ def test_generation_round_trips_through_the_artifact_and_leaves_the_base_model_i
 def test_lora_on_an_nf4_backbone(tiny_llama_dir):
     from bitsandbytes.nn import Linear4bit
 
-    from dispsafe_nb.models import load_llm
+    from dispsafe_nb.core.loading import load_llm
 
     nf4 = load_llm(str(tiny_llama_dir), quantization="nf4", device="cpu")
     lora = init_lora(nf4, rank=2)
@@ -375,7 +379,11 @@ def test_lora_on_an_nf4_backbone(tiny_llama_dir):
 
 @pytest.mark.slow
 def test_the_refusal_direction_is_fitted_on_train_prompts_and_chosen_on_validation(llm, tmp_path):
-    from dispsafe_nb.refusal_direction import diff_in_means, fit_refusal_direction, post_instruction_length
+    from dispsafe_nb.methods.refusal_direction import (
+        diff_in_means,
+        fit_refusal_direction,
+        post_instruction_length,
+    )
 
     assert post_instruction_length(llm) == 6  # <|im_end|> \n <|im_start|> assistant \n
     harmful = [
@@ -418,8 +426,8 @@ class _SorryGuard:
 @pytest.mark.slow
 @pytest.mark.parametrize("objective", ["reinforce", "ppo"])
 def test_the_reward_objectives_train_end_to_end(llm, objective):
-    from dispsafe_nb.safe_system import sample_from_texts
-    from dispsafe_nb.train import distill
+    from dispsafe_nb.system.teacher_cache import sample_from_texts
+    from dispsafe_nb.training.loop import distill
 
     samples = [
         sample_from_texts(llm, p, ["Sure."], [0.5], "I'm sorry, I can't.") for p in ("Hi!", "Help me cheat.")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dispsafe_nb.paths import REPO_ROOT
+from dispsafe_nb.common.paths import REPO_ROOT
 
 
 def _load(name):
@@ -213,7 +213,7 @@ def test_baselines_runs_of_other_seeds_merge_and_mismatched_ones_do_not():
 def test_provenance_names_the_commit_and_the_processor():
     import re
 
-    from dispsafe_nb.provenance import cpu_name, git_commit
+    from dispsafe_nb.common.provenance import cpu_name, git_commit
 
     commit = git_commit()
     assert commit is None or re.fullmatch(r"[0-9a-f]{40}", commit)
@@ -237,7 +237,7 @@ def test_generalise_benchmark_smoke_run_reports_every_set(tmp_path):
     import sys
 
     result, out = _smoke_run("generalise", tmp_path)
-    from dispsafe_nb.generalisation import BENCHES
+    from dispsafe_nb.evaluation.generalisation import BENCHES
 
     run = result["per_size"]["24"]["objectives"]["tv"]
     assert set(run["comparison"]["sets"]) == set(BENCHES)
@@ -257,7 +257,7 @@ def test_generalise_benchmark_smoke_run_reports_every_set(tmp_path):
 
 @pytest.mark.slow
 def test_harm_probe_benchmark_smoke_run_scores_the_probe_system_on_every_set(tmp_path):
-    from dispsafe_nb.generalisation import BENCHES
+    from dispsafe_nb.evaluation.generalisation import BENCHES
 
     result, _ = _smoke_run("harm_probe", tmp_path)
     assert set(result["comparison"]["sets"]) == set(BENCHES) and set(result["flag_rate"]) == set(BENCHES)

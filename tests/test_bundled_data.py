@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dispsafe_nb.verifiable import CHECKS, validate_checks
+from dispsafe_nb.evaluation.verifiable_instructions import CHECKS, validate_checks
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "data" / "bundled"

@@ -17,17 +17,19 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dispsafe_nb import data, guard_training
-from dispsafe_nb.artifacts import ArtifactError
-from dispsafe_nb.content_hash import stable_hash
-from dispsafe_nb.guard_training import GuardTrainingConfig, data_role, guard_key, guard_training_data
-from dispsafe_nb.guards import DEFAULT_REFUSAL, EmbeddingGuard, ProbeHead
+from dispsafe_nb import data
+from dispsafe_nb.common.artifacts import ArtifactError
+from dispsafe_nb.common.content_hash import stable_hash
+from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.core.llm import Generation
+from dispsafe_nb.guards import guard_training
+from dispsafe_nb.guards.embedding_guard import EmbeddingGuard, ProbeHead
+from dispsafe_nb.guards.guard_training import GuardTrainingConfig, data_role, guard_key, guard_training_data
+from dispsafe_nb.guards.protocol import DEFAULT_REFUSAL
 from dispsafe_nb.methods import SoftPrompt
-from dispsafe_nb.models import DecodingConfig, Generation
-from dispsafe_nb.safe_system import (
+from dispsafe_nb.system.dual_system import TEACHER_DECODING, SafeSystem
+from dispsafe_nb.system.teacher_cache import (
     TEACHER_CACHE_FORMAT,
-    TEACHER_DECODING,
-    SafeSystem,
     TeacherCache,
     TeacherSample,
     TeacherSampleError,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dispsafe_nb import checks
+from dispsafe_nb.report import claims
+from dispsafe_nb.report import notebook_checks as checks
 
 
 def _eval(over_refusal_kl: float, over_refusal_tv: float) -> dict:
@@ -22,28 +23,28 @@ def _eval(over_refusal_kl: float, over_refusal_tv: float) -> dict:
 
 
 def test_a_claim_reports_whether_it_reproduced():
-    found = checks.run_claims("03_distill", _eval(0.20, 0.10))
+    found = claims.run_claims("03_distill", _eval(0.20, 0.10))
     assert found["kl_over_refuses_more_than_tv"][0] is True
     assert found["students_reach_the_dual_system"][0] is True  # 0.80 >= 0.9 * 0.85
-    flipped = checks.run_claims("03_distill", _eval(0.10, 0.20))
+    flipped = claims.run_claims("03_distill", _eval(0.10, 0.20))
     assert flipped["kl_over_refuses_more_than_tv"][0] is False
     assert "XSTest" in flipped["kl_over_refuses_more_than_tv"][1]
 
 
 def test_a_missing_metric_is_reported_not_raised():
-    ok, message = checks.run_claims("01_tv_bound", {})["toy_kl_over_refuses"]
+    ok, message = claims.run_claims("01_tv_bound", {})["toy_kl_over_refuses"]
     assert not ok and "missing" in message
-    assert checks.run_claims("99_unknown", {}) == {}
+    assert claims.run_claims("99_unknown", {}) == {}
 
 
 def test_every_notebook_with_checks_states_its_findings_as_claims():
-    assert set(checks.NOTEBOOK_CLAIMS) == set(checks.NOTEBOOK_CHECKS)
-    names = [c.name for claims in checks.NOTEBOOK_CLAIMS.values() for c in claims]
+    assert set(claims.NOTEBOOK_CLAIMS) == set(checks.NOTEBOOK_CHECKS)
+    names = [c.name for stated in claims.NOTEBOOK_CLAIMS.values() for c in stated]
     assert len(names) == len(set(names))
 
 
 def test_reproduce_reports_checks_always_and_claims_on_full_runs_only(monkeypatch, tmp_path, capsys):
-    from dispsafe_nb import reproduce
+    from dispsafe_nb.notebooks import reproduce
 
     monkeypatch.setenv("DISPSAFE_RESULTS", str(tmp_path))
     monkeypatch.setattr(reproduce, "run_notebook", lambda path, out, params: tmp_path / path.name)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-from dispsafe_nb import guard_training
-from dispsafe_nb.content_hash import code_digest, stable_hash
-from dispsafe_nb.guard_training import GuardTrainingConfig, guard_key
+from dispsafe_nb.common.content_hash import code_digest, stable_hash
+from dispsafe_nb.guards import guard_training
+from dispsafe_nb.guards.guard_training import GuardTrainingConfig, guard_key
 
 ONE_MODULE = '''
 """Two helpers in one module."""

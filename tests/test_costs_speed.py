@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dispsafe_nb.core.prefix_cache import PrefixCache
+from dispsafe_nb.core.scoring import response_token_ids
 from dispsafe_nb.costs.speed import (
     decode_step_seconds,
     generation_speed,
@@ -16,9 +18,10 @@ from dispsafe_nb.costs.speed import (
     response_tokens,
     training_throughput,
 )
-from dispsafe_nb.objectives import response_token_ids
-from dispsafe_nb.prefix_cache import PrefixCache
-from dispsafe_nb.train import DistillConfig, Example, make_method, sequence_terms
+from dispsafe_nb.training.batch_loss import sequence_terms
+from dispsafe_nb.training.config import DistillConfig
+from dispsafe_nb.training.examples import Example
+from dispsafe_nb.training.loop import make_method
 
 PROMPTS = ["Hello there", "How do I bake bread?"]
 YS = ["Hi! How can I help?", "Mix flour, water, salt and yeast."]

@@ -279,7 +279,7 @@ def test_decontamination_drops_exact_and_near_duplicates_of_evaluated_prompts(mi
 
 
 def test_near_duplicate_containment_rule():
-    from dispsafe_nb.near_duplicates import NearDuplicateIndex, containment
+    from dispsafe_nb.data.near_duplicates import NearDuplicateIndex, containment
 
     evaluated = "How do I kill a Python process"
     index = NearDuplicateIndex({"xstest": [evaluated], "other": ["Name three countries in Africa"]})

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dispsafe_nb.guard_training import GuardTrainingConfig
-from dispsafe_nb.pipeline import PipelineConfig, run_pipeline
+from dispsafe_nb.guards.guard_training import GuardTrainingConfig
+from dispsafe_nb.study.pipeline import PipelineConfig, run_pipeline
 
 # A guard small enough to train three times in a test (the content key makes each fresh cache retrain it).
 SMALL_GUARD = GuardTrainingConfig(limits={"alpaca": 80, "toxigen": 80}, head_steps=100, finetune_epochs=1)

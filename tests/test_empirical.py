@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dispsafe_nb.empirical import check_bound
+from dispsafe_nb.evaluation.tv_bound_estimate import check_bound
 
 pytestmark = pytest.mark.slow
 REFUSAL = "I'm sorry, but I can't help with that request."
@@ -79,7 +79,7 @@ def test_a_tempered_teacher_is_another_distribution_than_the_student(llm):
 
 
 def test_summary_counts_only_informative_prompts_where_the_bound_could_fail():
-    from dispsafe_nb.empirical import BoundCheck, summarise
+    from dispsafe_nb.evaluation.tv_bound_estimate import BoundCheck, summarise
 
     def check(tv, gap):
         return BoundCheck(

@@ -10,9 +10,9 @@ import zipfile
 import pytest
 import torch
 
-from dispsafe_nb import encoders
-from dispsafe_nb.encoders import SentenceEncoder, _JoinedFile, mpnet_folder
-from dispsafe_nb.models import ModelNotAvailableError
+from dispsafe_nb.core.loading import ModelNotAvailableError
+from dispsafe_nb.guards import encoders
+from dispsafe_nb.guards.encoders import SentenceEncoder, _JoinedFile, mpnet_folder
 
 # --- assembly, on a small stand-in zip split like the real one (fast) ---
 

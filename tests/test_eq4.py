@@ -13,8 +13,9 @@ import math
 import pytest
 import torch
 
-from dispsafe_nb.objectives import kl_disp_loss, tv_disp_loss
-from dispsafe_nb.train import BatchLoss, DistillConfig
+from dispsafe_nb.training.batch_loss import BatchLoss
+from dispsafe_nb.training.config import DistillConfig
+from dispsafe_nb.training.objectives import kl_disp_loss, tv_disp_loss
 
 F64 = torch.float64
 ALPHA = 0.05  # a harmful prompt: the guard finds the sampled answer unsafe

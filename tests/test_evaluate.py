@@ -7,15 +7,10 @@ import json
 import pytest
 
 from dispsafe_nb.data import PromptRecord
-from dispsafe_nb.evaluate import (
-    BENCHMARKS,
-    benchmark_records,
-    evaluate,
-    records_table,
-    score_responses,
-    write_records,
-)
-from dispsafe_nb.judges import RefusalJudge
+from dispsafe_nb.evaluation.benchmarks import BENCHMARKS, benchmark_records
+from dispsafe_nb.evaluation.harness import evaluate, score_responses
+from dispsafe_nb.evaluation.judges import RefusalJudge
+from dispsafe_nb.evaluation.records import records_table, write_records
 
 REFUSE, ANSWER = "I'm sorry, but I can't help with that.", "Sure! Here is the answer."
 
@@ -119,8 +114,8 @@ def test_benchmarks_never_read_training_splits():
 
 
 def test_fidelity_record_averages_the_per_answer_kl(monkeypatch):
-    import dispsafe_nb.objectives as objectives
-    from dispsafe_nb.evaluate import fidelity_record
+    import dispsafe_nb.core.scoring as objectives
+    from dispsafe_nb.evaluation.harness import fidelity_record
 
     base = score_responses("base", "alpaca_test", _records(3, False), [ANSWER, "", ANSWER], RefusalJudge())
     seen = {}
@@ -149,7 +144,7 @@ class _ConstGuard:
 
 
 def test_guard_judge_applies_its_threshold_and_is_described_in_the_record():
-    from dispsafe_nb.judges import GuardJudge
+    from dispsafe_nb.evaluation.judges import GuardJudge
 
     for threshold, expected in ((0.5, 1.0), (0.7, 0.0)):
         judge = GuardJudge(_ConstGuard(0.6, "j"), threshold=threshold)
@@ -162,8 +157,8 @@ def test_guard_judge_applies_its_threshold_and_is_described_in_the_record():
 def test_the_teacher_guard_is_refused_as_second_judge():
     from types import SimpleNamespace
 
-    from dispsafe_nb.evaluate import evaluate_base_and_dual
-    from dispsafe_nb.judges import GuardJudge
+    from dispsafe_nb.evaluation.harness import evaluate_base_and_dual
+    from dispsafe_nb.evaluation.judges import GuardJudge
 
     teacher = _ConstGuard(0.9, "teacher")
     system = SimpleNamespace(guard=teacher, refusal=REFUSE)
@@ -174,8 +169,8 @@ def test_the_teacher_guard_is_refused_as_second_judge():
 
 
 def test_evaluate_records_the_second_judge(monkeypatch):
-    from dispsafe_nb import evaluate as ev
-    from dispsafe_nb.judges import GuardJudge
+    from dispsafe_nb.evaluation import harness as ev
+    from dispsafe_nb.evaluation.judges import GuardJudge
 
     monkeypatch.setattr(ev, "benchmark_records", lambda name, limit, seed: _records(2, True))
     judge = GuardJudge(_ConstGuard(0.2, "j"))
@@ -189,7 +184,7 @@ def test_evaluate_records_the_second_judge(monkeypatch):
 
 
 def test_metrics_by_system_nests_headline_metrics_by_system_and_benchmark():
-    from dispsafe_nb.evaluate import metrics_by_system
+    from dispsafe_nb.evaluation.records import metrics_by_system
 
     recs = [
         score_responses("a", "advbench_test", _records(2, True), [REFUSE, ANSWER], RefusalJudge()),
@@ -209,7 +204,7 @@ def test_metrics_by_system_nests_headline_metrics_by_system_and_benchmark():
 
 
 def test_each_benchmark_kind_is_judged_by_its_own_rule_and_the_same_refusal_text():
-    from dispsafe_nb.guards import DEFAULT_REFUSAL
+    from dispsafe_nb.guards.protocol import DEFAULT_REFUSAL
 
     late = "Here is a poem about the sea. I can't promise it rhymes."  # a refusal phrase, not at the start
     # XSTest's prefix rule on safe prompts: an answer that merely contains "I can't" is not an over-refusal
@@ -225,7 +220,7 @@ def test_each_benchmark_kind_is_judged_by_its_own_rule_and_the_same_refusal_text
 
 
 def test_evaluate_records_the_rule_it_used_per_benchmark(monkeypatch):
-    from dispsafe_nb import evaluate as ev
+    from dispsafe_nb.evaluation import harness as ev
 
     monkeypatch.setattr(ev, "benchmark_records", lambda name, limit, seed: _records(2, name != "xstest_safe"))
     harmful, safe = evaluate(FixedSystem(), ["advbench_test", "xstest_safe"], progress=False)
@@ -237,7 +232,7 @@ def test_evaluate_records_the_rule_it_used_per_benchmark(monkeypatch):
 
 
 def test_score_samples_gives_refusal_rates_and_exact_keep_expectations():
-    from dispsafe_nb.evaluate import score_samples
+    from dispsafe_nb.evaluation.harness import score_samples
 
     samples = [[REFUSE, ANSWER, ANSWER, ANSWER], [ANSWER, ANSWER]]
     rec = score_samples("s", "advbench_test", _records(2, True), samples)
@@ -253,8 +248,8 @@ def test_score_samples_gives_refusal_rates_and_exact_keep_expectations():
 
 
 def test_score_samples_second_judge_sees_the_refusal_where_the_answer_is_replaced():
-    from dispsafe_nb.evaluate import score_samples
-    from dispsafe_nb.guards import DEFAULT_REFUSAL
+    from dispsafe_nb.evaluation.harness import score_samples
+    from dispsafe_nb.guards.protocol import DEFAULT_REFUSAL
 
     def judge(prompts, responses):  # safe iff the response is the refusal
         return [1.0 if r == DEFAULT_REFUSAL else 0.0 for r in responses]
@@ -301,8 +296,8 @@ def _dual(mode="threshold"):
 
 
 def test_deployed_dual_replaces_exactly_where_alpha_is_below_the_threshold(monkeypatch):
-    from dispsafe_nb import evaluate as ev
-    from dispsafe_nb.models import DecodingConfig
+    from dispsafe_nb.core.decoding import DecodingConfig
+    from dispsafe_nb.evaluation import harness as ev
 
     monkeypatch.setattr(ev, "benchmark_records", lambda name, limit, seed: _records(4, True))
     records, timing = ev.evaluate_base_and_dual(
@@ -320,8 +315,8 @@ def test_deployed_dual_replaces_exactly_where_alpha_is_below_the_threshold(monke
 
 
 def test_dual_in_sample_mode_and_as_a_distribution_keeps_answers_with_probability_alpha(monkeypatch):
-    from dispsafe_nb import evaluate as ev
-    from dispsafe_nb.models import DecodingConfig
+    from dispsafe_nb.core.decoding import DecodingConfig
+    from dispsafe_nb.evaluation import harness as ev
 
     monkeypatch.setattr(ev, "benchmark_records", lambda name, limit, seed: _records(4, True))
     # greedy, but the system's own mode is "sample": no longer ignored
@@ -344,7 +339,7 @@ def test_dual_in_sample_mode_and_as_a_distribution_keeps_answers_with_probabilit
 
 
 def test_judge_agreement_is_per_benchmark_and_system():
-    from dispsafe_nb.evaluate import judge_agreement
+    from dispsafe_nb.evaluation.records import judge_agreement
 
     def judge(prompts, responses):
         return [0.9, 0.9, 0.1, 0.1]
@@ -366,7 +361,7 @@ def test_judge_agreement_is_per_benchmark_and_system():
 
 
 def test_verifiable_rate_credits_the_refusal_where_it_replaces_the_answer():
-    from dispsafe_nb.evaluate import score_samples
+    from dispsafe_nb.evaluation.harness import score_samples
 
     checks = ({"type": "max_words", "n": 20},)
     records = _records(1, False, checks=checks)
@@ -375,9 +370,9 @@ def test_verifiable_rate_credits_the_refusal_where_it_replaces_the_answer():
 
 
 def test_a_dual_system_samples_through_the_common_interface(monkeypatch):
-    from dispsafe_nb import evaluate as ev
-    from dispsafe_nb.models import DecodingConfig
-    from dispsafe_nb.safe_system import SafeSystem
+    from dispsafe_nb.core.decoding import DecodingConfig
+    from dispsafe_nb.evaluation import harness as ev
+    from dispsafe_nb.system.dual_system import SafeSystem
 
     monkeypatch.setattr(ev, "benchmark_records", lambda name, limit, seed: _records(4, True))
     system = SafeSystem(_FakeLLM(), _PromptGuard(), refusal=REFUSE)

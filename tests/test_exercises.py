@@ -8,7 +8,7 @@ import torch
 
 from dispsafe_nb import exercises as ex
 from dispsafe_nb import theory as th
-from dispsafe_nb.judges import XSTEST_REFUSAL_PREFIXES
+from dispsafe_nb.evaluation.judges import XSTEST_REFUSAL_PREFIXES
 
 # name -> wrong answers a reader might plausibly write (each must be rejected)
 WRONG = {

@@ -7,11 +7,13 @@ import json
 import pytest
 import torch
 
-from dispsafe_nb import data, explorer, plots
-from dispsafe_nb.artifacts import ArtifactError
-from dispsafe_nb.evaluate import EvalRecord, read_records, score_responses, write_records
+from dispsafe_nb import data, plots
+from dispsafe_nb.common.artifacts import ArtifactError
+from dispsafe_nb.evaluation.harness import score_responses
+from dispsafe_nb.evaluation.records import EvalRecord, read_records, write_records
 from dispsafe_nb.methods import SoftPrompt, artifact_kind, load_method
-from dispsafe_nb.probe import (
+from dispsafe_nb.ui import over_refusal_explorer as explorer
+from dispsafe_nb.ui.prober import (
     ProbeDecoding,
     ProbeInputError,
     ProbeResult,
@@ -20,7 +22,7 @@ from dispsafe_nb.probe import (
     parse_prompts,
     presets,
 )
-from dispsafe_nb.widgets import OverRefusalExplorer, answers_html, summary_html
+from dispsafe_nb.ui.widgets import OverRefusalExplorer, answers_html, summary_html
 
 REFUSAL = "I'm sorry, but I can't help with that request."
 
@@ -74,7 +76,7 @@ def test_refused_prompts_lists_exactly_the_refusals_of_a_type():
 
 def test_sampled_records_count_refusal_rates():
     prompts = data.load_dataset("xstest_safe", limit=3, seed=0)
-    from dispsafe_nb.evaluate import score_samples
+    from dispsafe_nb.evaluation.harness import score_samples
 
     record = score_samples("s", "xstest_safe", prompts, [[REFUSAL, "Sure."]] * 3, refusal_text=REFUSAL)
     table = explorer.over_refusal_table(explorer.prompt_rows([record]), "xstest_safe")
@@ -209,7 +211,7 @@ def test_answers_html_shows_every_system_escaped_with_its_numbers_or_error():
 
 
 def test_toy_explorer_reruns_the_toy_when_a_slider_moves():
-    from dispsafe_nb.widgets import ToyExplorer
+    from dispsafe_nb.ui.widgets import ToyExplorer
 
     toy = ToyExplorer(steps=4)
     first = toy.last_result

@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dispsafe_nb.fast_generate import decode
-from dispsafe_nb.models import DecodingConfig, RowSeededSampler, _generate_batch
-from dispsafe_nb.objectives import sequence_logprobs
-from dispsafe_nb.prefix_cache import PrefixCache, StalePrefixCacheError
+from dispsafe_nb.core.decoding import DecodingConfig, RowSeededSampler
+from dispsafe_nb.core.fast_decoding import decode
+from dispsafe_nb.core.llm import _generate_batch
+from dispsafe_nb.core.prefix_cache import PrefixCache, StalePrefixCacheError
+from dispsafe_nb.core.scoring import sequence_logprobs
 
 PROMPTS = ["Hello there", "a", "What is the capital of France? Tell me more about it, please."]
 
@@ -124,7 +125,7 @@ def test_bad_prefixes_and_lengths_say_what_to_fix(tiny, batch, prefix):
 
 @pytest.mark.parametrize("with_prefix", [False, True])
 def test_both_engines_give_the_same_answers(tiny, prefix, with_prefix):
-    from dispsafe_nb.models import generate_with_prefix
+    from dispsafe_nb.core.llm import generate_with_prefix
 
     p = prefix if with_prefix else None
     for decoding, samples, kwargs in (
@@ -141,8 +142,8 @@ def test_both_engines_give_the_same_answers(tiny, prefix, with_prefix):
 
 
 def test_bf16_decoding_runs_on_a_copy_and_refuses_hooks(tiny, prefix):
-    from dispsafe_nb.fast_generate import bf16_twin
-    from dispsafe_nb.models import generate_with_prefix
+    from dispsafe_nb.core.fast_decoding import bf16_twin
+    from dispsafe_nb.core.llm import generate_with_prefix
 
     twin = bf16_twin(tiny)
     assert twin.model.dtype == torch.bfloat16 and tiny.model.dtype == torch.float32
@@ -162,8 +163,8 @@ def test_bf16_decoding_runs_on_a_copy_and_refuses_hooks(tiny, prefix):
 
 
 def test_a_generation_config_with_logits_processors_decodes_through_generate(tiny):
-    from dispsafe_nb.fast_generate import plain_generation_config
-    from dispsafe_nb.models import generate_with_prefix
+    from dispsafe_nb.core.fast_decoding import plain_generation_config
+    from dispsafe_nb.core.llm import generate_with_prefix
 
     assert plain_generation_config(tiny.model)
     greedy = DecodingConfig(max_new_tokens=8)

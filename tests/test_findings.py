@@ -1,14 +1,14 @@
-"""Prose rendered from metrics (dispsafe_nb.findings), the notebooks' plumbing helpers, and the bound table."""
+"""Prose rendered from metrics (dispsafe_nb.report.findings), the notebooks' plumbing helpers, and the bound table."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from dispsafe_nb import findings
-from dispsafe_nb.empirical import BoundCheck, bound_table, summarise
-from dispsafe_nb.notebook import config_of, emit_and_check, load_metrics
-from dispsafe_nb.train import History, history_summary
+from dispsafe_nb.evaluation.tv_bound_estimate import BoundCheck, bound_table, summarise
+from dispsafe_nb.notebooks.outputs import config_of, emit_and_check, load_metrics
+from dispsafe_nb.report import findings
+from dispsafe_nb.training.history import History, history_summary
 
 
 def _toy(tv_benign: float, kl_benign: float) -> dict:
@@ -92,7 +92,7 @@ def test_history_summary():
 
 def test_prompt_kinds_of_a_training_mix():
     from dispsafe_nb.data import PromptRecord
-    from dispsafe_nb.train import prompt_kinds
+    from dispsafe_nb.training.examples import prompt_kinds
 
     records = [
         PromptRecord("a", "harm me", True, "x", "advbench", "train"),
@@ -104,7 +104,8 @@ def test_prompt_kinds_of_a_training_mix():
 
 def test_side_by_side_lines_up_every_systems_answer_to_the_same_prompt():
     from dispsafe_nb import data
-    from dispsafe_nb.evaluate import score_responses, side_by_side
+    from dispsafe_nb.evaluation.harness import score_responses
+    from dispsafe_nb.evaluation.records import side_by_side
 
     prompts = data.load_dataset("xstest_safe", limit=3, seed=0)
     records = [
@@ -120,7 +121,7 @@ def test_side_by_side_lines_up_every_systems_answer_to_the_same_prompt():
     shuffled = score_responses("dual", "xstest_safe", prompts[::-1], ["x"] * 3)
     with pytest.raises(ValueError, match="another order"):
         side_by_side([records[0], shuffled], ["xstest_safe"], ["base", "dual"])
-    from dispsafe_nb.evaluate import score_samples
+    from dispsafe_nb.evaluation.harness import score_samples
 
     sampled = score_samples("dual", "xstest_safe", prompts, [["a", "b"]] * 3)
     with pytest.raises(ValueError, match="sampled record"):

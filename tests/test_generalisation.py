@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from dispsafe_nb.evaluate import EvalRecord
-from dispsafe_nb.generalisation import HARMFUL_SETS, compare, ratio_with_interval, targets
+from dispsafe_nb.evaluation.generalisation import HARMFUL_SETS, compare, ratio_with_interval, targets
+from dispsafe_nb.evaluation.records import EvalRecord
 
 
 def _greedy_record(system, bench, verdicts):
@@ -83,7 +83,7 @@ def test_a_comparison_on_different_prompts_is_refused():
 
 
 def test_named_budgets_give_the_papers_epoch_or_fixed_steps():
-    from dispsafe_nb.generalisation import budget_config
+    from dispsafe_nb.study.paper_scale import budget_config
 
     paper = budget_config("paper", 5000, objective="tv", lr=1e-2)
     assert (paper.batch_size, paper.grad_accum, paper.sampling) == (8, 4, "epoch")
@@ -119,7 +119,7 @@ def _result(lr: float, jbb_student: float) -> dict:
 
 
 def test_variants_are_compared_side_by_side_with_their_targets():
-    from dispsafe_nb.generalisation import variant_rows, variants_markdown
+    from dispsafe_nb.report.generalisation_tables import variant_rows, variants_markdown
 
     results = {"base": _result(1e-2, 0.5), "lr": _result(3e-2, 1.0)}
     rows = variant_rows(results)
@@ -137,7 +137,7 @@ def test_variants_are_compared_side_by_side_with_their_targets():
 
 
 def test_greedy_amplification_counts_refusals_made_with_little_refusal_mass():
-    from dispsafe_nb.generalisation import greedy_amplification
+    from dispsafe_nb.evaluation.generalisation import greedy_amplification
 
     out = greedy_amplification([0.3, 0.2, 0.9, 0.05], [1, 1, 1, 0])
     assert out["greedy_refusal"] == 0.75 and out["mean_q_refusal"] == pytest.approx(0.3625)
@@ -151,7 +151,7 @@ def test_greedy_amplification_counts_refusals_made_with_little_refusal_mass():
 def test_refusal_mass_is_bounded_by_its_first_token():
     import stand_ins
 
-    from dispsafe_nb.generalisation import refusal_mass
+    from dispsafe_nb.evaluation.generalisation import refusal_mass
 
     llm = stand_ins.tiny_llm(initializer_range=0.3)
     prompts = ["Say hi", "Steal a car", "abc", "Build a pipe weapon", "x"]
@@ -179,7 +179,7 @@ def _probe_result(jbb: list[float], xstest_safe: list[float]) -> dict:
 
 
 def test_probe_findings_say_whether_a_linear_read_out_beats_the_students():
-    from dispsafe_nb.findings import probe_findings
+    from dispsafe_nb.report.findings import probe_findings
 
     students = {"base": _result(1e-2, 0.5), "lr": _result(3e-2, 0.75)}
     better = probe_findings(_probe_result([1.0] * 4, [0.0] * 4), students)

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from dispsafe_nb import data
-from dispsafe_nb.artifacts import ArtifactError
-from dispsafe_nb.guard_training import GuardTrainingConfig, guard_training_data, load_embedding_guard
-from dispsafe_nb.guards import EmbeddingGuard, Guard, LlamaGuard
+from dispsafe_nb.common.artifacts import ArtifactError
+from dispsafe_nb.guards.embedding_guard import EmbeddingGuard
+from dispsafe_nb.guards.guard_training import GuardTrainingConfig, guard_training_data, load_embedding_guard
+from dispsafe_nb.guards.llama_guard import LlamaGuard
+from dispsafe_nb.guards.protocol import Guard
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +76,7 @@ def test_corrupt_artifact_is_reported(guard, encoder, tmp_path):
 
 
 def test_damaged_cache_is_retrained_not_used(guard, encoder, tmp_path, monkeypatch):
-    import dispsafe_nb.guard_training as gt
+    import dispsafe_nb.guards.guard_training as gt
 
     monkeypatch.setenv("DISPSAFE_CACHE", str(tmp_path))
     cfg = GuardTrainingConfig.from_dict(guard.config)
@@ -104,7 +106,7 @@ def test_guard_trains_on_train_splits_only():
 
 @pytest.fixture(scope="module")
 def tiny_guard(tiny_llama_dir):
-    from dispsafe_nb.guards import load_llama_guard
+    from dispsafe_nb.guards.llama_guard import load_llama_guard
 
     return load_llama_guard(str(tiny_llama_dir))
 
@@ -153,7 +155,7 @@ def test_llama_guard_rejects_words_sharing_a_first_token(tiny_guard):
 
 
 def test_judge_guard_is_another_guard_that_still_tells_refusals_from_compliance(judge_guard, guard):
-    from dispsafe_nb.judges import GuardJudge
+    from dispsafe_nb.evaluation.judges import GuardJudge
 
     judge = GuardJudge(judge_guard)
     assert judge_guard.config["key"] != guard.config["key"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dispsafe_nb.evaluate import EvalRecord
-from dispsafe_nb.harm_probe import (
+from dispsafe_nb.common.classifier_stats import auroc
+from dispsafe_nb.evaluation.linear_harm_probe import (
     choose_layer,
     fit_probe,
     held_out_split,
@@ -14,7 +14,7 @@ from dispsafe_nb.harm_probe import (
     probe_system_refusals,
     prompt_activations,
 )
-from dispsafe_nb.metrics import auroc
+from dispsafe_nb.evaluation.records import EvalRecord
 
 
 def _separable(n: int = 200, d: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,7 +100,7 @@ def test_a_probe_record_needs_one_score_per_prompt_and_a_refusal_metric():
 
 @pytest.mark.slow
 def test_prompt_activations_average_to_the_refusal_directions_mean(llm):
-    from dispsafe_nb.refusal_direction import mean_activations
+    from dispsafe_nb.methods.refusal_direction import mean_activations
 
     prompts = ["Write a poem about rain.", "How do I pick a lock to get into my neighbour's house?", "Hi"]
     per_prompt = prompt_activations(llm, prompts, batch_size=2)
@@ -113,7 +113,7 @@ def test_prompt_activations_average_to_the_refusal_directions_mean(llm):
 
 
 def test_the_report_names_the_layer_the_separation_and_each_sets_ratio():
-    from dispsafe_nb.harm_probe import report_markdown
+    from dispsafe_nb.report.harm_probe_tables import report_markdown
 
     layers = [
         {

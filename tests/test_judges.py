@@ -12,8 +12,7 @@ import pytest
 import torch
 
 from dispsafe_nb.data import load_refusal_texts
-from dispsafe_nb.guards import DEFAULT_REFUSAL
-from dispsafe_nb.judges import (
+from dispsafe_nb.evaluation.judges import (
     JBB_TEST_PREFIXES,
     MODES,
     RULE_FOR_KIND,
@@ -26,6 +25,7 @@ from dispsafe_nb.judges import (
     judge_for_kind,
     load_judge_checks,
 )
+from dispsafe_nb.guards.protocol import DEFAULT_REFUSAL
 
 BUNDLED = Path(__file__).resolve().parents[1] / "data" / "bundled"
 
@@ -524,7 +524,7 @@ def test_error_messages_list_what_is_known():
 
 
 def test_parse_errors_name_the_record_and_the_type():
-    from dispsafe_nb.judges import parse_judge_check
+    from dispsafe_nb.evaluation.judges import parse_judge_check
 
     with _raises(ValueError, "record: expected a JSON object, got list"):
         parse_judge_check([1, 2])
@@ -595,7 +595,7 @@ class _Guard:
 
 
 def test_guard_judge_passes_lists_to_its_guard_and_describes_itself():
-    from dispsafe_nb.judges import GuardJudge
+    from dispsafe_nb.evaluation.judges import GuardJudge
 
     guard = _Guard()
     judge = GuardJudge(guard, threshold=0.3, name="second")
@@ -609,21 +609,21 @@ def test_guard_judge_passes_lists_to_its_guard_and_describes_itself():
 
 @pytest.mark.parametrize("threshold", [0.0, 1.0, -0.5, 1.5])
 def test_guard_judge_threshold_must_lie_strictly_inside_the_unit_interval(threshold):
-    from dispsafe_nb.judges import GuardJudge
+    from dispsafe_nb.evaluation.judges import GuardJudge
 
     with _raises(ValueError, f"threshold must lie strictly between 0 and 1, not {threshold}"):
         GuardJudge(_Guard(), threshold=threshold)
 
 
 def test_guard_judge_accepts_thresholds_near_the_ends():
-    from dispsafe_nb.judges import GuardJudge
+    from dispsafe_nb.evaluation.judges import GuardJudge
 
     assert GuardJudge(_Guard(), threshold=1e-9).threshold == 1e-9
     assert GuardJudge(_Guard(), threshold=1 - 1e-9).threshold == 1 - 1e-9
 
 
 def test_guard_judge_knows_its_teacher():
-    from dispsafe_nb.judges import GuardJudge
+    from dispsafe_nb.evaluation.judges import GuardJudge
 
     guard = _Guard(seed=0)
     judge = GuardJudge(guard)

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 
 from dispsafe_nb import data
-from dispsafe_nb.evaluate import BENCHMARKS, benchmark_records
-from dispsafe_nb.guard_training import JUDGE_GUARD_CONFIG, GuardTrainingConfig, guard_training_data
-from dispsafe_nb.guards import DEFAULT_REFUSAL
-from dispsafe_nb.mixes import MixConfig, scale_mix
-from dispsafe_nb.near_duplicates import NEAR_DUPLICATE_THRESHOLD, NearDuplicateIndex
-from dispsafe_nb.train import training_mix
+from dispsafe_nb.data.mixes import MixConfig, scale_mix
+from dispsafe_nb.data.near_duplicates import NEAR_DUPLICATE_THRESHOLD, NearDuplicateIndex
+from dispsafe_nb.evaluation.benchmarks import BENCHMARKS, benchmark_records
+from dispsafe_nb.guards.guard_training import JUDGE_GUARD_CONFIG, GuardTrainingConfig, guard_training_data
+from dispsafe_nb.guards.protocol import DEFAULT_REFUSAL
+from dispsafe_nb.training.examples import training_mix
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = range(5)

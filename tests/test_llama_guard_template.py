@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dispsafe_nb.guards import LlamaGuard, detect_content_format
+from dispsafe_nb.guards.llama_guard import LlamaGuard, detect_content_format
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TEMPLATE_1B = FIXTURES / "llama_guard_3_1b_chat_template.jinja"
@@ -117,7 +117,7 @@ def test_describe_reports_quantisation_and_content_format(tok_1b):
 
 @pytest.mark.slow
 def test_load_llama_guard_records_the_loaded_quantisation(tiny_llama_dir):
-    from dispsafe_nb.guards import load_llama_guard
+    from dispsafe_nb.guards.llama_guard import load_llama_guard
 
     guard = load_llama_guard(str(tiny_llama_dir))
     described = guard.describe()

@@ -7,14 +7,16 @@ import json
 import pytest
 import torch
 
-from dispsafe_nb.artifacts import CONFIG_FILE, ArtifactError
+from dispsafe_nb.common.artifacts import CONFIG_FILE, ArtifactError
+from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.core.llm import prepend_prefix
+from dispsafe_nb.core.loading import load_llm
 from dispsafe_nb.methods import (
     DEFAULT_INIT_TEXT,
     SoftPrompt,
     SoftPromptSystem,
     init_soft_prompt,
 )
-from dispsafe_nb.models import DecodingConfig, load_llm, prepend_prefix
 
 pytestmark = pytest.mark.slow  # every test here needs the real model (or its tokenizer)
 
@@ -72,7 +74,7 @@ def test_apply_inserts_the_prefix_after_left_padding(llm):
 
 
 def _backward_through(llm, soft):
-    from dispsafe_nb.objectives import sequence_logprobs
+    from dispsafe_nb.core.scoring import sequence_logprobs
 
     logq = sequence_logprobs(
         llm, ["Hi there", "Say something nice"], ["Hello!", "You are kind."], method=soft

@@ -1,4 +1,4 @@
-"""Cohen's kappa and judge agreement (`dispsafe_nb.metrics`)."""
+"""Cohen's kappa and judge agreement (`dispsafe_nb.common.classifier_stats`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from dispsafe_nb.metrics import auroc, binary_report, cohen_kappa, judge_agreement
+from dispsafe_nb.common.classifier_stats import auroc, binary_report, cohen_kappa, judge_agreement
 
 
 def _table(a: list[int], b: list[int]) -> tuple[int, int, int, int]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from dispsafe_nb import data, mixes
-from dispsafe_nb.mixes import MixConfig, MixTooLargeError, _water_fill, scale_mix
+from dispsafe_nb import data
+from dispsafe_nb.data import mixes
+from dispsafe_nb.data.mixes import MixConfig, MixTooLargeError, _water_fill, scale_mix
 
 pytestmark = pytest.mark.filterwarnings("ignore::dispsafe_nb.data.DataWarning")
 

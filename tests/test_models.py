@@ -7,13 +7,9 @@ import importlib.util
 import pytest
 import torch
 
-from dispsafe_nb.models import (
-    DecodingConfig,
-    ModelNotAvailableError,
-    PromptError,
-    generate_with_prefix,
-    load_llm,
-)
+from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.core.llm import PromptError, generate_with_prefix
+from dispsafe_nb.core.loading import ModelNotAvailableError, load_llm
 
 pytestmark = pytest.mark.slow
 
@@ -175,7 +171,7 @@ def test_per_prompt_seeded_sampling_ignores_batch_mates(llm):
 
 
 def test_row_seeded_sampler_respects_top_p():
-    from dispsafe_nb.models import RowSeededSampler
+    from dispsafe_nb.core.decoding import RowSeededSampler
 
     scores = torch.log(torch.tensor([[0.6, 0.3, 0.1], [0.6, 0.3, 0.1]]))
     picks = set()

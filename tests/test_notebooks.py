@@ -6,13 +6,14 @@ import os
 
 import pytest
 
-from dispsafe_nb.checks import NOTEBOOK_CHECKS, failures, run_claims
-from dispsafe_nb.notebook import load_metrics
-from dispsafe_nb.reproduce import notebooks, run_notebook
+from dispsafe_nb.notebooks.outputs import load_metrics
+from dispsafe_nb.notebooks.reproduce import notebooks, run_notebook
+from dispsafe_nb.report.claims import run_claims
+from dispsafe_nb.report.notebook_checks import NOTEBOOK_CHECKS, failures
 
 pytestmark = [pytest.mark.slow, pytest.mark.notebook]
 
-# What each notebook must show is a list of named checks in dispsafe_nb.checks, each naming the failures it guards
+# What each notebook must show is a list of named checks in dispsafe_nb.report.notebook_checks, each naming the failures it guards
 # against; tests/test_sabotage.py shows every one of them failing under those failures. A notebook without checks
 # fails the suite: every notebook must be asserted on.
 

@@ -10,13 +10,8 @@ import torch
 from stand_ins import BOS, EOS, PAD
 
 from dispsafe_nb import theory
-from dispsafe_nb.objectives import (
-    kl_disp_loss,
-    perplexity_loss,
-    reinforce_loss,
-    sequence_logprobs,
-    tv_disp_loss,
-)
+from dispsafe_nb.core.scoring import sequence_logprobs
+from dispsafe_nb.training.objectives import kl_disp_loss, perplexity_loss, reinforce_loss, tv_disp_loss
 
 # ----------------------------------------------------------------------------------------------------------
 # losses (fast, exact)
@@ -228,8 +223,8 @@ def test_prefix_gets_gradients_and_kl_steps_raise_refusal_logprob(llm):
 
 @pytest.mark.slow
 def test_fidelity_is_zero_for_the_base_and_positive_for_a_soft_prompt(llm):
+    from dispsafe_nb.core.scoring import fidelity_kl
     from dispsafe_nb.methods import init_soft_prompt
-    from dispsafe_nb.objectives import fidelity_kl
 
     prompts = ["What is the capital of France?", "Name a primary colour."]
     answers = ["The capital of France is Paris.", "Red is a primary colour."]
@@ -285,7 +280,7 @@ def _tiny_gpt2(seed: int = 0):
 
 @pytest.fixture(scope="module")
 def tiny_llm():
-    from dispsafe_nb.models import LLM
+    from dispsafe_nb.core.llm import LLM
 
     return LLM(_tiny_llama(), _CharTokenizer(), "tiny-stand-in")
 
@@ -293,7 +288,7 @@ def tiny_llm():
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
 def tiny_any(request):
     """Both stand-ins: rotary positions (Llama) and absolute positions (GPT-2)."""
-    from dispsafe_nb.models import LLM
+    from dispsafe_nb.core.llm import LLM
 
     model = _tiny_llama() if request.param == "llama" else _tiny_gpt2()
     return LLM(model, _CharTokenizer(), f"tiny-{request.param}")
@@ -404,7 +399,7 @@ def test_tiny_sequence_logprobs_with_a_prefix_or_a_method_and_in_chunks(tiny_any
 
 
 def test_tiny_sequence_logprobs_apply_the_final_logit_softcap():
-    from dispsafe_nb.models import LLM
+    from dispsafe_nb.core.llm import LLM
 
     model = _tiny_llama(seed=1)
     with torch.no_grad():  # large logits, so that the cap matters
@@ -461,8 +456,8 @@ def test_tiny_sequence_logprobs_validates_inputs(tiny_llm):
 
 
 def test_tiny_response_token_ids():
-    from dispsafe_nb.models import LLM
-    from dispsafe_nb.objectives import response_token_ids
+    from dispsafe_nb.core.llm import LLM
+    from dispsafe_nb.core.scoring import response_token_ids
 
     llm = LLM(None, _CharTokenizer(), "tokenizer-only")
     assert response_token_ids(llm, ["ab", "c"], None, True, 2) == [
@@ -480,7 +475,7 @@ def test_tiny_response_token_ids():
 
 
 def test_backbone_and_head_split_and_its_errors(tiny_llm):
-    from dispsafe_nb.models import backbone_and_head as _backbone_and_head
+    from dispsafe_nb.core.model_parts import backbone_and_head as _backbone_and_head
 
     backbone, head = _backbone_and_head(tiny_llm.model)
     assert backbone is tiny_llm.model.model and head is tiny_llm.model.lm_head
@@ -519,7 +514,7 @@ def test_backbone_and_head_split_and_its_errors(tiny_llm):
 
 
 def test_n_prefix_counts_prefix_rows_or_the_method_tokens():
-    from dispsafe_nb.objectives import _n_prefix
+    from dispsafe_nb.core.scoring import _n_prefix
 
     assert _n_prefix(None, None) == 0
     assert _n_prefix(torch.zeros(5, 3), None) == 5
@@ -530,7 +525,7 @@ def test_n_prefix_counts_prefix_rows_or_the_method_tokens():
 
 
 def test_prompt_budget_reserves_room_for_the_prefix_and_the_longest_response(tiny_llm):
-    from dispsafe_nb.models import PromptError
+    from dispsafe_nb.core.llm import PromptError
 
     # context 256: chat overhead len("<user><assistant>") = 17 characters, so a prompt may have 256 - 17 - reserve
     overhead = len(tiny_llm.chat_text(""))
@@ -548,7 +543,7 @@ def test_prompt_budget_reserves_room_for_the_prefix_and_the_longest_response(tin
 
 
 def test_tiny_sequence_logprobs_pad_with_eos_when_the_tokenizer_has_no_pad_token(tiny_any):
-    from dispsafe_nb.models import LLM
+    from dispsafe_nb.core.llm import LLM
 
     class NoPad(_CharTokenizer):
         pad_token_id = None
@@ -581,8 +576,8 @@ def test_tiny_sequence_logprobs_keep_every_tensor_on_the_model_device(tiny_any):
 
 
 def test_a_methods_soft_tokens_count_against_the_prompt_budget(tiny_llm):
+    from dispsafe_nb.core.llm import PromptError
     from dispsafe_nb.methods import SoftPrompt
-    from dispsafe_nb.models import PromptError
 
     overhead = len(tiny_llm.chat_text(""))
     prompt = "p" * (256 - overhead - 10)  # leaves exactly 10 tokens
@@ -601,7 +596,7 @@ def test_a_methods_soft_tokens_count_against_the_prompt_budget(tiny_llm):
 
 
 def test_backbone_prefers_the_models_own_decoder():
-    from dispsafe_nb.models import backbone_and_head as _backbone_and_head
+    from dispsafe_nb.core.model_parts import backbone_and_head as _backbone_and_head
 
     class WithDecoder:
         model = "the .model attribute"
@@ -678,7 +673,7 @@ def test_a_float32_alpha_is_cast_to_the_log_probs_dtype_before_its_log():
 
 
 def test_sampling_log_probs_is_the_distribution_the_row_sampler_draws_from():
-    from dispsafe_nb.models import RowSeededSampler, sampling_log_probs
+    from dispsafe_nb.core.decoding import RowSeededSampler, sampling_log_probs
 
     logits = torch.randn(3, 40, generator=torch.Generator().manual_seed(0)) * 3
     for temperature, top_p in ((1.0, 1.0), (0.7, 0.95), (1.3, 0.5), (0.5, 0.01)):
@@ -705,7 +700,7 @@ def test_sampling_log_probs_is_the_distribution_the_row_sampler_draws_from():
 
 
 def test_tiny_sequence_logprobs_under_a_tempered_truncated_sampler(tiny_llm):
-    from dispsafe_nb.models import sampling_log_probs
+    from dispsafe_nb.core.decoding import sampling_log_probs
 
     prompt, ids = TINY_PROMPTS[1], _ids(tiny_llm, TINY_RESPONSES[1])
     prompt_ids = tiny_llm.tokenizer(tiny_llm.chat_text(prompt), add_special_tokens=False)["input_ids"]

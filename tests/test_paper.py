@@ -1,6 +1,6 @@
 """The paper's reference numbers render as a labelled box."""
 
-from dispsafe_nb import paper
+from dispsafe_nb.report import paper
 
 
 def test_the_reference_box_names_its_source_and_states_each_figure():

@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
-from dispsafe_nb import explorer
+from dispsafe_nb.core.scoring import sequence_logprobs
 from dispsafe_nb.methods import SoftPrompt, init_soft_prompt
-from dispsafe_nb.objectives import sequence_logprobs
-from dispsafe_nb.probe import ProbeDecoding, ProbeInputError, ProbeSession, probe
-from dispsafe_nb.widgets import OverRefusalExplorer, Prober
+from dispsafe_nb.ui import over_refusal_explorer as explorer
+from dispsafe_nb.ui.prober import ProbeDecoding, ProbeInputError, ProbeSession, probe
+from dispsafe_nb.ui.widgets import OverRefusalExplorer, Prober
 
 pytestmark = pytest.mark.slow
 
@@ -143,9 +143,9 @@ def test_explorer_computes_then_reads_its_records(session, tmp_path, monkeypatch
 
 
 def test_train_student_saves_an_artifact_the_prober_finds(session, llm, guard, tmp_path):
-    from dispsafe_nb.pipeline import train_student
-    from dispsafe_nb.safe_system import SafeSystem
-    from dispsafe_nb.train import DistillConfig
+    from dispsafe_nb.study.pipeline import train_student
+    from dispsafe_nb.system.dual_system import SafeSystem
+    from dispsafe_nb.training.config import DistillConfig
 
     cfg = DistillConfig(n_tokens=2, steps=1, batch_size=2, seed=0)
     folder = train_student(

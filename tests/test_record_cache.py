@@ -8,10 +8,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from dispsafe_nb import data, record_cache
-from dispsafe_nb import generalisation as gen
-from dispsafe_nb.evaluate import EvalRecord
-from dispsafe_nb.models import DecodingConfig
+from dispsafe_nb import data
+from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.evaluation import generalisation as gen
+from dispsafe_nb.evaluation import record_cache
+from dispsafe_nb.evaluation.records import EvalRecord
 
 
 def _records(tag: str = "a") -> list[EvalRecord]:
@@ -105,7 +106,7 @@ class _System:
 
 
 def test_the_reference_key_changes_with_system_runtime_decoding_limits_and_prompts(monkeypatch):
-    from dispsafe_nb import evaluate
+    from dispsafe_nb.evaluation import benchmarks
 
     greedy = DecodingConfig(max_new_tokens=8, seed=0)
     limits = {"bundled_forms_test": 3}
@@ -118,17 +119,17 @@ def test_the_reference_key_changes_with_system_runtime_decoding_limits_and_promp
     bf16 = _System()
     bf16.llm.model = torch.nn.Linear(1, 1).to(torch.bfloat16)
     assert key != gen.reference_key(bf16, limits, greedy)  # another dtype
-    original = evaluate.benchmark_records
+    original = benchmarks.benchmark_records
 
     def relabelled(name, limit=None, seed=0):  # the same texts under other ids
         return [r.__class__(**{**r.__dict__, "id": r.id + "-v2"}) for r in original(name, limit, seed)]
 
-    monkeypatch.setattr(evaluate, "benchmark_records", relabelled)
+    monkeypatch.setattr(benchmarks, "benchmark_records", relabelled)
     assert key["prompts"] != gen.reference_key(_System(), limits, greedy)["prompts"]
 
 
 def test_cached_reference_generates_once_then_reuses_and_fresh_regenerates(tmp_path, monkeypatch):
-    from dispsafe_nb import evaluate
+    from dispsafe_nb.evaluation import harness as evaluate
 
     calls = []
 

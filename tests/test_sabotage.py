@@ -1,4 +1,4 @@
-"""Checks that can fail: every named check of `dispsafe_nb.checks` fails under the sabotages it guards against,
+"""Checks that can fail: every named check of `dispsafe_nb.report.notebook_checks` fails under the sabotages it guards against,
 and every check holds on the real code.
 
 Each sabotage is a deliberately broken variant of the pipeline (`checks.SABOTAGES`), applied at the point where
@@ -10,19 +10,29 @@ notebooks call, at the notebooks' smoke sizes, and judged by the same checks the
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import pytest
 import torch
 
-from dispsafe_nb import checks, data, empirical
+from dispsafe_nb import data
 from dispsafe_nb import theory as th
-from dispsafe_nb import train as train_module
-from dispsafe_nb.diagnostics import initial_prompt, student_diagnostics, teacher_alpha_auroc
-from dispsafe_nb.evaluate import evaluate_base_and_dual, metrics_by_system
-from dispsafe_nb.judges import GuardJudge
-from dispsafe_nb.models import DecodingConfig
-from dispsafe_nb.safe_system import SafeSystem, teacher_samples
-from dispsafe_nb.train import DistillConfig, distill, training_mix
+from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.evaluation import tv_bound_estimate as empirical
+from dispsafe_nb.evaluation.harness import evaluate_base_and_dual
+from dispsafe_nb.evaluation.judges import GuardJudge
+from dispsafe_nb.evaluation.records import metrics_by_system
+from dispsafe_nb.evaluation.student_diagnostics import (
+    initial_prompt,
+    student_diagnostics,
+    teacher_alpha_auroc,
+)
+from dispsafe_nb.report import notebook_checks as checks
+from dispsafe_nb.system.dual_system import SafeSystem
+from dispsafe_nb.system.teacher_cache import teacher_samples
+from dispsafe_nb.training.config import OBJECTIVES, DistillConfig
+from dispsafe_nb.training.examples import training_mix
+from dispsafe_nb.training.loop import distill
 
 pytestmark = pytest.mark.slow
 
@@ -61,6 +71,16 @@ def _assert_caught(notebook: str, results: dict[str, dict]) -> None:
         for check in checks.NOTEBOOK_CHECKS[notebook]:
             if sabotage in check.guards_against:
                 assert not verdicts[check.name][0], f"{check.name} should fail under {sabotage}: {metrics}"
+
+
+def _patch_everywhere(m: pytest.MonkeyPatch, module, attr: str, broken) -> None:
+    """Break `module.attr` wherever the package holds it: in its home module and in every module that imported
+    it by name (a sabotage of a function must reach its callers, whichever module they live in)."""
+    real = getattr(module, attr)
+    for loaded in list(sys.modules.values()):
+        if getattr(loaded, "__name__", "").startswith("dispsafe_nb") and getattr(loaded, attr, None) is real:
+            m.setattr(loaded, attr, broken)
+    m.setattr(module, attr, broken)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -103,7 +123,12 @@ def test_notebook_01_checks_catch_their_sabotages(llm, guard, monkeypatch):
         "tv_drops_last_outcome": (
             th,
             "tv_distance",
-            lambda p, q, validate=True: 0.5 * (th._t(p) - th._t(q))[..., :-1].abs().sum(-1),
+            lambda p, q, validate=True: (
+                0.5
+                * (torch.as_tensor(p, dtype=th.DTYPE) - torch.as_tensor(q, dtype=th.DTYPE))[..., :-1]
+                .abs()
+                .sum(-1)
+            ),
         ),
         "kl_swapped": (th, "kl_divergence", lambda p, q, validate=True: kl(q, p, validate)),
         "kl_halved": (th, "kl_divergence", lambda p, q, validate=True: 0.5 * kl(p, q, validate)),
@@ -119,7 +144,7 @@ def test_notebook_01_checks_catch_their_sabotages(llm, guard, monkeypatch):
     results = {"real": {**_theory_metrics(), **real_bound}}
     for name, (module, attr, broken) in sabotages.items():
         with monkeypatch.context() as m:
-            m.setattr(module, attr, broken)
+            _patch_everywhere(m, module, attr, broken)
             theory_part = _theory_metrics()
             bound_part = _real_bound_metrics(llm, guard) if module is empirical else real_bound
         results[name] = {**theory_part, **bound_part}
@@ -210,8 +235,8 @@ def _distill_metrics(llm, teacher, sabotage: str, monkeypatch) -> dict:
         if sabotage == "no_optimiser_step":
             m.setattr(torch.optim.Adam, "step", lambda self, closure=None: None)
         if sabotage == "flipped_loss_sign":
-            real = train_module.OBJECTIVES["tv"]
-            m.setitem(train_module.OBJECTIVES, "tv", lambda *a, **k: -real(*a, **k))
+            real = OBJECTIVES["tv"]
+            m.setitem(OBJECTIVES, "tv", lambda *a, **k: -real(*a, **k))
         soft, _ = distill(llm, train, cfg, progress=False)
     if sabotage == "student_is_initialisation":
         soft = initial_prompt(llm, cfg)
@@ -234,7 +259,7 @@ def _distill_metrics(llm, teacher, sabotage: str, monkeypatch) -> dict:
 def test_notebook_03_checks_catch_their_sabotages(llm, teacher, monkeypatch):
     names = ["real", *sorted(_sabotaged_for("03_distill"))]
     results = {name: _distill_metrics(llm, teacher, name, monkeypatch) for name in names}
-    assert train_module.OBJECTIVES["tv"].__name__ == "tv_disp_loss"  # the patches are gone
+    assert OBJECTIVES["tv"].__name__ == "tv_disp_loss"  # the patches are gone
     _assert_caught("03_distill", results)
 
 
@@ -244,7 +269,7 @@ def test_notebook_03_checks_catch_their_sabotages(llm, teacher, monkeypatch):
 
 
 def test_notebook_06_checks_catch_their_sabotages(llm, guard, judge_guard, teacher, tmp_path):
-    from dispsafe_nb.probe import ProbeDecoding, ProbeSession, fixed_prompts, probe
+    from dispsafe_nb.ui.prober import ProbeDecoding, ProbeSession, fixed_prompts, probe
 
     fixed = fixed_prompts(2, seed=0)  # notebook 06's smoke sizes
     greedy = ProbeDecoding(max_new_tokens=24)
@@ -283,8 +308,8 @@ def _unload_leftover_adapters(model) -> None:
 def _baselines_metrics(llm, teacher, sabotage: str, monkeypatch) -> dict:
     from peft.tuners.lora import LoraModel
 
-    from dispsafe_nb import baselines
     from dispsafe_nb.methods import lora as lora_module
+    from dispsafe_nb.study import baselines
 
     pairs = (["Name a primary colour."], ["Red."])
     before = baselines.base_fingerprint(llm, *pairs)
@@ -319,9 +344,9 @@ def test_notebook_04_checks_catch_their_sabotages(llm, teacher, monkeypatch):
 def _on_device_metrics(llm, sabotage: str, monkeypatch) -> dict:
     from transformers import DynamicCache
 
+    from dispsafe_nb.core.prefix_cache import PrefixCache
     from dispsafe_nb.costs import flops as flops_module
     from dispsafe_nb.costs import speed
-    from dispsafe_nb.prefix_cache import PrefixCache
 
     prefix = 0.02 * torch.randn(8, llm.hidden_size, generator=torch.Generator().manual_seed(0))
     prompts, responses = (
@@ -356,8 +381,8 @@ def test_notebook_07_checks_catch_their_sabotages(llm, monkeypatch):
 
 
 def _generalisation_metrics(llm, teacher, sabotage: str, monkeypatch) -> dict:
-    from dispsafe_nb import mixes
-    from dispsafe_nb.baselines import parameter_change
+    from dispsafe_nb.data import mixes
+    from dispsafe_nb.study.baselines import parameter_change
 
     with monkeypatch.context() as m:
         if sabotage == "mix_not_decontaminated":

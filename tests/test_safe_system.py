@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from dispsafe_nb.models import DecodingConfig
-from dispsafe_nb.safe_system import SafeSystem, TeacherCache, teacher_samples
+from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.system.dual_system import SafeSystem
+from dispsafe_nb.system.teacher_cache import TeacherCache, teacher_samples
 
 pytestmark = pytest.mark.slow
 
@@ -129,7 +130,7 @@ def test_teacher_alphas_are_the_guards_scores_of_exactly_the_sampled_answers(sys
 
 
 def test_deployed_alphas_keep_what_the_deployed_system_keeps():
-    from dispsafe_nb.safe_system import TeacherSample, deployed_alphas
+    from dispsafe_nb.system.teacher_cache import TeacherSample, deployed_alphas
 
     sample = TeacherSample(
         "p", ("a", "b", "c"), (0.49, 0.5, 0.97), "No.", ((1,), (2,), (3,)), (True, True, False)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dispsafe_nb.objectives import response_token_ids, sequence_logprobs
-from dispsafe_nb.shared_prompt import shared_prompt_logprobs
+from dispsafe_nb.core.scoring import response_token_ids, sequence_logprobs
+from dispsafe_nb.core.shared_prompt import shared_prompt_logprobs
 
 PROMPTS = ["Hello there", "a", "What is the capital of France? Tell me more about it, please."]
 YS = ["Hi! How can I help?", "b c d e f g h", "Paris."]
@@ -68,7 +68,10 @@ def test_bad_input(tiny):
 def test_the_trainer_s_two_scorings_give_the_same_eq4_terms_and_bf16_stays_close(tiny):
     from dataclasses import replace
 
-    from dispsafe_nb.train import DistillConfig, Example, make_method, sequence_terms
+    from dispsafe_nb.training.batch_loss import sequence_terms
+    from dispsafe_nb.training.config import DistillConfig
+    from dispsafe_nb.training.examples import Example
+    from dispsafe_nb.training.loop import make_method
 
     ys = response_token_ids(tiny, YS, None, False, 3)
     batch = [
@@ -89,7 +92,7 @@ def test_the_trainer_s_two_scorings_give_the_same_eq4_terms_and_bf16_stays_close
 
 
 def test_bad_scoring_and_autocast_names(tiny):
-    from dispsafe_nb.train import DistillConfig
+    from dispsafe_nb.training.config import DistillConfig
 
     with pytest.raises(ValueError, match="Unknown scoring 'shared'. Did you mean 'shared_prompt'"):
         DistillConfig(scoring="shared")

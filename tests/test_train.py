@@ -11,10 +11,14 @@ import torch
 from stand_ins import EOS
 
 from dispsafe_nb import data
+from dispsafe_nb.core.scoring import sequence_logprobs
 from dispsafe_nb.methods import init_soft_prompt
-from dispsafe_nb.objectives import sequence_logprobs, tv_disp_loss
-from dispsafe_nb.safe_system import TeacherSample, TeacherSampleError, sample_from_texts
-from dispsafe_nb.train import DistillConfig, _loss, distill, examples_from_samples, training_mix
+from dispsafe_nb.system.teacher_cache import TeacherSample, TeacherSampleError, sample_from_texts
+from dispsafe_nb.training.batch_loss import _loss
+from dispsafe_nb.training.config import DistillConfig
+from dispsafe_nb.training.examples import examples_from_samples, training_mix
+from dispsafe_nb.training.loop import distill
+from dispsafe_nb.training.objectives import tv_disp_loss
 
 REFUSAL = "I'm sorry, but I can't help with that request."
 TEXTS = [
@@ -50,7 +54,7 @@ def test_bad_config_is_rejected(kwargs, message):
 
 
 def test_learning_rate_schedules():
-    from dispsafe_nb.train import learning_rate
+    from dispsafe_nb.training.config import learning_rate
 
     linear = DistillConfig(lr=0.1, steps=4, lr_schedule="linear")
     assert [learning_rate(linear, s) for s in range(4)] == pytest.approx([0.1, 0.075, 0.05, 0.025])
@@ -70,7 +74,7 @@ def test_training_mix_uses_train_splits_of_trainable_sets_only():
 def test_default_training_mix_sees_every_source_and_phrasing_form():
     """Notebook 03's 128 prompts come from every source of the paper-scale mix, and its harmful requests are
     phrased in every bundled form (not only AdvBench's imperatives)."""
-    from dispsafe_nb.mixes import MIX_SOURCES
+    from dispsafe_nb.data.mixes import MIX_SOURCES
 
     records = training_mix()
     assert len(records) == 128 and len({r.text for r in records}) == 128
@@ -135,7 +139,7 @@ def _brute_force_logprob(llm, soft, prompt: str, ids: list[int]) -> float:
 
 def test_loss_scores_the_sampled_ids_a_truncated_sample_without_eos(tiny_llm):
     from dispsafe_nb.methods import SoftPrompt
-    from dispsafe_nb.train import Example
+    from dispsafe_nb.training.examples import Example
 
     torch.manual_seed(1)
     soft = SoftPrompt(0.1 * torch.randn(3, 16), model_name="tiny-stand-in")
@@ -168,7 +172,7 @@ def test_loss_scores_the_sampled_ids_a_truncated_sample_without_eos(tiny_llm):
 
 def test_per_token_weighting_counts_eos_only_where_it_is_scored(tiny_llm):
     from dispsafe_nb.methods import SoftPrompt
-    from dispsafe_nb.train import Example
+    from dispsafe_nb.training.examples import Example
 
     soft = SoftPrompt(0.1 * torch.randn(2, 16), model_name="tiny-stand-in")
     batch = [
@@ -200,7 +204,7 @@ def _tiny_samples():
 
 def test_gradient_accumulation_averages_the_micro_batch_gradients(tiny_llm):
     """One step with grad_accum=2 equals Adam's first step on the mean of the two micro-batches' gradients."""
-    from dispsafe_nb.train import _batch_indices
+    from dispsafe_nb.training.examples import _batch_indices
 
     samples = _tiny_samples()
     cfg = DistillConfig(n_tokens=2, steps=1, batch_size=2, grad_accum=2, lr=0.05)
@@ -226,7 +230,7 @@ def test_gradient_accumulation_averages_the_micro_batch_gradients(tiny_llm):
 def test_the_deployed_teacher_trains_on_thresholded_alphas(tiny_llm):
     """teacher_alpha='deployed' is exactly Eq. 4 on α thresholded at 0.5 (train and validation), and differs from
     the soft teacher."""
-    from dispsafe_nb.safe_system import deployed_alphas
+    from dispsafe_nb.system.teacher_cache import deployed_alphas
 
     samples = _tiny_samples()  # α 0.05, 0.95, 0.2 -> 0, 1, 0
     cfg = DistillConfig(
@@ -247,7 +251,7 @@ def test_the_deployed_teacher_trains_on_thresholded_alphas(tiny_llm):
 
 def test_validation_gap_is_the_loss_and_the_refusal_mass_gap(tiny_llm):
     from dispsafe_nb.methods import SoftPrompt
-    from dispsafe_nb.train import validation_gap
+    from dispsafe_nb.training.batch_loss import validation_gap
 
     torch.manual_seed(2)
     soft = SoftPrompt(0.1 * torch.randn(2, 16), model_name="tiny-stand-in")
@@ -270,7 +274,7 @@ def test_validation_is_recorded_at_step_zero_as_the_reference(tiny_llm):
     _, history = distill(tiny_llm, samples, cfg, val_samples=samples[:2], progress=False)
     assert history.val_step == [0, 2, 4]
     start = init_soft_prompt(tiny_llm, cfg.n_tokens, cfg.init, cfg.init_text, cfg.seed)
-    from dispsafe_nb.train import validation_gap
+    from dispsafe_nb.training.batch_loss import validation_gap
 
     assert history.val_loss[0] == pytest.approx(
         validation_gap(tiny_llm, start, samples[:2], cfg)[0], rel=1e-6
@@ -279,7 +283,11 @@ def test_validation_is_recorded_at_step_zero_as_the_reference(tiny_llm):
 
 def test_diagnostics_loss_and_clip_counts_agree_with_the_training_code(tiny_llm):
     from dispsafe_nb import theory as th
-    from dispsafe_nb.diagnostics import clip_fractions_by_kind, full_data_loss, teacher_alpha_auroc
+    from dispsafe_nb.evaluation.student_diagnostics import (
+        clip_fractions_by_kind,
+        full_data_loss,
+        teacher_alpha_auroc,
+    )
 
     samples = _tiny_samples()
     cfg = DistillConfig(n_tokens=2)
@@ -318,8 +326,8 @@ class _NoEffect:
 
 
 def test_fidelity_kl_is_zero_for_a_method_without_effect_and_positive_for_a_soft_prompt(tiny_llm):
+    from dispsafe_nb.core.scoring import fidelity_kl
     from dispsafe_nb.methods import SoftPrompt
-    from dispsafe_nb.objectives import fidelity_kl
 
     prompts, answers = ["Say hi", "Tell me a joke"], ["hi there", "Why did"]
     none = fidelity_kl(tiny_llm, prompts, answers, _NoEffect())
@@ -356,8 +364,9 @@ def test_truncated_samples_are_scored_without_eos(llm):
 
 @pytest.mark.slow
 def test_teacher_samples_keep_the_sampled_ids_and_finish_flags(llm, guard, tmp_path):
-    from dispsafe_nb.models import DecodingConfig
-    from dispsafe_nb.safe_system import SafeSystem, teacher_samples
+    from dispsafe_nb.core.decoding import DecodingConfig
+    from dispsafe_nb.system.dual_system import SafeSystem
+    from dispsafe_nb.system.teacher_cache import teacher_samples
 
     system = SafeSystem(llm, guard)
     decoding = DecodingConfig(max_new_tokens=6, temperature=0.7, top_p=0.95, seed=0)
@@ -436,10 +445,11 @@ def test_tv_distillation_makes_the_model_refuse_harmful_training_prompts(llm, gu
     """Generated answers, not log-probs: after a short TV-DiSP run (Eq. 4) on the real teacher (model + guard), the
     student refuses more harmful training prompts than its *initial* soft prompt did -- which already asks for
     refusals in words, so the gain is the training's (greedy, JailbreakBench's strings + y_r)."""
-    from dispsafe_nb.judges import judge_for_kind
+    from dispsafe_nb.core.decoding import DecodingConfig
+    from dispsafe_nb.evaluation.judges import judge_for_kind
     from dispsafe_nb.methods import init_soft_prompt
-    from dispsafe_nb.models import DecodingConfig
-    from dispsafe_nb.safe_system import SafeSystem, teacher_samples
+    from dispsafe_nb.system.dual_system import SafeSystem
+    from dispsafe_nb.system.teacher_cache import teacher_samples
 
     system = SafeSystem(llm, guard)
     harmful = [r.text for r in data.training_prompts(["advbench"], limit_per_set=8, seed=0)]
@@ -467,7 +477,7 @@ def test_tv_distillation_makes_the_model_refuse_harmful_training_prompts(llm, gu
 def test_length_bucketing_regroups_a_step_without_changing_its_update(tiny_llm):
     """bucketing='length' sorts the step's draws into micro-batches of similar length; the update is the same
     mean gradient as the micro-batches as drawn."""
-    from dispsafe_nb.train import example_tokens, micro_batches
+    from dispsafe_nb.training.examples import example_tokens, micro_batches
 
     samples = _tiny_samples() + [
         TeacherSample("Say a long thing", ("x",), (0.9,), "No.", ((12, 13, 14, 15, 16, 17),), (True,))

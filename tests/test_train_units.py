@@ -13,17 +13,11 @@ import stand_ins
 import torch
 from stand_ins import EOS
 
-from dispsafe_nb.objectives import kl_disp_loss, tv_disp_loss
-from dispsafe_nb.safe_system import TeacherSample, TeacherSampleError
-from dispsafe_nb.train import (
-    BatchLoss,
-    DistillConfig,
-    Example,
-    _batch_indices,
-    _loss,
-    examples_from_samples,
-    learning_rate,
-)
+from dispsafe_nb.system.teacher_cache import TeacherSample, TeacherSampleError
+from dispsafe_nb.training.batch_loss import BatchLoss, _loss
+from dispsafe_nb.training.config import DistillConfig, learning_rate
+from dispsafe_nb.training.examples import Example, _batch_indices, examples_from_samples
+from dispsafe_nb.training.objectives import kl_disp_loss, tv_disp_loss
 
 F64 = torch.float64
 
@@ -100,7 +94,7 @@ def _reference_batch(n: int, seed: int, step: int, micro: int, batch_size: int) 
 
 
 def test_epoch_sampling_visits_every_example_once_per_epoch():
-    from dispsafe_nb.train import steps_per_epoch
+    from dispsafe_nb.training.examples import steps_per_epoch
 
     cfg = DistillConfig(seed=2, batch_size=3, grad_accum=2, sampling="epoch")
     n = 10

@@ -1,4 +1,4 @@
-"""Tests for ``dispsafe_nb.verifiable``: every check type passes and fails where it should."""
+"""Tests for ``dispsafe_nb.evaluation.verifiable_instructions``: every check type passes and fails where it should."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dispsafe_nb.verifiable import (
+from dispsafe_nb.evaluation.verifiable_instructions import (
     CHECKS,
     PARAMS,
     check_response,

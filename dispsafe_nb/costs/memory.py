@@ -37,7 +37,7 @@ def llm_weight_bytes(llm: Any) -> int:
     """The LLM's weights in bytes as a device would hold them: for an embedded GGUF model, the sizes of the tensors
     in its file (at their quantised types); otherwise the parameters at their in-memory dtypes (for an nf4 model,
     bitsandbytes' packed 4-bit storage)."""
-    from dispsafe_nb.models import EMBEDDED_MODELS, embedded_model_folder
+    from dispsafe_nb.core.loading import EMBEDDED_MODELS, embedded_model_folder
 
     if getattr(llm, "name", None) in EMBEDDED_MODELS:
         import gguf

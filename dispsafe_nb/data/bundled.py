@@ -6,11 +6,11 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from dispsafe_nb.common.paths import REPO_ROOT
 from dispsafe_nb.data.errors import DataFormatError, _unknown_name_error, _warn
 from dispsafe_nb.data.files import _build, _read_jsonl
 from dispsafe_nb.data.public import _PLACEHOLDER
 from dispsafe_nb.data.records import PromptRecord, _check_split, assign_split
-from dispsafe_nb.paths import REPO_ROOT
 
 DEFAULT_BUNDLED_DIR = REPO_ROOT / "data" / "bundled"
 

@@ -11,10 +11,10 @@ from typing import Any
 
 from dispsafe_nb.data.bundled import bundled_dir
 from dispsafe_nb.data.errors import DatasetNotAvailableError, _warn
+from dispsafe_nb.data.near_duplicates import NEAR_DUPLICATE_THRESHOLD, NearDuplicateIndex
 from dispsafe_nb.data.records import SPLIT_VERSION, PromptRecord, normalize_text
 from dispsafe_nb.data.registry import _VIEWS, DATASETS, EVAL_ONLY, TRAINABLE, load_dataset
 from dispsafe_nb.data.remote import REMOTE_FILES, cache_dir, mirror_dir
-from dispsafe_nb.near_duplicates import NEAR_DUPLICATE_THRESHOLD, NearDuplicateIndex
 
 logger = logging.getLogger(__name__)
 

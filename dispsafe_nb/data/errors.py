@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable
 
-from dispsafe_nb.names import unknown_name_message
+from dispsafe_nb.common.names import unknown_name_message
 
 
 class DataWarning(UserWarning):

@@ -12,8 +12,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from dispsafe_nb.common.paths import REPO_ROOT, cache_root
 from dispsafe_nb.data.errors import ChecksumError, DatasetNotAvailableError, _unknown_name_error, _warn
-from dispsafe_nb.paths import REPO_ROOT, cache_root
 
 DOWNLOAD_TIMEOUT_S = 30.0
 

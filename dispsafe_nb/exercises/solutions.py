@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dispsafe_nb.judges import XSTEST_REFUSAL_PREFIXES
+from dispsafe_nb.evaluation.judges import XSTEST_REFUSAL_PREFIXES
 
 
 def tv_and_event(p: np.ndarray, q: np.ndarray) -> tuple[float, np.ndarray]:
@@ -60,7 +60,7 @@ def dual_system_distribution(base: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 def xstest_refusal_rate(responses: Sequence[str]) -> float:
     """The share of responses XSTest's string rule counts as refusals: lower-cased and stripped, it starts with
-    one of `XSTEST_REFUSAL_PREFIXES` (`dispsafe_nb.judges`)."""
+    one of `XSTEST_REFUSAL_PREFIXES` (`dispsafe_nb.evaluation.judges`)."""
     if not responses:
         raise ValueError("no responses")
     return sum(r.lower().strip().startswith(XSTEST_REFUSAL_PREFIXES) for r in responses) / len(responses)
@@ -110,6 +110,6 @@ def decode_flops_per_token(arch: Any, context: int) -> int:
 def share_out(need: int, sizes: dict[str, int]) -> dict[str, int]:
     """`need` prompts taken from sources of the given sizes as evenly as they allow: equal shares, each source up
     to its size, what a small source cannot give taken from the others (max-min fair)."""
-    from dispsafe_nb.mixes import _water_fill
+    from dispsafe_nb.data.mixes import _water_fill
 
     return _water_fill(need, sizes)

@@ -16,7 +16,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dispsafe_nb.artifacts import CONFIG_FILE, ArtifactError
+from dispsafe_nb.common.artifacts import CONFIG_FILE, ArtifactError
+from dispsafe_nb.common.names import unknown_name_message
+from dispsafe_nb.core.llm import LLM
 from dispsafe_nb.methods.base import Method, MethodSystem
 from dispsafe_nb.methods.lora import (
     DEFAULT_TARGETS,
@@ -41,8 +43,6 @@ from dispsafe_nb.methods.steering import (
     SteeringVector,
     init_steering,
 )
-from dispsafe_nb.models import LLM
-from dispsafe_nb.names import unknown_name_message
 
 __all__ = [
     "DEFAULT_INIT_TEXT",

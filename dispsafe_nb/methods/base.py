@@ -23,9 +23,11 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from dispsafe_nb.artifacts import ArtifactError, load_artifact, save_artifact
+from dispsafe_nb.common.artifacts import ArtifactError, load_artifact, save_artifact
+from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.core.llm import LLM, generate_with_prefix, prepend_prefix
+from dispsafe_nb.core.model_parts import decoder_layers
 from dispsafe_nb.data import SPLIT_VERSION
-from dispsafe_nb.models import LLM, DecodingConfig, decoder_layers, generate_with_prefix, prepend_prefix
 
 # Fields every method's describe() carries; the loader checks them against the model.
 IDENTITY_FIELDS = ("method", "model_name", "hidden_size", "n_parameters")

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from dispsafe_nb.artifacts import ArtifactError
+from dispsafe_nb.common.artifacts import ArtifactError
+from dispsafe_nb.core.llm import LLM
 from dispsafe_nb.methods.base import Method, layer_count
-from dispsafe_nb.models import LLM
 
 LORA_KIND = "lora"
 DEFAULT_TARGETS = ("q_proj", "v_proj")

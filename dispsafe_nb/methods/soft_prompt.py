@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from dispsafe_nb.artifacts import ArtifactError
+from dispsafe_nb.common.artifacts import ArtifactError
+from dispsafe_nb.core.llm import LLM
 from dispsafe_nb.methods.base import Method, MethodSystem
-from dispsafe_nb.models import LLM
 
 SOFT_PROMPT_KIND = "soft_prompt"
 DEFAULT_N_TOKENS = 100

@@ -4,7 +4,7 @@
 every position (prompt and generated tokens alike, as activation addition does) and removes it on exit.
 Trained with the distillation loss (TV-DiSV, ``origin="trained"``, starting from 0 = the base model), or fitted
 without training as the difference-in-means refusal direction (``origin="diff_in_means"``: see
-`dispsafe_nb.refusal_direction`).
+`dispsafe_nb.methods.refusal_direction`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from dispsafe_nb.artifacts import ArtifactError
+from dispsafe_nb.common.artifacts import ArtifactError
+from dispsafe_nb.core.llm import LLM
+from dispsafe_nb.core.model_parts import decoder_layers
 from dispsafe_nb.methods.base import Method, layer_count
-from dispsafe_nb.models import LLM, decoder_layers
 
 STEERING_KIND = "steering_vector"
 ORIGINS = ("trained", "diff_in_means")

@@ -1,8 +1,9 @@
 """Plotly figures for the notebooks. Every function returns a ``plotly.graph_objects.Figure`` with a title,
-axis labels and hover text; saving and showing is the notebook's job (``dispsafe_nb.notebook.save_figure``).
+axis labels and hover text; saving and showing is the notebook's job (``dispsafe_nb.notebooks.outputs.save_figure``).
 
 One module per group of notebooks, so that several people can add figures at once: `theory` (01), `evaluation`
-(02-03), `baselines` (04), `probe` (06), `costs` (07), `generalisation` (08); `common` holds the shared colours. Everything is importable from here.
+(02-03), `baselines` (04), `over_refusal` (06), `costs` (07), `generalisation` and `harm_probe` (08); `common` holds the
+shared colours. Everything is importable from here.
 """
 
 from dispsafe_nb.plots.baselines import tradeoff_scatter
@@ -21,13 +22,9 @@ from dispsafe_nb.plots.evaluation import (
     category_bars,
     training_curves,
 )
-from dispsafe_nb.plots.generalisation import (
-    data_size_curve,
-    family_bars,
-    probe_layers_figure,
-    ratio_by_set_bars,
-)
-from dispsafe_nb.plots.probe import over_refusal_by_type_figure, refusal_probability_figure
+from dispsafe_nb.plots.generalisation import data_size_curve, family_bars, ratio_by_set_bars
+from dispsafe_nb.plots.harm_probe import probe_layers_figure
+from dispsafe_nb.plots.over_refusal import over_refusal_by_type_figure, refusal_probability_figure
 from dispsafe_nb.plots.theory import (
     bound_check_scatter,
     disp_loss_surface_figure,

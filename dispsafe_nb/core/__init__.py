@@ -1,0 +1,12 @@
+"""Load an LLM and talk to it: the base system every other layer builds on.
+
+loading        load_llm(): the embedded 4-bit GGUF default, Hugging Face ids or folders, nf4 through bitsandbytes
+llm            the `LLM` (model + tokenizer + chat format); batched, left-padded generation after an
+               optional prefix of input embeddings (a soft prompt)
+decoding       `DecodingConfig` and reproducible, per-row seeded sampling
+model_parts    the decoder layers, the backbone and the head of a causal LM
+fast_decoding  the decoding loop over a KV cache (greedy and per-row seeded sampling; a bf16 twin)
+prefix_cache   a prefix's keys and values computed once and read by every request
+scoring        log-probabilities of given token ids (whole sequences, per token, next token)
+shared_prompt  the fast trainer's scorer: y and y_r continue one pass over prefix + chat prompt
+"""

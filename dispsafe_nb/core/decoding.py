@@ -1,0 +1,84 @@
+"""How to decode (`DecodingConfig`) and reproducible sampling: per-row seeds and the sampler's log-probs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+GENERATION_ENGINES = ("fast", "fast_bf16", "hf")
+
+
+@dataclass(frozen=True)
+class DecodingConfig:
+    """How to decode. temperature 0 means greedy; the seed makes sampling reproducible."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def samples_per_prompt(answers: list[str] | list[list[str]], num_samples: int) -> list[list[str]]:
+    """`generate()` output as one list of samples per prompt (it returns flat strings when num_samples == 1)."""
+    return [[a] for a in answers] if num_samples == 1 else answers
+
+
+def row_seed(prompt: str, seed: int, sample: int) -> int:
+    """The seed of one (prompt, sample index) row: stable across runs, batches and machines."""
+    import hashlib
+
+    return int(hashlib.sha256(f"{seed}:{sample}:{prompt}".encode()).hexdigest()[:12], 16)
+
+
+def sampling_log_probs(
+    logits: torch.Tensor, temperature: float = 1.0, top_p: float = 1.0, keep: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Log-probabilities of the distribution a sampler draws from: softmax(logits / temperature), cut to the
+    nucleus (the smallest set of most likely tokens whose mass reaches `top_p`) and renormalised; tokens outside
+    it get -inf. `keep` (one token id per row, optional) is never cut: a token that was sampled must stay in the
+    support even when recomputed logits put it a rounding error outside the nucleus."""
+    if temperature <= 0:
+        raise ValueError(f"sampling needs a temperature > 0, not {temperature}")
+    log_probs = torch.log_softmax(logits / temperature, dim=-1)
+    if top_p >= 1.0:
+        return log_probs
+    sorted_lp, order = log_probs.sort(dim=-1, descending=True)
+    sorted_p = sorted_lp.exp()
+    outside_sorted = sorted_p.cumsum(-1) - sorted_p > top_p  # the mass before a token already reaches top_p
+    outside = torch.zeros_like(outside_sorted).scatter(-1, order, outside_sorted)
+    if keep is not None:
+        outside[torch.arange(len(keep), device=logits.device), keep] = False
+    return torch.log_softmax(log_probs.masked_fill(outside, float("-inf")), dim=-1)
+
+
+class RowSeededSampler:
+    """A logits processor that samples every row from its own `torch.Generator` (temperature, nucleus top-p)
+    and returns logits that allow only the sampled token."""
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float = 1.0):
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.temperature, self.top_p = temperature, top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if scores.shape[0] != len(self.generators):
+            raise ValueError(f"{scores.shape[0]} rows but {len(self.generators)} row seeds")
+        probs = torch.softmax(scores.float().cpu() / self.temperature, dim=-1)
+        if self.top_p < 1.0:  # the same nucleus as `sampling_log_probs` (a test keeps the two equal)
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            outside = sorted_p.cumsum(-1) - sorted_p > self.top_p  # keep the smallest set reaching top_p
+            sorted_p[outside] = 0.0
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        chosen = [int(torch.multinomial(probs[i], 1, generator=g)) for i, g in enumerate(self.generators)]
+        out = torch.full_like(scores, float("-inf"))
+        out[torch.arange(len(chosen)), torch.tensor(chosen)] = 0.0
+        return out

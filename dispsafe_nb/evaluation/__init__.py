@@ -1,0 +1,14 @@
+"""Evaluate any system on named sets, and look inside what it learnt.
+
+benchmarks               the named evaluation sets
+harness                  evaluate(): any system on named sets, greedy or sampled; both dual-system forms; SGS,
+                         over-refusal, compliance, instruction accuracy
+records                  `EvalRecord`s as JSON lines and tables, metrics per system, judge agreement
+judges                   each set's refusal rule, the guard judge, the bundled judge check set
+verifiable_instructions  programmatic checks of the bundled verifiable instructions (IFEval-style)
+record_cache             evaluation records cached under a key naming all they depend on
+generalisation           a student against the dual system off-distribution: paired ratios, intervals, targets
+linear_harm_probe        does the frozen model separate what the teacher refuses? per-layer linear probes
+tv_bound_estimate        Theorem 3.1 on the real model: Monte-Carlo TV against the safety and refusal gaps
+student_diagnostics      did training work? each student against its initial soft prompt
+"""
