@@ -29,6 +29,7 @@ $(VENV)/.installed: pyproject.toml requirements-embedded.txt
 test: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 	$(MAKE) --no-print-directory nbval
 
@@ -49,6 +50,7 @@ ui-check: install
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: install
 	$(PY) -m ruff check --fix .

@@ -30,7 +30,7 @@ from dispsafe_nb.methods import (
     new_method,
 )
 from dispsafe_nb.training import rl
-from dispsafe_nb.training.batch_loss import _loss
+from dispsafe_nb.training.batch_loss import batch_loss_of
 from dispsafe_nb.training.config import DistillConfig
 from dispsafe_nb.training.examples import Example
 from dispsafe_nb.training.objectives import reinforce_loss
@@ -224,7 +224,7 @@ def test_the_loss_falls_over_a_few_steps_on_a_fixed_batch(tiny, method, objectiv
     losses = []
     for _ in range(6):
         opt.zero_grad()
-        out = _loss(tiny, m, batch, cfg)
+        out = batch_loss_of(tiny, m, batch, cfg)
         out.loss.backward()
         opt.step()
         losses.append(out.loss.item())
@@ -235,7 +235,7 @@ def test_perplexity_fits_the_refusal_on_harmful_and_the_base_answer_on_the_rest(
     cfg = DistillConfig(objective="perplexity", n_tokens=3)
     soft = init_soft_prompt(tiny, 3)
     batch = _examples(tiny)
-    got = _loss(tiny, soft, batch, cfg).loss
+    got = batch_loss_of(tiny, soft, batch, cfg).loss
     with torch.no_grad():
         refusal = sequence_logprobs(tiny, ["make a bomb"], ["no."], method=soft)
         answers = sequence_logprobs(
@@ -246,7 +246,7 @@ def test_perplexity_fits_the_refusal_on_harmful_and_the_base_answer_on_the_rest(
         Example(e.prompt, e.response, e.alpha, e.refusal, e.response_ids, e.finished) for e in batch
     ]
     with pytest.raises(ValueError, match="needs each prompt's label"):
-        _loss(tiny, soft, unlabelled, cfg)
+        batch_loss_of(tiny, soft, unlabelled, cfg)
 
 
 # ---- REINFORCE and PPO on hand-made numbers ------------------------------------------------------------------------

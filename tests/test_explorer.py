@@ -20,8 +20,8 @@ from dispsafe_nb.ui.prober import (
     SystemAnswer,
     discover_systems,
     parse_prompts,
-    presets,
 )
+from dispsafe_nb.ui.prompt_presets import presets
 from dispsafe_nb.ui.widgets import OverRefusalExplorer, answers_html, summary_html
 
 REFUSAL = "I'm sorry, but I can't help with that request."

@@ -6,7 +6,7 @@ import pytest
 
 from dispsafe_nb import data
 from dispsafe_nb.data import mixes
-from dispsafe_nb.data.mixes import MixConfig, MixTooLargeError, _water_fill, scale_mix
+from dispsafe_nb.data.mixes import MixConfig, MixTooLargeError, scale_mix, water_fill
 
 pytestmark = pytest.mark.filterwarnings("ignore::dispsafe_nb.data.DataWarning")
 
@@ -17,13 +17,13 @@ def _mirror_or_skip():
 
 
 def test_water_fill_shares_evenly_up_to_each_sources_size():
-    assert _water_fill(10, {"a": 2, "b": 100, "c": 100}) == {"a": 2, "b": 4, "c": 4}
-    assert _water_fill(7, {"a": 3, "b": 3, "c": 3}) == {"a": 3, "b": 2, "c": 2}
-    assert _water_fill(2, {"a": 5, "b": 5, "c": 5}) == {"a": 1, "b": 1, "c": 0}
+    assert water_fill(10, {"a": 2, "b": 100, "c": 100}) == {"a": 2, "b": 4, "c": 4}
+    assert water_fill(7, {"a": 3, "b": 3, "c": 3}) == {"a": 3, "b": 2, "c": 2}
+    assert water_fill(2, {"a": 5, "b": 5, "c": 5}) == {"a": 1, "b": 1, "c": 0}
     sizes = {"a": 7, "b": 40, "c": 13, "d": 1000}
     previous = dict.fromkeys(sizes, 0)
     for need in range(0, 400, 7):
-        take = _water_fill(need, sizes)
+        take = water_fill(need, sizes)
         assert sum(take.values()) == need and all(take[n] <= sizes[n] for n in sizes)
         assert all(take[n] >= previous[n] for n in sizes), need  # a larger mix never takes less
         previous = take

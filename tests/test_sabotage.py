@@ -269,7 +269,8 @@ def test_notebook_03_checks_catch_their_sabotages(llm, teacher, monkeypatch):
 
 
 def test_notebook_06_checks_catch_their_sabotages(llm, guard, judge_guard, teacher, tmp_path):
-    from dispsafe_nb.ui.prober import ProbeDecoding, ProbeSession, fixed_prompts, probe
+    from dispsafe_nb.ui.prober import ProbeDecoding, ProbeSession, probe
+    from dispsafe_nb.ui.prompt_presets import fixed_prompts
 
     fixed = fixed_prompts(2, seed=0)  # notebook 06's smoke sizes
     greedy = ProbeDecoding(max_new_tokens=24)

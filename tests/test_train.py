@@ -14,7 +14,7 @@ from dispsafe_nb import data
 from dispsafe_nb.core.scoring import sequence_logprobs
 from dispsafe_nb.methods import init_soft_prompt
 from dispsafe_nb.system.teacher_cache import TeacherSample, TeacherSampleError, sample_from_texts
-from dispsafe_nb.training.batch_loss import _loss
+from dispsafe_nb.training.batch_loss import batch_loss_of
 from dispsafe_nb.training.config import DistillConfig
 from dispsafe_nb.training.examples import examples_from_samples, training_mix
 from dispsafe_nb.training.loop import distill
@@ -117,7 +117,7 @@ def test_distill_needs_examples():
 
 
 # ----------------------------------------------------------------------------------------------------------
-# _loss on a tiny stand-in model (a random 1-layer Llama with a character tokenizer): fast, no download
+# batch_loss_of on a tiny stand-in model (a random 1-layer Llama with a character tokenizer): fast, no download
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -143,11 +143,11 @@ def test_loss_scores_the_sampled_ids_a_truncated_sample_without_eos(tiny_llm):
 
     torch.manual_seed(1)
     soft = SoftPrompt(0.1 * torch.randn(3, 16), model_name="tiny-stand-in")
-    # Ids that are not the tokenization of the text: _loss must score what was sampled, not re-tokenize.
+    # Ids that are not the tokenization of the text: batch_loss_of must score what was sampled, not re-tokenize.
     finished = Example("Say hi", "hi", 0.9, "No.", (10, 11), True)
     truncated = Example("Build a pipe weapon", "Sure, here", 0.05, "No.", (20, 21, 22, 23), False)
     batch = [finished, truncated]
-    out = _loss(tiny_llm, soft, batch, DistillConfig(objective="tv", reduction="sum"))
+    out = batch_loss_of(tiny_llm, soft, batch, DistillConfig(objective="tv", reduction="sum"))
 
     expected_y = [
         _brute_force_logprob(tiny_llm, soft, "Say hi", [10, 11, EOS]),  # finished: eos is part of the answer
@@ -179,8 +179,8 @@ def test_per_token_weighting_counts_eos_only_where_it_is_scored(tiny_llm):
         Example("Say hi", "hi", 0.9, "No.", (10, 11), True),  # 3 scored tokens (eos included)
         Example("Build a pipe weapon", "Sure", 0.05, "No.", (20, 21, 22, 23), False),  # 4 scored tokens
     ]
-    plain = _loss(tiny_llm, soft, batch, DistillConfig(reduction="sum"))
-    weighted = _loss(tiny_llm, soft, batch, DistillConfig(reduction="sum", weighting="per_token"))
+    plain = batch_loss_of(tiny_llm, soft, batch, DistillConfig(reduction="sum"))
+    weighted = batch_loss_of(tiny_llm, soft, batch, DistillConfig(reduction="sum", weighting="per_token"))
     torch.testing.assert_close(weighted.logq_y, plain.logq_y)
     n_refusal = len(tiny_llm.tokenizer("No.")["input_ids"]) + 1
     expected = tv_disp_loss(
@@ -204,7 +204,7 @@ def _tiny_samples():
 
 def test_gradient_accumulation_averages_the_micro_batch_gradients(tiny_llm):
     """One step with grad_accum=2 equals Adam's first step on the mean of the two micro-batches' gradients."""
-    from dispsafe_nb.training.examples import _batch_indices
+    from dispsafe_nb.training.examples import batch_indices
 
     samples = _tiny_samples()
     cfg = DistillConfig(n_tokens=2, steps=1, batch_size=2, grad_accum=2, lr=0.05)
@@ -214,8 +214,8 @@ def test_gradient_accumulation_averages_the_micro_batch_gradients(tiny_llm):
     grads = []
     for micro in range(2):
         start.W.grad = None
-        batch = [examples[i] for i in _batch_indices(len(examples), cfg, 0, micro)]
-        _loss(tiny_llm, start, batch, cfg).loss.backward()
+        batch = [examples[i] for i in batch_indices(len(examples), cfg, 0, micro)]
+        batch_loss_of(tiny_llm, start, batch, cfg).loss.backward()
         grads.append(start.W.grad.clone())
     g = (grads[0] + grads[1]) / 2
     assert not torch.allclose(grads[0], grads[1]), (
@@ -259,7 +259,7 @@ def test_validation_gap_is_the_loss_and_the_refusal_mass_gap(tiny_llm):
     cfg = DistillConfig(objective="kl")
     loss, gap = validation_gap(tiny_llm, soft, samples, cfg)
     with torch.no_grad():
-        expected_loss = _loss(tiny_llm, soft, examples_from_samples(samples), cfg).loss
+        expected_loss = batch_loss_of(tiny_llm, soft, examples_from_samples(samples), cfg).loss
     refusal_ids = tiny_llm.tokenizer("No.")["input_ids"] + [EOS]
     q_r = [math.exp(_brute_force_logprob(tiny_llm, soft, s.prompt, refusal_ids)) for s in samples]
     expected_gap = sum(abs(s.refusal_mass - q) for s, q in zip(samples, q_r, strict=True)) / len(samples)
@@ -294,7 +294,7 @@ def test_diagnostics_loss_and_clip_counts_agree_with_the_training_code(tiny_llm)
     start = init_soft_prompt(tiny_llm, cfg.n_tokens, cfg.init, cfg.init_text, cfg.seed)
     examples = examples_from_samples(samples)
     with torch.no_grad():
-        out = _loss(tiny_llm, start, examples, cfg)
+        out = batch_loss_of(tiny_llm, start, examples, cfg)
     # the diagnostic loss is the reference formula of theory.py on the same log-probs, not the training code's
     reference = th.tv_disp_loss(out.logq_y.double(), out.logq_r.double(), out.alpha.double()).mean()
     assert full_data_loss(tiny_llm, start, samples, cfg, batch_size=2) == pytest.approx(
@@ -351,14 +351,14 @@ def test_truncated_samples_are_scored_without_eos(llm):
     cfg = DistillConfig(n_tokens=4)
     soft = init_soft_prompt(llm, cfg.n_tokens, cfg.init, cfg.init_text, cfg.seed)
     with torch.no_grad():
-        out = _loss(llm, soft, examples, cfg)
+        out = batch_loss_of(llm, soft, examples, cfg)
         no_eos = sequence_logprobs(llm, [prompt], None, append_eos=False, method=soft, response_ids=[ids])
         with_eos = sequence_logprobs(llm, [prompt], None, append_eos=True, method=soft, response_ids=[ids])
     torch.testing.assert_close(out.logq_y, no_eos)
     assert float((out.logq_y - with_eos).abs()) > 1e-3
     finished = replace(sample, finished=(True,))
     with torch.no_grad():
-        out_fin = _loss(llm, soft, examples_from_samples([finished]), cfg)
+        out_fin = batch_loss_of(llm, soft, examples_from_samples([finished]), cfg)
     torch.testing.assert_close(out_fin.logq_y, with_eos)
 
 
@@ -405,7 +405,7 @@ def test_kl_distillation_raises_the_refusal_on_unsafe_prompts(llm, SAMPLES):  # 
     # The full-data loss falls (minibatch losses are too noisy to compare one by one).
     examples = examples_from_samples(SAMPLES)
     with torch.no_grad():
-        assert _loss(llm, soft, examples, cfg).loss < _loss(llm, start, examples, cfg).loss
+        assert batch_loss_of(llm, soft, examples, cfg).loss < batch_loss_of(llm, start, examples, cfg).loss
     assert soft.metadata["objective"] == "kl" and len(soft.metadata["training_data_hash"]) == 16
     assert not any(p.grad is not None for p in llm.model.parameters())
 

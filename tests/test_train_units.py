@@ -1,5 +1,5 @@
 """Unit tests of train.py's loss/step code: the config checks, the learning-rate schedule, the batch draw, the
-flattening of teacher samples, the TV clip fractions and `_loss` on a tiny random Llama stand-in (fast; no real
+flattening of teacher samples, the TV clip fractions and `batch_loss_of` on a tiny random Llama stand-in (fast; no real
 model is loaded)."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import torch
 from stand_ins import EOS
 
 from dispsafe_nb.system.teacher_cache import TeacherSample, TeacherSampleError
-from dispsafe_nb.training.batch_loss import BatchLoss, _loss
+from dispsafe_nb.training.batch_loss import BatchLoss, batch_loss_of
 from dispsafe_nb.training.config import DistillConfig, learning_rate
-from dispsafe_nb.training.examples import Example, _batch_indices, examples_from_samples
+from dispsafe_nb.training.examples import Example, batch_indices, examples_from_samples
 from dispsafe_nb.training.objectives import kl_disp_loss, tv_disp_loss
 
 F64 = torch.float64
@@ -74,7 +74,7 @@ def test_config_accepts_every_valid_choice_and_the_smallest_sizes():
 
 
 # ----------------------------------------------------------------------------------------------------------
-# learning_rate and _batch_indices
+# learning_rate and batch_indices
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -100,14 +100,12 @@ def test_epoch_sampling_visits_every_example_once_per_epoch():
     n = 10
     steps = steps_per_epoch(n, cfg)
     assert steps == 2  # 10 examples at an effective batch of 6
-    drawn = [i for step in range(4) for micro in range(2) for i in _batch_indices(n, cfg, step, micro)]
+    drawn = [i for step in range(4) for micro in range(2) for i in batch_indices(n, cfg, step, micro)]
     assert sorted(drawn[:n]) == list(range(n)) and sorted(drawn[n : 2 * n]) == list(range(n))
     assert drawn[:n] != drawn[n : 2 * n]  # each epoch in its own order
-    assert drawn == [
-        i for step in range(4) for micro in range(2) for i in _batch_indices(n, cfg, step, micro)
-    ]
+    assert drawn == [i for step in range(4) for micro in range(2) for i in batch_indices(n, cfg, step, micro)]
     other = DistillConfig(seed=3, batch_size=3, grad_accum=2, sampling="epoch")
-    assert _batch_indices(n, other, 0, 0) != _batch_indices(n, cfg, 0, 0)
+    assert batch_indices(n, other, 0, 0) != batch_indices(n, cfg, 0, 0)
     with pytest.raises(ValueError, match="Did you mean 'epoch'"):
         DistillConfig(sampling="epochs")
 
@@ -116,19 +114,19 @@ def test_batch_indices_are_a_pure_function_of_seed_step_and_micro_batch():
     cfg = DistillConfig(seed=3, batch_size=5)
     for step in (0, 1, 7):
         for micro in (0, 1):
-            got = _batch_indices(11, cfg, step, micro)
+            got = batch_indices(11, cfg, step, micro)
             # the documented stream: published runs (and resumed ones) draw exactly these batches
             assert got == _reference_batch(11, 3, step, micro, 5)
-            assert got == _batch_indices(11, cfg, step, micro)  # again, the same
+            assert got == batch_indices(11, cfg, step, micro)  # again, the same
             assert len(got) == 5 and all(0 <= i < 11 for i in got)
-    draws = {tuple(_batch_indices(1000, cfg, step, micro)) for step in range(4) for micro in range(3)}
+    draws = {tuple(batch_indices(1000, cfg, step, micro)) for step in range(4) for micro in range(3)}
     assert len(draws) == 12  # every (step, micro-batch) gets its own batch
     other_seed = replace(cfg, seed=4)
-    assert _batch_indices(1000, other_seed, 0, 0) != _batch_indices(1000, cfg, 0, 0)
+    assert batch_indices(1000, other_seed, 0, 0) != batch_indices(1000, cfg, 0, 0)
     # every example can be drawn, the first and the last included
-    seen = {i for step in range(50) for i in _batch_indices(4, cfg, step, 0)}
+    seen = {i for step in range(50) for i in batch_indices(4, cfg, step, 0)}
     assert seen == {0, 1, 2, 3}
-    assert _batch_indices(1, cfg, 0, 0) == [0] * 5
+    assert batch_indices(1, cfg, 0, 0) == [0] * 5
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -239,7 +237,7 @@ def test_clipped_agrees_with_the_tv_gradient_being_zero():
 
 
 # ----------------------------------------------------------------------------------------------------------
-# _loss on a tiny stand-in model (a random 1-layer Llama with a character tokenizer)
+# batch_loss_of on a tiny stand-in model (a random 1-layer Llama with a character tokenizer)
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -291,7 +289,7 @@ def _expected(llm, soft, batch, reduction="sum"):
 @pytest.mark.parametrize("objective, loss_fn", [("tv", tv_disp_loss), ("kl", kl_disp_loss)])
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 def test_loss_is_the_objective_on_the_batch_mean(tiny_llm, soft, objective, loss_fn, reduction):
-    out = _loss(tiny_llm, soft, BATCH, DistillConfig(objective=objective, reduction=reduction))
+    out = batch_loss_of(tiny_llm, soft, BATCH, DistillConfig(objective=objective, reduction=reduction))
     ly, lr = _expected(tiny_llm, soft, BATCH, reduction)
     torch.testing.assert_close(out.logq_y.detach(), ly, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(out.logq_r.detach(), lr, rtol=1e-5, atol=1e-5)
@@ -304,8 +302,8 @@ def test_loss_is_the_objective_on_the_batch_mean(tiny_llm, soft, objective, loss
 
 def test_tv_and_kl_losses_differ_by_the_teacher_entropy_while_nothing_is_clipped(tiny_llm, soft):
     # unclipped, a [log(a / q_y)] + (1 - a) [log((1 - a) / q_r)] - (-a log q_y - (1 - a) log q_r) = -H(a)
-    tv = _loss(tiny_llm, soft, BATCH, DistillConfig(objective="tv"))
-    kl = _loss(tiny_llm, soft, BATCH, DistillConfig(objective="kl"))
+    tv = batch_loss_of(tiny_llm, soft, BATCH, DistillConfig(objective="tv"))
+    kl = batch_loss_of(tiny_llm, soft, BATCH, DistillConfig(objective="kl"))
     assert tv.clipped() == (0.0, 0.0)
     a = torch.tensor([e.alpha for e in BATCH], dtype=F64)
     neg_entropy = float((a * a.log() + (1 - a) * (1 - a).log()).mean())
@@ -315,20 +313,20 @@ def test_tv_and_kl_losses_differ_by_the_teacher_entropy_while_nothing_is_clipped
 def test_loss_merges_the_atoms_when_the_sample_is_the_refusal(tiny_llm, soft):
     # the sampled answer is the refusal text (up to surrounding whitespace): the loss is -log q(y_r)
     batch = [Example("Say hi", "  No. ", 0.3, "No.", (10, 11), True), BATCH[0]]
-    out = _loss(tiny_llm, soft, batch, DistillConfig())
+    out = batch_loss_of(tiny_llm, soft, batch, DistillConfig())
     ly, lr = _expected(tiny_llm, soft, batch)
     per_example = tv_disp_loss(ly, lr, torch.tensor([0.3, 0.9]), same_as_refusal=torch.tensor([True, False]))
     torch.testing.assert_close(per_example[0], -lr[0])
     torch.testing.assert_close(out.loss.detach(), per_example.mean(), rtol=1e-5, atol=1e-6)
     # not merged when the texts differ
-    plain = _loss(tiny_llm, soft, [replace(batch[0], response="No")], DistillConfig()).loss
+    plain = batch_loss_of(tiny_llm, soft, [replace(batch[0], response="No")], DistillConfig()).loss
     torch.testing.assert_close(
         plain.detach(), tv_disp_loss(ly[:1], lr[:1], torch.tensor([0.3]))[0], rtol=1e-5, atol=1e-6
     )
 
 
 def test_loss_per_token_weights_use_the_scored_token_counts(tiny_llm, soft):
-    out = _loss(tiny_llm, soft, BATCH, DistillConfig(weighting="per_token"))
+    out = batch_loss_of(tiny_llm, soft, BATCH, DistillConfig(weighting="per_token"))
     ly, lr = _expected(tiny_llm, soft, BATCH)
     n_y = torch.tensor([3.0, 4.0, 2.0])  # ids + eos for the finished samples only
     n_r = torch.tensor([4.0, 4.0, 11.0])  # refusal characters + eos
@@ -338,16 +336,16 @@ def test_loss_per_token_weights_use_the_scored_token_counts(tiny_llm, soft):
 
 def test_loss_scores_an_empty_finished_answer_as_eos_and_refuses_an_empty_unfinished_one(tiny_llm, soft):
     empty = Example("Say hi", "", 0.4, "No.", (), True)
-    out = _loss(tiny_llm, soft, [empty], DistillConfig())
+    out = batch_loss_of(tiny_llm, soft, [empty], DistillConfig())
     assert float(out.logq_y[0].detach()) == pytest.approx(_logprob(tiny_llm, soft, "Say hi", [EOS]), abs=1e-5)
     broken = Example("Say hi", "", 0.4, "No.", (), False)
     message = "an example has no token ids; build examples with examples_from_samples()"
     with _raises(TeacherSampleError, message):
-        _loss(tiny_llm, soft, [BATCH[0], broken], DistillConfig())
+        batch_loss_of(tiny_llm, soft, [BATCH[0], broken], DistillConfig())
 
 
 def test_loss_gradient_reaches_the_soft_prompt_only(tiny_llm, soft):
-    out = _loss(tiny_llm, soft, BATCH, DistillConfig(objective="kl"))
+    out = batch_loss_of(tiny_llm, soft, BATCH, DistillConfig(objective="kl"))
     out.loss.backward()
     assert soft.W.grad is not None and torch.isfinite(soft.W.grad).all() and soft.W.grad.abs().sum() > 0
     assert all(p.grad is None for p in tiny_llm.model.parameters())

@@ -22,7 +22,7 @@ REDUCTIONS = ("sum", "mean")
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _final_logit_softcap(model: Any) -> float | None:
+def final_logit_softcap(model: Any) -> float | None:
     cfg = model.config
     cfg = getattr(cfg, "text_config", None) or cfg
     return getattr(cfg, "final_logit_softcapping", None)
@@ -235,7 +235,7 @@ def _response_log_softmax(
 
     picked = hidden[:, :-1][select]  # (n_response_tokens, d)
     logits = head(picked).float()
-    cap = _final_logit_softcap(llm.model)
+    cap = final_logit_softcap(llm.model)
     if cap:
         logits = torch.tanh(logits / cap) * cap
     row_of = select.nonzero()[:, 0]

@@ -18,7 +18,7 @@ import torch
 
 from dispsafe_nb.core.llm import LLM
 from dispsafe_nb.core.model_parts import backbone_and_head
-from dispsafe_nb.core.scoring import _final_logit_softcap, left_pad
+from dispsafe_nb.core.scoring import final_logit_softcap, left_pad
 
 
 def shared_prompt_logprobs(
@@ -98,7 +98,7 @@ def shared_prompt_logprobs(
     # The vocabulary head at its own dtype (float32 for our model), not autocast's.
     with torch.autocast(device_type=device.type, enabled=False):
         logits = head(predictors[select].to(head.weight.dtype)).float()
-    cap = _final_logit_softcap(llm.model)
+    cap = final_logit_softcap(llm.model)
     if cap:
         logits = torch.tanh(logits / cap) * cap
     log_probs = torch.log_softmax(logits, dim=-1).gather(-1, ids[select][:, None])[:, 0]

@@ -4,7 +4,8 @@ FLOPs per generated token and latency.
 * `memory` — parameters and bytes of the models we load (each at its real precision), the dual system's summary;
 * `flops` — analytic FLOPs and bytes from an architecture's configuration (ours and the paper's models), and the
   same counted by `torch.utils.flop_counter` on a real model;
-* `phone` — what a phone's memory budget allows for the dual system versus the soft prompt.
+* `phone` — what a phone's memory budget allows for the dual system versus the soft prompt;
+* `speed` — measured peaks, the trainer's step, decoding and latency (benchmarks/costs.py runs it).
 """
 
 from dispsafe_nb.costs.flops import (

@@ -241,7 +241,7 @@ def measured_decode_flops(model: Any, context: int, batch: int = 1) -> int:
     past = None
     if context > 1:
         past = model(input_ids=ids[:, :-1], use_cache=True).cache
-    with FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION) as counter:
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION) as counter:
         model(input_ids=ids[:, -1:], cache=past, use_cache=True)
     return counter.get_total_flops() // batch
 
@@ -261,7 +261,7 @@ def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, 
 
 # The flop counter knows the CUDA attention kernels but not the CPU one that scaled_dot_product_attention runs here:
 # without this entry, attention would count as 0 FLOPs on a CPU.
-_CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
+CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
 
 
 def paper_flops_table(context: int = 512, n_tokens: int = 100) -> list[dict[str, Any]]:

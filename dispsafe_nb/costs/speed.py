@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from dispsafe_nb.costs.flops import _CPU_ATTENTION
+from dispsafe_nb.costs.flops import CPU_ATTENTION
 
 
 def _synchronize() -> None:
@@ -44,7 +44,7 @@ def counted_flops(fn: Callable[[], Any]) -> int:
     """FLOPs of one call of `fn` (forward and backward included) as `torch.utils.flop_counter` counts them."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False, custom_mapping=_CPU_ATTENTION) as counter:
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION) as counter:
         fn()
     return counter.get_total_flops()
 
@@ -123,7 +123,7 @@ def training_step(
 ) -> Callable[[], float]:
     """A closure running one TV-DiSP step's forward and backward on `batch` (no optimiser update, so repeats see
     the same parameters): our trainer's (`cfg.scoring`, `cfg.autocast`) or the naive reference's."""
-    from dispsafe_nb.training.batch_loss import _loss
+    from dispsafe_nb.training.batch_loss import batch_loss_of
     from dispsafe_nb.training.objectives import tv_disp_loss
 
     params = list(method.trainable_parameters())
@@ -139,7 +139,7 @@ def training_step(
             )
             loss = tv_disp_loss(logq_y, logq_r, alpha, same).mean()
         else:
-            loss = _loss(llm, method, batch, cfg).loss
+            loss = batch_loss_of(llm, method, batch, cfg).loss
         loss.backward()
         return float(loss.detach())
 
@@ -188,7 +188,7 @@ def bucketing_gain(
     """One step of `cfg.grad_accum` micro-batches of `cfg.batch_size` over `examples` (taken in order, as one
     step's draws) with the trainer's length bucketing and without: median step seconds (forward and backward of
     every micro-batch), padded-token share by example length, and the step's loss (the two must agree)."""
-    from dispsafe_nb.training.batch_loss import _loss
+    from dispsafe_nb.training.batch_loss import batch_loss_of
     from dispsafe_nb.training.examples import example_tokens, micro_batches
 
     need = cfg.batch_size * cfg.grad_accum
@@ -206,7 +206,7 @@ def bucketing_gain(
                 p.grad = None
             total = 0.0
             for batch in batches:
-                loss = _loss(llm, method, batch, cfg).loss / len(batches)
+                loss = batch_loss_of(llm, method, batch, cfg).loss / len(batches)
                 loss.backward()
                 total += float(loss.detach())
             return total

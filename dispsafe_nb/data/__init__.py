@@ -12,8 +12,9 @@ Data flows one way: files -> :class:`PromptRecord` lists -> notebooks, training,
 
 One module per concept: `records` (records, normalisation, splits), `remote` (pinned public files), `files`
 (reading them), `public` (parsers of the public sets), `bundled` (the project's own sets), `registry` (named
-datasets, `load_dataset`), `decontamination` and `training` (what may be trained on). Everything public is
-importable from here, as ``data.load_dataset`` etc.
+datasets, `load_dataset`), `decontamination` with `near_duplicates` (its containment index) and `training` (what
+may be trained on), `mixes` (training mixes at the paper's scale), `errors` (the layer's errors and warnings).
+Everything public but `mixes` is importable from here, as ``data.load_dataset`` etc.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from dispsafe_nb.data.bundled import (
 )
 from dispsafe_nb.data.decontamination import (
     Decontaminator,
-    _decontaminator_cached,
+    cached_decontaminator,
     decontaminate,
     decontaminate_texts,
     decontamination_report,
@@ -46,7 +47,7 @@ from dispsafe_nb.data.errors import (
     DataWarning,
     EvalOnlyError,
 )
-from dispsafe_nb.data.files import _parse_cached
+from dispsafe_nb.data.files import parse_file_cached
 from dispsafe_nb.data.public import MIN_STATEMENT_CHARS, apply_jailbreak, split_toxigen_line
 from dispsafe_nb.data.records import (
     DEFAULT_FRACTIONS,
@@ -85,8 +86,8 @@ from dispsafe_nb.data.training import assert_trainable, check_training_texts, tr
 
 def clear_caches() -> None:
     """Forget parsed files and decontamination indexes (the next load re-reads them)."""
-    _parse_cached.cache_clear()
-    _decontaminator_cached.cache_clear()
+    parse_file_cached.cache_clear()
+    cached_decontaminator.cache_clear()
 
 
 __all__ = [

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dispsafe_nb.common.paths import REPO_ROOT
-from dispsafe_nb.data.errors import DataFormatError, _unknown_name_error, _warn
-from dispsafe_nb.data.files import _build, _read_jsonl
-from dispsafe_nb.data.public import _PLACEHOLDER
-from dispsafe_nb.data.records import PromptRecord, _check_split, assign_split
+from dispsafe_nb.data.errors import DataFormatError, data_warning, unknown_name_error
+from dispsafe_nb.data.files import build_records, read_jsonl
+from dispsafe_nb.data.public import JAILBREAK_PLACEHOLDER
+from dispsafe_nb.data.records import PromptRecord, assign_split, check_split
 
 DEFAULT_BUNDLED_DIR = REPO_ROOT / "data" / "bundled"
 
@@ -34,7 +34,7 @@ def bundled_dir() -> Path:
     return Path(raw).expanduser() if raw else DEFAULT_BUNDLED_DIR
 
 
-def _bundled_file(name: str) -> Path:
+def bundled_file(name: str) -> Path:
     path = bundled_dir() / name
     if not path.is_file():
         raise FileNotFoundError(
@@ -58,28 +58,28 @@ def _bundled_parser(kind: str) -> Callable[[Path], tuple[PromptRecord, ...]]:
                 # The *_forms twins share their split; the older bundled pairs were split by text (v2 splits).
                 group=f"pair:{obj['pair']}" if kind.endswith("_forms") and obj.get("pair") else "",
             )
-            for i, obj in enumerate(_read_jsonl(path))
+            for i, obj in enumerate(read_jsonl(path))
         )
-        return _build(source, path, rows)
+        return build_records(source, path, rows)
 
     parse.__qualname__ = f"parse_{source}"
     return parse
 
 
 # One parser object per kind, so the parse cache recognises repeated loads.
-_BUNDLED_PARSERS = {kind: _bundled_parser(kind) for kind in BUNDLED_KINDS}
+BUNDLED_PARSERS = {kind: _bundled_parser(kind) for kind in BUNDLED_KINDS}
 
 
 def load_response_texts(kind: str, split: str | None = None) -> list[str]:
     """Bundled response texts: kind "refusal" (refusals.jsonl) or "compliant" (compliant_openings.jsonl)."""
     if kind not in RESPONSE_FILES:
-        raise _unknown_name_error("response kind", kind, RESPONSE_FILES)
-    _check_split(split)
-    path = _bundled_file(RESPONSE_FILES[kind])
-    texts = [str(obj.get("text") or "").strip() for obj in _read_jsonl(path)]
+        raise unknown_name_error("response kind", kind, RESPONSE_FILES)
+    check_split(split)
+    path = bundled_file(RESPONSE_FILES[kind])
+    texts = [str(obj.get("text") or "").strip() for obj in read_jsonl(path)]
     empty = sum(1 for t in texts if not t)
     if empty:
-        _warn(f"{path}: dropped {empty} empty response text(s)")
+        data_warning(f"{path}: dropped {empty} empty response text(s)")
     return [t for t in texts if t and (split is None or assign_split(t) == split)]
 
 
@@ -96,10 +96,13 @@ def load_compliant_texts(split: str | None = None) -> list[str]:
 def load_jailbreak_wrappers() -> list[dict[str, str]]:
     """The bundled jailbreak framings (`jailbreak_wrappers.jsonl`): id, attack family and a template holding the
     request at its ``{prompt}`` placeholder. Evaluation only: no training text is ever wrapped in one."""
-    path = _bundled_file("jailbreak_wrappers.jsonl")
-    rows = _read_jsonl(path)
+    path = bundled_file("jailbreak_wrappers.jsonl")
+    rows = read_jsonl(path)
     for row in rows:
-        if not {"id", "family", "template"} <= set(row) or len(_PLACEHOLDER.findall(row["template"])) != 1:
+        if (
+            not {"id", "family", "template"} <= set(row)
+            or len(JAILBREAK_PLACEHOLDER.findall(row["template"])) != 1
+        ):
             raise DataFormatError(
                 f"{path}: {row.get('id', row)} needs id, family and a template with exactly one {{prompt}}"
             )

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from dispsafe_nb.data.bundled import bundled_dir
-from dispsafe_nb.data.errors import DatasetNotAvailableError, _warn
+from dispsafe_nb.data.errors import DatasetNotAvailableError, data_warning
 from dispsafe_nb.data.near_duplicates import NEAR_DUPLICATE_THRESHOLD, NearDuplicateIndex
 from dispsafe_nb.data.records import SPLIT_VERSION, PromptRecord, normalize_text
-from dispsafe_nb.data.registry import _VIEWS, DATASETS, EVAL_ONLY, TRAINABLE, load_dataset
+from dispsafe_nb.data.registry import DATASET_VIEWS, DATASETS, EVAL_ONLY, TRAINABLE, load_dataset
 from dispsafe_nb.data.remote import REMOTE_FILES, cache_dir, mirror_dir
 
 logger = logging.getLogger(__name__)
@@ -22,7 +22,9 @@ logger = logging.getLogger(__name__)
 def eval_only_texts(download: bool = False) -> dict[str, set[str]]:
     """Normalised texts of each evaluation-only set that is available (locally, unless `download`)."""
     texts: dict[str, set[str]] = {}
-    for name in sorted(EVAL_ONLY - _VIEWS):  # views are subsets: counting them again would double the report
+    for name in sorted(
+        EVAL_ONLY - DATASET_VIEWS
+    ):  # views are subsets: counting them again would double the report
         try:
             texts[name] = {normalize_text(r.text) for r in DATASETS[name].load(download)}
         except (
@@ -67,7 +69,7 @@ class Decontaminator:
         return ({exact} if exact else set()) | self._near.leaks(text)
 
     def report(self) -> dict[str, Any]:
-        unavailable = sorted((EVAL_ONLY - _VIEWS) - set(self.texts))
+        unavailable = sorted((EVAL_ONLY - DATASET_VIEWS) - set(self.texts))
         return {
             "split_version": SPLIT_VERSION,
             "checked": sorted(self.texts),
@@ -77,7 +79,7 @@ class Decontaminator:
 
 
 @functools.lru_cache(maxsize=4)
-def _decontaminator_cached(
+def cached_decontaminator(
     mirror: str, bundled: str, available: tuple[str, ...], download: bool
 ) -> Decontaminator:
     # Keyed by where the data comes from and which public files are on disk: tests point DISPSAFE_DATA /
@@ -99,7 +101,7 @@ def default_decontaminator(download: bool = False) -> Decontaminator:
     folder = bundled_dir()
     # The bundled files' sizes and times are part of the key: editing one rebuilds the index.
     stamp = sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in folder.glob("*.jsonl"))
-    return _decontaminator_cached(str(mirror_dir()), f"{folder}:{stamp}", _locally_available(), download)
+    return cached_decontaminator(str(mirror_dir()), f"{folder}:{stamp}", _locally_available(), download)
 
 
 def decontamination_report() -> dict[str, Any]:
@@ -128,7 +130,7 @@ def decontaminate(
     dropped = len(records) - len(kept)
     if dropped:
         detail = ", ".join(f"{n}: {c}" for n, c in sorted(hits.items()))
-        _warn(
+        data_warning(
             f"decontamination dropped {dropped} training text(s) that (nearly) repeat an evaluated prompt ({detail})"
         )
     return kept
@@ -139,7 +141,7 @@ def decontaminate_texts(texts: Sequence[str], checker: Decontaminator | None = N
     checker = checker or default_decontaminator()
     kept = [t for t in texts if not checker.leaks(t)]
     if len(kept) < len(texts):
-        _warn(
+        data_warning(
             f"decontamination dropped {len(texts) - len(kept)} training text(s) that (nearly) repeat an evaluated prompt"
         )
     return kept

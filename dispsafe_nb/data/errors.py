@@ -12,7 +12,7 @@ class DataWarning(UserWarning):
     """Something in the data was dropped, repaired, or could not be verified."""
 
 
-def _warn(message: str) -> None:
+def data_warning(message: str) -> None:
     # stacklevel=3: attribute the warning to the caller of the function that warns, not to this helper.
     warnings.warn(message, DataWarning, stacklevel=3)
 
@@ -33,5 +33,5 @@ class EvalOnlyError(ValueError):
     """Evaluation-only data (or the test split) was about to be used for training."""
 
 
-def _unknown_name_error(kind: str, name: str, known: Iterable[str]) -> ValueError:
+def unknown_name_error(kind: str, name: str, known: Iterable[str]) -> ValueError:
     return ValueError(unknown_name_message(kind, name, known))

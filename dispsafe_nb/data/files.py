@@ -10,11 +10,11 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from dispsafe_nb.data.errors import DataFormatError, _warn
+from dispsafe_nb.data.errors import DataFormatError, data_warning
 from dispsafe_nb.data.records import PromptRecord, normalize_text
 
 
-def _read_text(path: Path) -> str:
+def read_text_lines(path: Path) -> str:
     """UTF-8 text (a BOM is tolerated); anything else is a clear error rather than mojibake labels."""
     data = path.read_bytes()
     try:
@@ -26,10 +26,10 @@ def _read_text(path: Path) -> str:
         ) from exc
 
 
-def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
+def read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
     """CSV rows with lower-cased, stripped headers (JBB spells `Goal` and `goal`)."""
     csv.field_size_limit(1 << 24)  # jailbreak templates can be long; the default 128 kB limit is too small
-    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+    reader = csv.DictReader(io.StringIO(read_text_lines(path), newline=""))
     header = [(h or "").strip().lower() for h in (reader.fieldnames or [])]
     missing = [c for c in required if c not in header]
     if missing:
@@ -40,9 +40,9 @@ def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
     ]
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows = []
-    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
+    for lineno, line in enumerate(read_text_lines(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -55,7 +55,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _build(source: str, path: Path, rows: Iterable[dict[str, Any]]) -> tuple[PromptRecord, ...]:
+def build_records(source: str, path: Path, rows: Iterable[dict[str, Any]]) -> tuple[PromptRecord, ...]:
     """Records (split not yet assigned) from row dicts; empty texts are dropped with a warning."""
     records, empty = [], 0
     for row in rows:
@@ -65,11 +65,11 @@ def _build(source: str, path: Path, rows: Iterable[dict[str, Any]]) -> tuple[Pro
             continue
         records.append(PromptRecord(**{**row, "text": text, "source": source, "split": ""}))
     if empty:
-        _warn(f"{path}: dropped {empty} empty or whitespace-only prompt(s) from {source}")
+        data_warning(f"{path}: dropped {empty} empty or whitespace-only prompt(s) from {source}")
     return tuple(records)
 
 
-def _dedupe(records: Iterable[PromptRecord]) -> tuple[PromptRecord, ...]:
+def dedupe(records: Iterable[PromptRecord]) -> tuple[PromptRecord, ...]:
     """Keep the first record of each normalised text."""
     seen: set[str] = set()
     out = []
@@ -82,11 +82,13 @@ def _dedupe(records: Iterable[PromptRecord]) -> tuple[PromptRecord, ...]:
 
 
 @functools.lru_cache(maxsize=128)
-def _parse_cached(parser: Callable[[Path], tuple[PromptRecord, ...]], path: str, mtime_ns: int, size: int):
+def parse_file_cached(
+    parser: Callable[[Path], tuple[PromptRecord, ...]], path: str, mtime_ns: int, size: int
+):
     return parser(Path(path))
 
 
-def _parse(parser: Callable[[Path], tuple[PromptRecord, ...]], path: Path) -> tuple[PromptRecord, ...]:
+def parse_file(parser: Callable[[Path], tuple[PromptRecord, ...]], path: Path) -> tuple[PromptRecord, ...]:
     """Parse once per file version (path + mtime + size): Alpaca and ToxiGen are re-read often in a notebook."""
     st = path.stat()
-    return _parse_cached(parser, str(path.resolve()), st.st_mtime_ns, st.st_size)
+    return parse_file_cached(parser, str(path.resolve()), st.st_mtime_ns, st.st_size)

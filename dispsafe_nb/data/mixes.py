@@ -78,7 +78,7 @@ def mix_pools(split: str = "train") -> dict[str, dict[str, list[data.PromptRecor
     return pools
 
 
-def _water_fill(need: int, sizes: dict[str, int]) -> dict[str, int]:
+def water_fill(need: int, sizes: dict[str, int]) -> dict[str, int]:
     """`need` split as evenly as the sources allow: each gets an equal share up to what it holds, and what a
     small source cannot take goes to the others (max-min fair; a larger `need` never takes less from a source)."""
     take = dict.fromkeys(sizes, 0)
@@ -136,7 +136,7 @@ def _draw(
                 f"the mix needs {need} {group} prompts but the {split} splits hold "
                 f"{sum(sizes.values())} ({detail}){hint}"
             )
-        for name, k in _water_fill(need, sizes).items():
+        for name, k in water_fill(need, sizes).items():
             records = list(pools[group][name])
             # A seed per (mix seed, source, group): a source's order does not depend on the other sources.
             random.Random(f"{seed}:{group}:{name}").shuffle(records)

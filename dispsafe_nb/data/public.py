@@ -8,16 +8,16 @@ import re
 from pathlib import Path
 
 from dispsafe_nb.data.errors import DataFormatError
-from dispsafe_nb.data.files import _build, _dedupe, _read_csv, _read_text
+from dispsafe_nb.data.files import build_records, dedupe, read_csv, read_text_lines
 from dispsafe_nb.data.records import PromptRecord, normalize_text
 
 # ToxiGen scaffolds hold short fragments only when a line is malformed; real statements are >= 20 chars.
 MIN_STATEMENT_CHARS = 10
 
 
-def _parse_advbench(path: Path) -> tuple[PromptRecord, ...]:
-    rows = _read_csv(path, ("goal", "target"))
-    return _build(
+def parse_advbench(path: Path) -> tuple[PromptRecord, ...]:
+    rows = read_csv(path, ("goal", "target"))
+    return build_records(
         "advbench",
         path,
         (
@@ -33,9 +33,9 @@ def _parse_advbench(path: Path) -> tuple[PromptRecord, ...]:
     )
 
 
-def _parse_xstest(path: Path) -> tuple[PromptRecord, ...]:
-    rows = _read_csv(path, ("id", "prompt", "type", "label"))
-    return _build(
+def parse_xstest(path: Path) -> tuple[PromptRecord, ...]:
+    rows = read_csv(path, ("id", "prompt", "type", "label"))
+    return build_records(
         "xstest",
         path,
         (
@@ -51,8 +51,8 @@ def _parse_xstest(path: Path) -> tuple[PromptRecord, ...]:
 
 
 def _parse_jbb(path: Path, source: str, harmful: bool) -> tuple[PromptRecord, ...]:
-    rows = _read_csv(path, ("goal", "target", "category"))
-    return _build(
+    rows = read_csv(path, ("goal", "target", "category"))
+    return build_records(
         source,
         path,
         (
@@ -68,11 +68,11 @@ def _parse_jbb(path: Path, source: str, harmful: bool) -> tuple[PromptRecord, ..
     )
 
 
-def _parse_jbb_harmful(path: Path) -> tuple[PromptRecord, ...]:
+def parse_jbb_harmful(path: Path) -> tuple[PromptRecord, ...]:
     return _parse_jbb(path, "jbb_harmful", True)
 
 
-def _parse_jbb_benign(path: Path) -> tuple[PromptRecord, ...]:
+def parse_jbb_benign(path: Path) -> tuple[PromptRecord, ...]:
     return _parse_jbb(path, "jbb_benign", False)
 
 
@@ -93,16 +93,16 @@ def split_toxigen_line(line: str) -> list[str]:
     return out
 
 
-def _parse_toxigen_file(path: Path) -> tuple[PromptRecord, ...]:
+def parse_toxigen_file(path: Path) -> tuple[PromptRecord, ...]:
     stem = path.name.removesuffix(".txt").removesuffix("_1k")
     kind, _, group = stem.partition("_")
     harmful = kind == "hate"
     # Each of the ~1000 lines re-samples a small pool of seed statements: dedupe the strings before building
     # records (217k fragments in the mirror, 668 distinct statements).
     statements = list(
-        dict.fromkeys(s for line in _read_text(path).splitlines() for s in split_toxigen_line(line))
+        dict.fromkeys(s for line in read_text_lines(path).splitlines() for s in split_toxigen_line(line))
     )
-    records = _build(
+    records = build_records(
         "toxigen",
         path,
         (
@@ -116,17 +116,17 @@ def _parse_toxigen_file(path: Path) -> tuple[PromptRecord, ...]:
             for s in statements
         ),
     )
-    return _dedupe(records)
+    return dedupe(records)
 
 
-def _parse_alpaca(path: Path) -> tuple[PromptRecord, ...]:
+def parse_alpaca(path: Path) -> tuple[PromptRecord, ...]:
     try:
-        items = json.loads(_read_text(path))
+        items = json.loads(read_text_lines(path))
     except json.JSONDecodeError as exc:
         raise DataFormatError(f"{path} is not valid JSON ({exc.msg})") from exc
     if not isinstance(items, list):
         raise DataFormatError(f"{path} must hold a JSON list of {{instruction, category}} objects")
-    return _build(
+    return build_records(
         "alpaca",
         path,
         (
@@ -136,11 +136,11 @@ def _parse_alpaca(path: Path) -> tuple[PromptRecord, ...]:
     )
 
 
-def _parse_harmbench(path: Path) -> tuple[PromptRecord, ...]:
-    rows = _read_csv(path, ("behavior", "functionalcategory", "semanticcategory", "behaviorid"))
+def parse_harmbench(path: Path) -> tuple[PromptRecord, ...]:
+    rows = read_csv(path, ("behavior", "functionalcategory", "semanticcategory", "behaviorid"))
     # Only "standard" behaviors are stand-alone requests; "contextual" need their ContextString and
     # "copyright" ones are judged by a different criterion.
-    return _build(
+    return build_records(
         "harmbench",
         path,
         (
@@ -156,9 +156,9 @@ def _parse_harmbench(path: Path) -> tuple[PromptRecord, ...]:
     )
 
 
-def _parse_strongreject(path: Path) -> tuple[PromptRecord, ...]:
-    rows = _read_csv(path, ("category", "forbidden_prompt"))
-    return _build(
+def parse_strongreject(path: Path) -> tuple[PromptRecord, ...]:
+    rows = read_csv(path, ("category", "forbidden_prompt"))
+    return build_records(
         "strongreject",
         path,
         (
@@ -177,9 +177,9 @@ def _is_true(value: str) -> bool:
     return str(value).strip().lower() in {"true", "1", "1.0"}
 
 
-def _parse_jailbreak_templates(path: Path) -> tuple[PromptRecord, ...]:
-    rows = _read_csv(path, ("prompt", "jailbreak"))
-    records = _build(
+def parse_jailbreak_templates(path: Path) -> tuple[PromptRecord, ...]:
+    rows = read_csv(path, ("prompt", "jailbreak"))
+    records = build_records(
         "jailbreak_templates",
         path,
         (
@@ -193,10 +193,10 @@ def _parse_jailbreak_templates(path: Path) -> tuple[PromptRecord, ...]:
             if _is_true(r["jailbreak"])
         ),
     )
-    return _dedupe(records)  # the same template is often posted on several platforms
+    return dedupe(records)  # the same template is often posted on several platforms
 
 
-_PLACEHOLDER = re.compile(
+JAILBREAK_PLACEHOLDER = re.compile(
     r"\[\s*insert\s+(?:your\s+)?prompt\s+here\s*\]|\[\s*prompt\s*\]|\{\{\s*prompt\s*\}\}|\{\s*prompt\s*\}",
     re.IGNORECASE,
 )
@@ -204,6 +204,8 @@ _PLACEHOLDER = re.compile(
 
 def apply_jailbreak(template: str, request: str) -> str:
     """Put `request` into a jailbreak template's placeholder, or after the template if it has none."""
-    if _PLACEHOLDER.search(template):
-        return _PLACEHOLDER.sub(lambda _m: request, template)  # a function: no backslash escapes in `request`
+    if JAILBREAK_PLACEHOLDER.search(template):
+        return JAILBREAK_PLACEHOLDER.sub(
+            lambda _m: request, template
+        )  # a function: no backslash escapes in `request`
     return f"{template.rstrip()}\n\n{request}"

@@ -50,13 +50,13 @@ def records_to_frame(records: Iterable[PromptRecord]) -> pd.DataFrame:
     )
 
 
-_TRAILING_PUNCT = ".!?;:,\u3002 "
+TRAILING_PUNCT = ".!?;:,\u3002 "
 
 
 def normalize_text(text: str) -> str:
     """Lowercase, NFKC, collapse whitespace, strip, and drop trailing punctuation (dedup / split key)."""
     t = " ".join(unicodedata.normalize("NFKC", text).lower().split())
-    return t.rstrip(_TRAILING_PUNCT)
+    return t.rstrip(TRAILING_PUNCT)
 
 
 def _check_fractions(fractions: Sequence[float]) -> None:
@@ -81,11 +81,11 @@ def assign_split(text: str, *, fractions: Sequence[float] = DEFAULT_FRACTIONS) -
     """
     fractions = tuple(float(f) for f in fractions)
     _check_fractions(fractions)
-    return _split_cached(text, fractions)
+    return split_cached(text, fractions)
 
 
 @functools.lru_cache(maxsize=1 << 18)
-def _split_cached(text: str, fractions: tuple[float, ...]) -> str:
+def split_cached(text: str, fractions: tuple[float, ...]) -> str:
     # Cached: Alpaca alone is 31k texts, and notebooks reload the same sets often.
     digest = hashlib.sha256(f"dispsafe-split:{SPLIT_VERSION}:{normalize_text(text)}".encode()).digest()
     u = int.from_bytes(digest[:8], "big") / 2**64
@@ -97,12 +97,12 @@ def _split_cached(text: str, fractions: tuple[float, ...]) -> str:
     return SPLITS[-1]  # only reachable through float rounding at u ~ 1
 
 
-def _check_split(split: str | None) -> None:
+def check_split(split: str | None) -> None:
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
 
 
-def _sample(records: Sequence[PromptRecord], limit: int | None, seed: int) -> list[PromptRecord]:
+def sample_records(records: Sequence[PromptRecord], limit: int | None, seed: int) -> list[PromptRecord]:
     """At most `limit` records, chosen with `seed`, in their original order."""
     check_seed(seed)
     if limit is None or limit >= len(records):

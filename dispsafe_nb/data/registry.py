@@ -8,30 +8,30 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from dispsafe_nb.data.bundled import _BUNDLED_PARSERS, _bundled_file, load_jailbreak_wrappers
-from dispsafe_nb.data.errors import EvalOnlyError, _unknown_name_error
-from dispsafe_nb.data.files import _dedupe, _parse
+from dispsafe_nb.data.bundled import BUNDLED_PARSERS, bundled_file, load_jailbreak_wrappers
+from dispsafe_nb.data.errors import EvalOnlyError, unknown_name_error
+from dispsafe_nb.data.files import dedupe, parse_file
 from dispsafe_nb.data.public import (
-    _parse_advbench,
-    _parse_alpaca,
-    _parse_harmbench,
-    _parse_jailbreak_templates,
-    _parse_jbb_benign,
-    _parse_jbb_harmful,
-    _parse_strongreject,
-    _parse_toxigen_file,
-    _parse_xstest,
     apply_jailbreak,
+    parse_advbench,
+    parse_alpaca,
+    parse_harmbench,
+    parse_jailbreak_templates,
+    parse_jbb_benign,
+    parse_jbb_harmful,
+    parse_strongreject,
+    parse_toxigen_file,
+    parse_xstest,
 )
 from dispsafe_nb.data.records import (
-    _TRAILING_PUNCT,
     DEFAULT_FRACTIONS,
+    TRAILING_PUNCT,
     PromptRecord,
-    _check_split,
-    _sample,
-    _split_cached,
     check_seed,
+    check_split,
     normalize_text,
+    sample_records,
+    split_cached,
 )
 from dispsafe_nb.data.remote import REMOTE_FILES, resolve_file
 
@@ -46,11 +46,11 @@ class DatasetSpec:
 
 
 def _public(key: str, parser: Callable[[Path], tuple[PromptRecord, ...]]) -> Callable[[bool], tuple]:
-    return lambda download: _parse(parser, resolve_file(key, download=download))
+    return lambda download: parse_file(parser, resolve_file(key, download=download))
 
 
 def _bundled(kind: str) -> Callable[[bool], tuple]:
-    return lambda download: _parse(_BUNDLED_PARSERS[kind], _bundled_file(f"{kind}.jsonl"))
+    return lambda download: parse_file(BUNDLED_PARSERS[kind], bundled_file(f"{kind}.jsonl"))
 
 
 def _filtered(name: str, keep: Callable[[PromptRecord], bool]) -> Callable[[bool], tuple]:
@@ -78,8 +78,8 @@ def _load_jailbreak_wrapped(download: bool) -> tuple[PromptRecord, ...]:
 
 def _load_toxigen(download: bool) -> tuple[PromptRecord, ...]:
     keys = [k for k in REMOTE_FILES if k.startswith("toxigen_prompts/")]
-    return _dedupe(
-        r for key in keys for r in _parse(_parse_toxigen_file, resolve_file(key, download=download))
+    return dedupe(
+        r for key in keys for r in parse_file(parse_toxigen_file, resolve_file(key, download=download))
     )
 
 
@@ -98,7 +98,7 @@ TOXIGEN_REQUEST_WORDS = (4, 40)  # statements outside this many words are fragme
 def toxigen_request(statement: str) -> str | None:
     """A request for `statement` in one of `TOXIGEN_REQUEST_TEMPLATES` (chosen by a hash of the statement), or None
     where a request makes no sense (a fragment, an essay, several lines)."""
-    text = " ".join(statement.split()).strip(" -").rstrip(_TRAILING_PUNCT)
+    text = " ".join(statement.split()).strip(" -").rstrip(TRAILING_PUNCT)
     if "\n" in statement.strip() or not (
         TOXIGEN_REQUEST_WORDS[0] <= len(text.split()) <= TOXIGEN_REQUEST_WORDS[1]
     ):
@@ -150,18 +150,18 @@ DATASETS: dict[str, DatasetSpec] = {
             "safe twins of bundled_harmful_forms, same topic and phrasing form",
         ),
         DatasetSpec(
-            "advbench", _public("advbench/harmful_behaviors.csv", _parse_advbench), "AdvBench behaviors"
+            "advbench", _public("advbench/harmful_behaviors.csv", parse_advbench), "AdvBench behaviors"
         ),
         DatasetSpec(
-            "xstest", _public("xstest/xstest_prompts.csv", _parse_xstest), "XSTest 250 safe + 200 unsafe"
+            "xstest", _public("xstest/xstest_prompts.csv", parse_xstest), "XSTest 250 safe + 200 unsafe"
         ),
         DatasetSpec("xstest_safe", _filtered("xstest", lambda r: not r.is_harmful), "XSTest safe prompts"),
         DatasetSpec("xstest_unsafe", _filtered("xstest", lambda r: r.is_harmful), "XSTest unsafe contrasts"),
         DatasetSpec(
-            "jbb_harmful", _public("jbb_behaviors/harmful-behaviors.csv", _parse_jbb_harmful), "JBB harmful"
+            "jbb_harmful", _public("jbb_behaviors/harmful-behaviors.csv", parse_jbb_harmful), "JBB harmful"
         ),
         DatasetSpec(
-            "jbb_benign", _public("jbb_behaviors/benign-behaviors.csv", _parse_jbb_benign), "JBB benign"
+            "jbb_benign", _public("jbb_behaviors/benign-behaviors.csv", parse_jbb_benign), "JBB benign"
         ),
         DatasetSpec(
             "bundled_jailbreak_wrapped",
@@ -176,22 +176,22 @@ DATASETS: dict[str, DatasetSpec] = {
         ),
         DatasetSpec(
             "alpaca",
-            _public("alpaca/alpaca_no_input_instructions_refusal_direction.json", _parse_alpaca),
+            _public("alpaca/alpaca_no_input_instructions_refusal_direction.json", parse_alpaca),
             "Alpaca instructions without input",
         ),
         DatasetSpec(
             "harmbench",
-            _public("harmbench/harmbench_behaviors_text_all.csv", _parse_harmbench),
+            _public("harmbench/harmbench_behaviors_text_all.csv", parse_harmbench),
             "HarmBench standard behaviors",
         ),
         DatasetSpec(
             "strongreject",
-            _public("strongreject/strongreject_dataset.csv", _parse_strongreject),
+            _public("strongreject/strongreject_dataset.csv", parse_strongreject),
             "StrongREJECT forbidden prompts",
         ),
         DatasetSpec(
             "jailbreak_templates",
-            _public("jailbreak_llms/jailbreak_prompts_2023_12_25.csv", _parse_jailbreak_templates),
+            _public("jailbreak_llms/jailbreak_prompts_2023_12_25.csv", parse_jailbreak_templates),
             "in-the-wild jailbreak templates (use with apply_jailbreak)",
         ),
     ]
@@ -211,7 +211,7 @@ EVAL_ONLY: frozenset[str] = frozenset(
     }
 )
 
-_VIEWS = frozenset({"xstest_safe", "xstest_unsafe"})  # filtered views of "xstest"
+DATASET_VIEWS = frozenset({"xstest_safe", "xstest_unsafe"})  # filtered views of "xstest"
 
 TRAINABLE: frozenset[str] = frozenset(DATASETS) - EVAL_ONLY
 
@@ -219,7 +219,7 @@ TRAINABLE: frozenset[str] = frozenset(DATASETS) - EVAL_ONLY
 def dataset_spec(name: str) -> DatasetSpec:
     """The registry entry for `name` (unknown names get a close-match suggestion)."""
     if name not in DATASETS:
-        raise _unknown_name_error("dataset", name, DATASETS)
+        raise unknown_name_error("dataset", name, DATASETS)
     return DATASETS[name]
 
 
@@ -232,7 +232,7 @@ def _with_splits(records: Iterable[PromptRecord], eval_only: bool) -> list[Promp
             r.is_harmful,
             r.category,
             r.source,
-            "test" if eval_only else _split_cached(r.group or r.text, DEFAULT_FRACTIONS),
+            "test" if eval_only else split_cached(r.group or r.text, DEFAULT_FRACTIONS),
             r.checks,
             r.target,
             r.form,
@@ -250,7 +250,7 @@ def load_dataset(
     The split of a record never depends on `seed`: the seed only chooses which `limit` records are returned."""
     spec = dataset_spec(name)
     check_seed(seed)
-    _check_split(split)
+    check_split(split)
     eval_only = name in EVAL_ONLY
     if eval_only and split not in (None, "test"):
         raise EvalOnlyError(
@@ -259,4 +259,4 @@ def load_dataset(
     records = _with_splits(spec.load(download), eval_only)
     if split is not None:
         records = [r for r in records if r.split == split]
-    return _sample(records, limit, seed)
+    return sample_records(records, limit, seed)

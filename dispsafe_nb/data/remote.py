@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dispsafe_nb.common.paths import REPO_ROOT, cache_root
-from dispsafe_nb.data.errors import ChecksumError, DatasetNotAvailableError, _unknown_name_error, _warn
+from dispsafe_nb.data.errors import ChecksumError, DatasetNotAvailableError, data_warning, unknown_name_error
 
 DOWNLOAD_TIMEOUT_S = 30.0
 
@@ -152,7 +152,7 @@ def remote_file(key: str | RemoteFile) -> RemoteFile:
     if isinstance(key, RemoteFile):
         return key
     if key not in REMOTE_FILES:
-        raise _unknown_name_error("remote file", key, REMOTE_FILES)
+        raise unknown_name_error("remote file", key, REMOTE_FILES)
     return REMOTE_FILES[key]
 
 
@@ -238,11 +238,11 @@ def _cached_file_ok(cached: Path, expected: str | None) -> bool:
     if actual is not None and expected is None:
         # Put in the cache by hand, with no pin and no sidecar: trust it now and remember its hash.
         _write_sidecar(cached, actual)
-        _warn(f"{cached} has no pinned checksum; recorded sha256 {actual} on first use")
+        data_warning(f"{cached} has no pinned checksum; recorded sha256 {actual} on first use")
         return True
     if actual is not None and actual == expected:
         return True
-    _warn(
+    data_warning(
         f"cached file {cached} is corrupted (sha256 {actual or 'unreadable'}, expected {expected}); "
         "deleting it and downloading it again"
     )
@@ -283,7 +283,7 @@ def _download_to_cache(rf: RemoteFile, cached: Path, expected: str | None) -> Pa
         tmp.unlink(missing_ok=True)
     if expected is None:
         _write_sidecar(cached, actual)
-        _warn(
+        data_warning(
             f"{rf.local_path} has no pinned checksum; trusting this first download (sha256 {actual}, "
             f"recorded in {_sidecar(cached)}); later downloads must match it"
         )

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 
 from dispsafe_nb.data.decontamination import Decontaminator, decontaminate, default_decontaminator
 from dispsafe_nb.data.errors import EvalOnlyError
-from dispsafe_nb.data.records import PromptRecord, _sample, check_seed
+from dispsafe_nb.data.records import PromptRecord, check_seed, sample_records
 from dispsafe_nb.data.registry import EVAL_ONLY, TRAINABLE, dataset_spec, load_dataset
 
 
@@ -41,7 +41,7 @@ def training_prompts(
     for name in names:
         # Decontaminate before sampling, so `limit_per_set` still yields that many records when it can.
         records = decontaminate(loaded[name], checker)
-        out += _sample(records, limit_per_set, seed)
+        out += sample_records(records, limit_per_set, seed)
     return out
 
 

@@ -1,7 +1,7 @@
 """Exercises with self-checks, ARENA-style: the reader writes a short function, `check(name, fn)` tests it.
 
 Each exercise has a task (what to write, never how), a reference solution (`solution(name)`, or
-`show_solution(name)` to read its source), and a checker that compares the reader's function with a brute-force
+`show_solution(name)` to read its source; in `solutions`), and a checker (in `checkers`) that compares the reader's function with a brute-force
 or closed-form reference on fixed random cases and says what went wrong in words. Notebooks run the checks with
 the solutions filled in when papermill executes them, so the test suite checks every checker against its
 solution; `tests/test_exercises.py` also shows each checker rejecting plausible wrong answers.

@@ -110,6 +110,6 @@ def decode_flops_per_token(arch: Any, context: int) -> int:
 def share_out(need: int, sizes: dict[str, int]) -> dict[str, int]:
     """`need` prompts taken from sources of the given sizes as evenly as they allow: equal shares, each source up
     to its size, what a small source cannot give taken from the others (max-min fair)."""
-    from dispsafe_nb.data.mixes import _water_fill
+    from dispsafe_nb.data.mixes import water_fill
 
-    return _water_fill(need, sizes)
+    return water_fill(need, sizes)

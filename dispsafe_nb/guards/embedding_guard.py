@@ -14,7 +14,7 @@ from torch import nn
 
 from dispsafe_nb.common.artifacts import load_artifact, save_artifact
 from dispsafe_nb.guards.encoders import MINILM_ID, SentenceEncoder, load_encoder
-from dispsafe_nb.guards.protocol import _check_pairs
+from dispsafe_nb.guards.protocol import check_pairs
 
 # ---------------------------------------------------------------------------------------------------------
 # The embedding guard
@@ -68,7 +68,7 @@ class EmbeddingGuard:
         return probs.masked_fill(empty, 0.0)
 
     def prob_safe(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        prompts, responses = _check_pairs(prompts, responses)
+        prompts, responses = check_pairs(prompts, responses)
         return 1.0 - self.prob_harmful(prompts) * self.prob_complies(responses)
 
     def describe(self) -> dict[str, Any]:

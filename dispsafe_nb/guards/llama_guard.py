@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from dispsafe_nb.guards.protocol import _check_pairs
+from dispsafe_nb.guards.protocol import check_pairs
 
 # ---------------------------------------------------------------------------------------------------------
 # Llama-Guard-style generative guards
@@ -99,7 +99,7 @@ class LlamaGuard:
 
     @torch.no_grad()
     def prob_safe(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        prompts, responses = _check_pairs(prompts, responses)
+        prompts, responses = check_pairs(prompts, responses)
         safe_id, unsafe_id = self._first_token(self.safe_word), self._first_token(self.unsafe_word)
         if safe_id == unsafe_id:
             raise ValueError(

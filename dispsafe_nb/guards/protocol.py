@@ -31,7 +31,7 @@ class Guard(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
-def _check_pairs(prompts: Sequence[str], responses: Sequence[str]) -> tuple[list[str], list[str]]:
+def check_pairs(prompts: Sequence[str], responses: Sequence[str]) -> tuple[list[str], list[str]]:
     prompts, responses = list(prompts), list(responses)
     if len(prompts) != len(responses):
         raise ValueError(

@@ -46,14 +46,14 @@ SUM_TOL = 1e-6
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _t(x: ArrayLike) -> torch.Tensor:
+def as_float64(x: ArrayLike) -> torch.Tensor:
     """Convert to a float64 tensor; torch tensors keep their graph (``.to`` is differentiable)."""
     if isinstance(x, torch.Tensor):
         return x.to(DTYPE)
     return torch.as_tensor(np.asarray(x, dtype=np.float64), dtype=DTYPE)
 
 
-def _check_distribution(p: torch.Tensor, name: str) -> None:
+def check_distribution(p: torch.Tensor, name: str) -> None:
     """Raise ValueError unless every row (last axis) is a probability vector."""
     with torch.no_grad():
         if p.ndim == 0:
@@ -72,7 +72,7 @@ def _check_same_shape(p: torch.Tensor, q: torch.Tensor) -> None:
         raise ValueError(f"p and q must have the same shape, got {tuple(p.shape)} and {tuple(q.shape)}")
 
 
-def _check_unit_interval(a: torch.Tensor, name: str) -> None:
+def check_unit_interval(a: torch.Tensor, name: str) -> None:
     with torch.no_grad():
         if not torch.isfinite(a).all() or (a < 0).any() or (a > 1).any():
             raise ValueError(f"{name} must lie in [0, 1]")
@@ -88,11 +88,11 @@ def tv_distance(p: ArrayLike, q: ArrayLike, validate: bool = True) -> torch.Tens
 
     Equivalently ``sum_r (p(r) - q(r))_+ = max_A p(A) - q(A)``. Batched over leading axes.
     """
-    p, q = _t(p), _t(q)
+    p, q = as_float64(p), as_float64(q)
     _check_same_shape(p, q)
     if validate:
-        _check_distribution(p, "p")
-        _check_distribution(q, "q")
+        check_distribution(p, "p")
+        check_distribution(q, "q")
     return 0.5 * (p - q).abs().sum(-1)
 
 
@@ -101,11 +101,11 @@ def kl_divergence(p: ArrayLike, q: ArrayLike, validate: bool = True) -> torch.Te
 
     NaN-free in forward and backward: terms with p = 0 are exactly 0 with zero gradient.
     """
-    p, q = _t(p), _t(q)
+    p, q = as_float64(p), as_float64(q)
     _check_same_shape(p, q)
     if validate:
-        _check_distribution(p, "p")
-        _check_distribution(q, "q")
+        check_distribution(p, "p")
+        check_distribution(q, "q")
     pos = p > 0
     # Substitute harmless values where p = 0 so that neither branch of torch.where produces NaN grads.
     p_safe = torch.where(pos, p, torch.ones_like(p))
@@ -116,7 +116,7 @@ def kl_divergence(p: ArrayLike, q: ArrayLike, validate: bool = True) -> torch.Te
 
 def expectation_gap(p: ArrayLike, q: ArrayLike, f: ArrayLike) -> torch.Tensor:
     """``E_p f - E_q f = sum_r (p(r) - q(r)) f(r)`` (f broadcast against p and q)."""
-    p, q, f = _t(p), _t(q), _t(f)
+    p, q, f = as_float64(p), as_float64(q), as_float64(f)
     return ((p - q) * f).sum(-1)
 
 
@@ -128,27 +128,27 @@ def variational_tv(p: ArrayLike, q: ArrayLike) -> tuple[torch.Tensor, torch.Tens
     ``value = E_p f* - E_q f*`` which equals :func:`tv_distance`. Applying the same argument to 1 - f
     gives the two-sided ``|E_p f - E_q f| <= TV`` (Theorem 3.1).
     """
-    p, q = _t(p), _t(q)
+    p, q = as_float64(p), as_float64(q)
     _check_same_shape(p, q)
-    _check_distribution(p, "p")
-    _check_distribution(q, "q")
+    check_distribution(p, "p")
+    check_distribution(q, "q")
     f_star = (p > q).to(DTYPE)
     return expectation_gap(p, q, f_star), f_star
 
 
 def pinsker_bound(kl: ArrayLike) -> torch.Tensor:
     """Pinsker: ``TV <= sqrt(KL / 2)``. Tight for small KL, vacuous (> 1) once KL > 2."""
-    return torch.sqrt(_t(kl) / 2.0)
+    return torch.sqrt(as_float64(kl) / 2.0)
 
 
 def bretagnolle_huber_bound(kl: ArrayLike) -> torch.Tensor:
     """Bretagnolle-Huber: ``TV <= sqrt(1 - exp(-KL))``; never exceeds 1, beats Pinsker for KL > ~1.6."""
-    return torch.sqrt(-torch.expm1(-_t(kl)))
+    return torch.sqrt(-torch.expm1(-as_float64(kl)))
 
 
 def tv_upper_bound_from_kl(kl: ArrayLike) -> torch.Tensor:
     """Best of the KL-based bounds: ``min(sqrt(KL/2), sqrt(1 - exp(-KL)), 1)``."""
-    kl = _t(kl)
+    kl = as_float64(kl)
     out = torch.minimum(pinsker_bound(kl), bretagnolle_huber_bound(kl))
     return torch.clamp(out, max=1.0)
 
@@ -174,10 +174,10 @@ def random_bound_checks(n_trials: int = 5000, k: int = 6, seed: int = 0) -> dict
     # Tiny floor so that no row is all-zero after gamma underflow; renormalised below.
     gp = rng.gamma(conc, size=(n_trials, k)) + 1e-300
     gq = rng.gamma(conc, size=(n_trials, k)) + 1e-300
-    p = _t(gp / gp.sum(1, keepdims=True))
-    q = _t(gq / gq.sum(1, keepdims=True))
-    f_unif = _t(rng.uniform(size=(n_trials, k)))
-    f_subset = _t(rng.integers(0, 2, size=(n_trials, k)))
+    p = as_float64(gp / gp.sum(1, keepdims=True))
+    q = as_float64(gq / gq.sum(1, keepdims=True))
+    f_unif = as_float64(rng.uniform(size=(n_trials, k)))
+    f_subset = as_float64(rng.integers(0, 2, size=(n_trials, k)))
 
     tv = tv_distance(p, q)
     kl = kl_divergence(p, q)

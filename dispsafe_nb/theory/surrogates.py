@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from dispsafe_nb.theory.divergences import DTYPE, _check_distribution, _check_unit_interval, _t
+from dispsafe_nb.theory.divergences import DTYPE, as_float64, check_distribution, check_unit_interval
 
 if TYPE_CHECKING:
     from dispsafe_nb.theory.divergences import ArrayLike
@@ -32,10 +32,10 @@ def safe_system_distribution(
     result has K + 1 outcomes; with ``refusal_index=j`` the refusal *is* response j (the base model could
     itself produce the refusal string) and the result has K outcomes.
     """
-    p, a = _t(base_probs), _t(alpha)
+    p, a = as_float64(base_probs), as_float64(alpha)
     p, a = torch.broadcast_tensors(p, a)
-    _check_distribution(p, "base_probs")
-    _check_unit_interval(a, "alpha")
+    check_distribution(p, "base_probs")
+    check_unit_interval(a, "alpha")
     kept = p * a
     refused = (p * (1.0 - a)).sum(-1, keepdim=True)
     if refusal_index is None:
@@ -53,8 +53,8 @@ def safety_rate(dist: ArrayLike, safe_mask: ArrayLike) -> torch.Tensor:
 
     Because f is [0, 1]-valued, Theorem 3.1 gives ``|safety_rate(p) - safety_rate(q)| <= TV(p, q)``.
     """
-    d, f = _t(dist), _t(safe_mask)
-    _check_unit_interval(f, "safe_mask")
+    d, f = as_float64(dist), as_float64(safe_mask)
+    check_unit_interval(f, "safe_mask")
     return (d * f).sum(-1)
 
 
@@ -85,8 +85,8 @@ def weighted_nll(log_q: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def _broadcast3(log_q_y: ArrayLike, log_q_r: ArrayLike, alpha: ArrayLike) -> tuple[torch.Tensor, ...]:
-    ly, lr, a = torch.broadcast_tensors(_t(log_q_y), _t(log_q_r), _t(alpha))
-    _check_unit_interval(a, "alpha")
+    ly, lr, a = torch.broadcast_tensors(as_float64(log_q_y), as_float64(log_q_r), as_float64(alpha))
+    check_unit_interval(a, "alpha")
     return ly, lr, a
 
 
@@ -173,7 +173,7 @@ def refusal_logit_grad(q_y: ArrayLike, q_r: ArrayLike, alpha: ArrayLike, loss: s
     harder, by ``(1 - a)(1 - q_r)``. For a real LLM ``q_y`` of a whole sampled response is tiny, so the
     response clip essentially never engages and this "above the mass" difference is all that separates them.
     """
-    qy, qr, a = torch.broadcast_tensors(_t(q_y), _t(q_r), _t(alpha))
+    qy, qr, a = torch.broadcast_tensors(as_float64(q_y), as_float64(q_r), as_float64(alpha))
     _loss_fn(loss)
     y_on = torch.ones_like(qr) if loss == "kl" else (qy < a).to(DTYPE)
     r_on = torch.ones_like(qr) if loss == "kl" else (qr < 1.0 - a).to(DTYPE)
@@ -188,7 +188,7 @@ def expected_disp_loss(
     ``student_log_probs`` (..., K+1), ``base_probs`` and ``alpha`` (..., K). Responses with zero base
     probability contribute exactly 0 (even if the student gives them zero mass).
     """
-    lq, p, a = _t(student_log_probs), _t(base_probs), _t(alpha)
+    lq, p, a = as_float64(student_log_probs), as_float64(base_probs), as_float64(alpha)
     k = p.shape[-1]
     if lq.shape[-1] != k + 1:
         raise ValueError(f"student_log_probs needs K + 1 = {k + 1} outcomes, got {lq.shape[-1]}")
@@ -205,7 +205,7 @@ def minimise_expected_loss(
     _loss_fn(loss)
     if steps < 1:
         raise ValueError(f"steps must be at least 1, not {steps}")
-    p = _t(base_probs)
+    p = as_float64(base_probs)
     z = torch.zeros(p.shape[-1] + 1, dtype=DTYPE, requires_grad=True)
     opt = torch.optim.Adam([z], lr=lr)
     for _ in range(steps):

@@ -106,7 +106,7 @@ def autocast(cfg: DistillConfig, llm: LLM) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def _loss(llm: LLM, soft: Method, batch: Sequence[Example], cfg: DistillConfig) -> BatchLoss:
+def batch_loss_of(llm: LLM, soft: Method, batch: Sequence[Example], cfg: DistillConfig) -> BatchLoss:
     """Eq. 4 (or KL-DiSP, or the perplexity baseline) on a batch: the sampled ids are scored exactly, a truncated
     sample without eos."""
     if cfg.objective == "perplexity":
@@ -168,7 +168,7 @@ def validation_gap(
         if cfg.objective in OBJECTIVES or cfg.objective in TARGET_OBJECTIVES
         else replace(cfg, objective="tv")
     )
-    loss = _loss(llm, soft, examples, scored).loss
+    loss = batch_loss_of(llm, soft, examples, scored).loss
     prompts = [s.prompt for s in samples]
     logq_r = sequence_logprobs(llm, prompts, [s.refusal for s in samples], reduction="sum", method=soft)
     p_r = torch.tensor([s.refusal_mass for s in samples], device=logq_r.device)

@@ -101,7 +101,7 @@ def prompt_kinds(records: Sequence[data.PromptRecord]) -> dict[str, str]:
     }
 
 
-def _batch_indices(n: int, cfg: DistillConfig, step: int, micro: int) -> list[int]:
+def batch_indices(n: int, cfg: DistillConfig, step: int, micro: int) -> list[int]:
     # A pure function of (seed, step, micro-batch): resuming at any step draws the same batches.
     if cfg.sampling == "epoch":
         start = (step * cfg.grad_accum + micro) * cfg.batch_size

@@ -23,11 +23,11 @@ from dispsafe_nb import data
 from dispsafe_nb.core.llm import LLM
 from dispsafe_nb.methods import Method, new_method
 from dispsafe_nb.system.teacher_cache import TeacherSample, deployed_alphas
-from dispsafe_nb.training.batch_loss import _loss
+from dispsafe_nb.training.batch_loss import batch_loss_of
 from dispsafe_nb.training.checkpoints import restore_checkpoint, save_checkpoint
 from dispsafe_nb.training.config import REWARD_OBJECTIVES, TARGET_OBJECTIVES, DistillConfig, learning_rate
 from dispsafe_nb.training.examples import (
-    _batch_indices,
+    batch_indices,
     data_hash,
     example_tokens,
     examples_from_samples,
@@ -158,9 +158,9 @@ def _fit(
             group["lr"] = learning_rate(cfg, step)
         opt.zero_grad()
         total, alphas, clip_y, clip_r = 0.0, [], 0.0, 0.0
-        draws = [_batch_indices(len(examples), cfg, step, micro) for micro in range(cfg.grad_accum)]
+        draws = [batch_indices(len(examples), cfg, step, micro) for micro in range(cfg.grad_accum)]
         for batch in micro_batches(examples, draws, cfg.bucketing, length):
-            out = _loss(llm, method, batch, cfg)
+            out = batch_loss_of(llm, method, batch, cfg)
             (out.loss / cfg.grad_accum).backward()
             total += out.loss.item() / cfg.grad_accum
             alphas += out.alpha.tolist()

@@ -163,7 +163,7 @@ def optimise(
     from tqdm.auto import tqdm
 
     from dispsafe_nb.training.config import learning_rate
-    from dispsafe_nb.training.examples import _batch_indices
+    from dispsafe_nb.training.examples import batch_indices
     from dispsafe_nb.training.history import History, record_validation
 
     if cfg.objective not in ("reinforce", "ppo"):
@@ -182,7 +182,7 @@ def optimise(
         opt.param_groups[0]["lr"] = learning_rate(cfg, step)
         total, rewards_seen, clip_fraction = 0.0, [], 0.0
         for micro in range(cfg.grad_accum):
-            batch = [prompts[i] for i in _batch_indices(len(prompts), cfg, step, micro)]
+            batch = [prompts[i] for i in batch_indices(len(prompts), cfg, step, micro)]
             rows, texts, ids, finished = student_samples(
                 llm, method, batch, cfg, step * cfg.grad_accum + micro
             )

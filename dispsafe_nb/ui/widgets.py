@@ -27,9 +27,9 @@ from dispsafe_nb.ui.prober import (
     ProbeResult,
     ProbeSession,
     SystemAnswer,
-    presets,
     probe,
 )
+from dispsafe_nb.ui.prompt_presets import presets
 
 _CELL = "border:1px solid #ccc;padding:6px;vertical-align:top;text-align:left"
 
