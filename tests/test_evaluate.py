@@ -114,7 +114,7 @@ def test_benchmarks_never_read_training_splits():
 
 
 def test_fidelity_record_averages_the_per_answer_kl(monkeypatch):
-    import dispsafe_nb.core.scoring as objectives
+    import dispsafe_nb.evaluation.harness as harness
     from dispsafe_nb.evaluation.harness import fidelity_record
 
     base = score_responses("base", "alpaca_test", _records(3, False), [ANSWER, "", ANSWER], RefusalJudge())
@@ -124,7 +124,7 @@ def test_fidelity_record_averages_the_per_answer_kl(monkeypatch):
         seen["n"] = len(prompts)
         return __import__("torch").tensor([0.1, 0.3])
 
-    monkeypatch.setattr(objectives, "fidelity_kl", fake_kl)
+    monkeypatch.setattr(harness, "fidelity_kl", fake_kl)
     rec = fidelity_record("tv-disp", None, None, base)
     assert seen["n"] == 2, "empty answers carry no tokens to compare"
     assert rec.metric_name == "fidelity_kl" and rec.metric == pytest.approx(0.2) and rec.refusal_rate is None

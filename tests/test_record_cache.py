@@ -106,7 +106,6 @@ class _System:
 
 
 def test_the_reference_key_changes_with_system_runtime_decoding_limits_and_prompts(monkeypatch):
-    from dispsafe_nb.evaluation import benchmarks
 
     greedy = DecodingConfig(max_new_tokens=8, seed=0)
     limits = {"bundled_forms_test": 3}
@@ -119,18 +118,16 @@ def test_the_reference_key_changes_with_system_runtime_decoding_limits_and_promp
     bf16 = _System()
     bf16.llm.model = torch.nn.Linear(1, 1).to(torch.bfloat16)
     assert key != gen.reference_key(bf16, limits, greedy)  # another dtype
-    original = benchmarks.benchmark_records
+    original = gen.benchmark_records
 
     def relabelled(name, limit=None, seed=0):  # the same texts under other ids
         return [r.__class__(**{**r.__dict__, "id": r.id + "-v2"}) for r in original(name, limit, seed)]
 
-    monkeypatch.setattr(benchmarks, "benchmark_records", relabelled)
+    monkeypatch.setattr(gen, "benchmark_records", relabelled)
     assert key["prompts"] != gen.reference_key(_System(), limits, greedy)["prompts"]
 
 
 def test_cached_reference_generates_once_then_reuses_and_fresh_regenerates(tmp_path, monkeypatch):
-    from dispsafe_nb.evaluation import harness as evaluate
-
     calls = []
 
     def fake_base_and_dual(system, benches, **kwargs):
@@ -138,7 +135,7 @@ def test_cached_reference_generates_once_then_reuses_and_fresh_regenerates(tmp_p
         return _records(), {}
 
     monkeypatch.setenv("DISPSAFE_CACHE", str(tmp_path))
-    monkeypatch.setattr(evaluate, "evaluate_base_and_dual", fake_base_and_dual)
+    monkeypatch.setattr(gen, "evaluate_base_and_dual", fake_base_and_dual)
     limits = {"bundled_forms_test": 2}
     greedy = DecodingConfig(max_new_tokens=8, seed=0)
     first, hit1 = gen.cached_reference(_System(), limits, greedy, progress=False)

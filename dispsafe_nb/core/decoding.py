@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -35,7 +36,6 @@ def samples_per_prompt(answers: list[str] | list[list[str]], num_samples: int) -
 
 def row_seed(prompt: str, seed: int, sample: int) -> int:
     """The seed of one (prompt, sample index) row: stable across runs, batches and machines."""
-    import hashlib
 
     return int(hashlib.sha256(f"{seed}:{sample}:{prompt}".encode()).hexdigest()[:12], 16)
 

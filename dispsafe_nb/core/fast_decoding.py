@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import weakref
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -62,7 +63,7 @@ def decode(
     (called as generate() calls a logits processor: ids so far, next-token scores in fp32) rewrites the scores.
     Returns [rows, steps]: a row that emitted end-of-turn is padded after it; steps stop when every row has
     finished or at `max_new_tokens`."""
-    from transformers import DynamicCache
+    from transformers import DynamicCache  # noqa: PLC0415 (deferred: transformers takes seconds to import; only model loading needs it)
 
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
@@ -115,7 +116,6 @@ def bf16_twin(llm: Any) -> Any:
     half the bytes and runs bf16 matrix products. Its answers can differ from float32's where two tokens are
     nearly tied (`benchmarks/costs.py` reports how often). A method acting inside the model (LoRA's adapters, a
     steering hook) would not be copied faithfully, so such a model is refused."""
-    from dataclasses import replace
 
     model = llm.model
     if llm.quantization == "nf4" or any(not p.is_floating_point() for p in model.parameters()):

@@ -8,8 +8,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from dispsafe_nb.core.decoding import GENERATION_ENGINES, DecodingConfig, RowSeededSampler, row_seed
+from dispsafe_nb.core.fast_decoding import bf16_twin, decode, plain_generation_config
+from dispsafe_nb.core.prefix_cache import PrefixCache
 
 
 class PromptError(ValueError):
@@ -196,7 +199,6 @@ def generate_with_prefix(
     `per_prompt_seed`, per (prompt, sample) row instead (see `LLM.generate`). With `details`, returns
     `num_samples` `Generation`s per prompt (always nested), with the sampled token ids and finish flags.
     """
-    from tqdm.auto import tqdm
 
     decoding = decoding or DecodingConfig()
     if isinstance(prompts, str):
@@ -206,7 +208,6 @@ def generate_with_prefix(
     prompts = llm.check_prompts(prompts, reserve_tokens=decoding.max_new_tokens + n_prefix)
     if engine not in GENERATION_ENGINES:
         raise ValueError(f"unknown generation engine {engine!r}: one of {GENERATION_ENGINES}")
-    from dispsafe_nb.core.fast_decoding import bf16_twin, plain_generation_config
 
     fast = engine != "hf" and (decoding.greedy or per_prompt_seed) and plain_generation_config(llm.model)
     if engine == "fast_bf16":
@@ -218,8 +219,6 @@ def generate_with_prefix(
         llm = bf16_twin(llm)
     prefix_cache = None
     if fast and prefix is not None:
-        from dispsafe_nb.core.prefix_cache import PrefixCache
-
         prefix_cache = PrefixCache(llm, prefix)
     answers: list[list[Any]] = []
     batches = range(0, len(prompts), batch_size)
@@ -287,7 +286,7 @@ def _generate_batch(
     elif row_seeds is not None:
         # Our processor draws each row's token from its own generator and leaves only that token possible;
         # greedy decoding then picks it. generate()'s shared RNG is never used.
-        from transformers import LogitsProcessorList
+        from transformers import LogitsProcessorList  # noqa: PLC0415 (deferred: transformers takes seconds to import; only model loading needs it)
 
         sampler = RowSeededSampler(row_seeds, decoding.temperature, decoding.top_p)
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
@@ -316,7 +315,6 @@ def _decode_batch(
     row_seeds: list[int] | None = None,
 ) -> torch.Tensor:
     """`_generate_batch` through our decoding loop (greedy, or per-row seeded sampling): only the new tokens."""
-    from dispsafe_nb.core.fast_decoding import decode
 
     ids, mask = batch["input_ids"], batch["attention_mask"]
     if num_samples > 1:

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 
 @dataclass(frozen=True)
@@ -231,7 +232,6 @@ def kv_cache_bytes(arch: Architecture, context: int, bytes_per_value: int = 2) -
 def measured_decode_flops(model: Any, context: int, batch: int = 1) -> int:
     """The flop counter's FLOPs of one decode step of `model` (a transformers causal LM) at `context` keys, per
     row: a prefill of `context - 1` random tokens fills the KV cache, then one token is counted."""
-    from torch.utils.flop_counter import FlopCounterMode
 
     _check_positive(context=context)
     device = next(model.parameters()).device
@@ -254,7 +254,6 @@ def formula_check(model: Any, context: int) -> dict[str, float]:
 
 
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
-    from torch.utils.flop_counter import sdpa_flop_count
 
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 

@@ -12,7 +12,9 @@ from typing import Any
 
 from torch import nn
 
+from dispsafe_nb.core.loading import EMBEDDED_MODELS, embedded_model_folder
 from dispsafe_nb.costs.flops import Architecture, kv_cache_bytes
+from dispsafe_nb.methods import new_method
 
 
 def count_parameters(*modules: nn.Module) -> int:
@@ -37,10 +39,9 @@ def llm_weight_bytes(llm: Any) -> int:
     """The LLM's weights in bytes as a device would hold them: for an embedded GGUF model, the sizes of the tensors
     in its file (at their quantised types); otherwise the parameters at their in-memory dtypes (for an nf4 model,
     bitsandbytes' packed 4-bit storage)."""
-    from dispsafe_nb.core.loading import EMBEDDED_MODELS, embedded_model_folder
 
     if getattr(llm, "name", None) in EMBEDDED_MODELS:
-        import gguf
+        import gguf  # noqa: PLC0415 (deferred: the GGUF reader is needed to read a GGUF header only)
 
         path = embedded_model_folder(llm.name) / EMBEDDED_MODELS[llm.name].gguf_file
         return sum(int(t.n_bytes) for t in gguf.GGUFReader(str(path)).tensors)
@@ -95,7 +96,6 @@ def method_memory_rows(llm: Any, guard: Any, n_tokens: int) -> list[dict[str, An
     """What each option adds to the LLM, in parameters and bytes (fp16, as a device would keep a prompt, its cached
     keys/values or an adapter), beside the LLM at its real precision and the guard in fp32. Rows: LLM, soft
     prompt, its cached keys/values, LoRA, steering vector, guard."""
-    from dispsafe_nb.methods import new_method
 
     llm_params, llm_bytes = count_parameters(llm.model), llm_weight_bytes(llm)
     rows = [{"part": f"LLM ({llm.name}, {llm.quantization})", "parameters": llm_params, "bytes": llm_bytes}]

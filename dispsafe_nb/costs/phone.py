@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dispsafe_nb.costs.flops import PAPER_ARCHITECTURES as A
 from dispsafe_nb.costs.flops import (
     Architecture,
     kv_cache_bytes,
@@ -85,7 +86,6 @@ def paper_pairs_budget(
     n_tokens: int = 100,
 ) -> list[dict[str, Any]]:
     """`phone_budget` for the paper's LLMs (1B, 3B) with Llama Guard 3 at 1B and 8B."""
-    from dispsafe_nb.costs.flops import PAPER_ARCHITECTURES as A
 
     return [
         phone_budget(A[llm], A[guard], ram_gb, app_share, context, response_tokens, n_tokens)

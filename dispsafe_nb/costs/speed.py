@@ -14,8 +14,16 @@ from dataclasses import replace
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.core.llm import generate_with_prefix
+from dispsafe_nb.core.prefix_cache import PrefixCache
+from dispsafe_nb.core.scoring import left_pad, response_token_ids, sequence_logprobs
 from dispsafe_nb.costs.flops import CPU_ATTENTION
+from dispsafe_nb.training.batch_loss import batch_loss_of
+from dispsafe_nb.training.examples import example_tokens, micro_batches
+from dispsafe_nb.training.objectives import tv_disp_loss
 
 
 def _synchronize() -> None:
@@ -42,7 +50,6 @@ def median_seconds(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> 
 
 def counted_flops(fn: Callable[[], Any]) -> int:
     """FLOPs of one call of `fn` (forward and backward included) as `torch.utils.flop_counter` counts them."""
-    from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION) as counter:
         fn()
@@ -91,7 +98,6 @@ def machine_limits(
 def naive_terms(llm: Any, method: Any, batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """The naive reference of Eq. 4's two log-probs, computed the obvious way: one full pass per (prompt, response)
     pair — y and y_r separately — with vocabulary logits at every position, in float32."""
-    from dispsafe_nb.core.scoring import left_pad, response_token_ids
 
     tok = llm.tokenizer
     prompts = [e.prompt for e in batch]
@@ -123,8 +129,6 @@ def training_step(
 ) -> Callable[[], float]:
     """A closure running one TV-DiSP step's forward and backward on `batch` (no optimiser update, so repeats see
     the same parameters): our trainer's (`cfg.scoring`, `cfg.autocast`) or the naive reference's."""
-    from dispsafe_nb.training.batch_loss import batch_loss_of
-    from dispsafe_nb.training.objectives import tv_disp_loss
 
     params = list(method.trainable_parameters())
 
@@ -188,8 +192,6 @@ def bucketing_gain(
     """One step of `cfg.grad_accum` micro-batches of `cfg.batch_size` over `examples` (taken in order, as one
     step's draws) with the trainer's length bucketing and without: median step seconds (forward and backward of
     every micro-batch), padded-token share by example length, and the step's loss (the two must agree)."""
-    from dispsafe_nb.training.batch_loss import batch_loss_of
-    from dispsafe_nb.training.examples import example_tokens, micro_batches
 
     need = cfg.batch_size * cfg.grad_accum
     if len(examples) < need:
@@ -233,8 +235,6 @@ def generation_speed(
 ) -> dict[str, float]:
     """Greedy generation of `prompts` as one batch with `engine` ("fast" or "hf"): median seconds, generated
     tokens (every row's new tokens up to its end-of-turn) and tokens/s."""
-    from dispsafe_nb.core.decoding import DecodingConfig
-    from dispsafe_nb.core.llm import generate_with_prefix
 
     decoding = DecodingConfig(max_new_tokens=max_new_tokens)
 
@@ -251,8 +251,6 @@ def engine_agreement(
 ) -> dict[str, float]:
     """How far `engine`'s greedy answers follow `reference`'s: the share of prompts with identical tokens and the
     mean share of each answer's leading tokens that agree."""
-    from dispsafe_nb.core.decoding import DecodingConfig
-    from dispsafe_nb.core.llm import generate_with_prefix
 
     decoding = DecodingConfig(max_new_tokens=max_new_tokens)
     runs = [
@@ -278,7 +276,7 @@ def decode_step_seconds(
 ) -> float:
     """Median seconds of one decode step whose token attends to `context` prompt positions (plus the prefix's N
     when `prefix_cache` is given), batch `batch`: the KV cache is filled once and cropped back after every step."""
-    from transformers import DynamicCache
+    from transformers import DynamicCache  # noqa: PLC0415 (deferred: transformers takes seconds to import; only model loading needs it)
 
     vocab = llm.model.get_input_embeddings().weight.shape[0]
     ids = torch.randint(0, vocab, (batch, context), generator=torch.Generator().manual_seed(0)).to(llm.device)
@@ -310,7 +308,7 @@ def decode_step_seconds(
 @torch.no_grad()
 def prefill_seconds(llm: Any, tokens: int, repeats: int = 5) -> float:
     """Median seconds of one forward pass over `tokens` random tokens (batch 1) filling a fresh KV cache."""
-    from transformers import DynamicCache
+    from transformers import DynamicCache  # noqa: PLC0415 (deferred: transformers takes seconds to import; only model loading needs it)
 
     vocab = llm.model.get_input_embeddings().weight.shape[0]
     ids = torch.randint(0, vocab, (1, tokens), generator=torch.Generator().manual_seed(0)).to(llm.device)
@@ -334,10 +332,6 @@ def prefix_cache_agreement(
 ) -> dict[str, float]:
     """Does reading the prefix from its KV cache change anything? Greedy tokens (share of rows identical) and
     log q(response | prompt) (largest absolute difference) with the cache against the prefix inside every row."""
-    from dispsafe_nb.core.decoding import DecodingConfig
-    from dispsafe_nb.core.llm import generate_with_prefix
-    from dispsafe_nb.core.prefix_cache import PrefixCache
-    from dispsafe_nb.core.scoring import sequence_logprobs
 
     greedy = DecodingConfig(max_new_tokens=max_new_tokens)
     cached = generate_with_prefix(llm, prompts, prefix, greedy, details=True, engine="fast")
@@ -364,7 +358,6 @@ def per_token_latency(
     `PrefixCache`; what re-encoding the prefix in every request would add (its prefill); and the dual system's time
     per request over the base model's (a `context`-token prefill plus `response_tokens` decode steps, plus the
     guard's pass over the prompt and the response)."""
-    from dispsafe_nb.core.prefix_cache import PrefixCache
 
     # the two alternate, three rounds each: a ratio of two timings is only as good as their shared conditions
     cache, bases, softs = PrefixCache(llm, prefix), [], []

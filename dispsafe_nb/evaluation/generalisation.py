@@ -16,12 +16,16 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
+
 import dispsafe_nb
 from dispsafe_nb import data
 from dispsafe_nb.common.content_hash import code_digest
 from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.core.scoring import next_token_log_probs, sequence_logprobs
 from dispsafe_nb.evaluation import record_cache
-from dispsafe_nb.evaluation.harness import evaluate
+from dispsafe_nb.evaluation.benchmarks import benchmark_records
+from dispsafe_nb.evaluation.harness import evaluate, evaluate_base_and_dual
 from dispsafe_nb.evaluation.records import EvalRecord
 
 HARMFUL_SETS = ("jbb_harmful", "xstest_unsafe", "bundled_forms_test", "jailbreak_wrapped", "advbench_test")
@@ -116,8 +120,7 @@ REFERENCE_BATCH_SIZE = 16  # left padding changes greedy numerics a little: the 
 
 def _runtime(llm: Any) -> dict[str, str]:
     """Where and with what the model ran: greedy answers can differ across devices, dtypes and library versions."""
-    import torch
-    import transformers
+    import transformers  # noqa: PLC0415 (deferred: transformers takes seconds to import; only model loading needs it)
 
     return {
         "device": str(llm.device),
@@ -155,7 +158,6 @@ def reference_key(
     model runs, the decoding, limits, seed and batch size, each set's prompts (ids, texts, categories, forms), the
     split and package versions, and the source of the code that generates and judges. Not in it: the weights of a
     local model folder changed in place under the same name (regenerate with ``fresh=True``)."""
-    from dispsafe_nb.evaluation.benchmarks import benchmark_records
 
     prompts = {
         bench: record_cache.stable_hash(
@@ -205,7 +207,6 @@ def reference_records(
     """The base model's and the deployed dual system's greedy records on each benchmark of `limits` ({benchmark:
     at most this many prompts, None for all}), from one generation pass per benchmark. With `cache`, computed once
     and reused (`cached_reference`)."""
-    from dispsafe_nb.evaluation.harness import evaluate_base_and_dual
 
     if cache:
         return cached_reference(system, limits, decoding, progress=progress)[0]
@@ -253,9 +254,6 @@ def refusal_mass(
     Greedy decoding refuses when y_r's path is the most likely one, which can happen with q(y_r | x) well under
     one half when the rest of the mass is spread over many answers: these numbers show how far greedy refusal
     rates amplify the refusal mass a student learned."""
-    import torch
-
-    from dispsafe_nb.core.scoring import next_token_log_probs, sequence_logprobs
 
     first = llm.tokenizer(refusal, add_special_tokens=False)["input_ids"][0]
     out: dict[str, list[float]] = {"q_refusal": [], "p_first": [], "first_is_greedy": []}

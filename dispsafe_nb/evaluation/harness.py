@@ -10,6 +10,7 @@ Results are `EvalRecord`s (JSON lines with the full config) and a pandas table.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import dispsafe_nb
 from dispsafe_nb import data
 from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.core.scoring import fidelity_kl
 from dispsafe_nb.evaluation.benchmarks import SYSTEM_REFUSAL, benchmark, benchmark_records
 from dispsafe_nb.evaluation.judges import RefusalJudge, judge_for_kind
 from dispsafe_nb.evaluation.records import EvalRecord
@@ -304,7 +306,6 @@ def evaluate_base_and_dual(
 
     A `second_judge` that is the dual system's own guard is refused: the dual system would pass it by
     construction, so its SGS would measure nothing."""
-    import time
 
     is_teacher = getattr(second_judge, "is_teacher", None)
     if is_teacher is not None and is_teacher(system.guard):
@@ -403,7 +404,6 @@ def evaluate_students(
 def fidelity_record(system_name: str, llm: Any, method: Any, base_record: EvalRecord) -> EvalRecord:
     """Fidelity on a benign benchmark: mean per-token KL(base || system) along the base model's own answers
     (taken from `base_record`, the base model's record on that benchmark); 0 means the method changes nothing."""
-    from dispsafe_nb.core.scoring import fidelity_kl
 
     pairs = [(o["prompt"], o["response"]) for o in base_record.outputs if o["response"].strip()]
     if not pairs:

@@ -28,13 +28,13 @@ import torch
 
 from dispsafe_nb.common.classifier_stats import auroc
 from dispsafe_nb.methods.base import layer_count
+from dispsafe_nb.methods.refusal_direction import post_instruction_outputs
 
 
 def prompt_activations(
     llm: Any, prompts: Sequence[str], batch_size: int = 16, progress: bool = False
 ) -> torch.Tensor:
     """(n_layers, n, d): each decoder layer's output averaged over each prompt's post-instruction positions."""
-    from dispsafe_nb.methods.refusal_direction import post_instruction_outputs
 
     out = torch.zeros(layer_count(llm), len(prompts), llm.hidden_size, dtype=torch.float64)
     for start, outputs in post_instruction_outputs(llm, prompts, batch_size, progress):

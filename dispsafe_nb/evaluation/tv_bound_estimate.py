@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
 import torch
 
 from dispsafe_nb.core.decoding import DecodingConfig, samples_per_prompt
@@ -200,7 +201,6 @@ def check_bound(
 def bound_table(checks: Sequence[BoundCheck], kinds: Sequence[str]) -> Any:
     """One row per prompt: its kind, TV, both gaps (with standard errors), sampled safety and refusal of teacher
     and student, whether each bound holds, and the prompt's start (a pandas DataFrame)."""
-    import pandas as pd
 
     if len(checks) != len(kinds):
         raise ValueError(f"{len(checks)} checks but {len(kinds)} kinds")

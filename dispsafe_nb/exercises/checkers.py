@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from dispsafe_nb import theory as th
+from dispsafe_nb.costs import PAPER_ARCHITECTURES
 from dispsafe_nb.exercises.solutions import (
     clip_fractions,
     clipped_nll,
@@ -331,7 +332,6 @@ def _check_rloo_advantages(fn: Callable) -> int:
 
 
 def _check_decode_flops_per_token(fn: Callable) -> int:
-    from dispsafe_nb.costs import PAPER_ARCHITECTURES
 
     archs = [a for a in PAPER_ARCHITECTURES.values() if a.gated_mlp and a.lm_head]
     cases = [(a, c) for a in archs for c in (1, 512, 4096)]

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dispsafe_nb.data.mixes import water_fill
 from dispsafe_nb.evaluation.judges import XSTEST_REFUSAL_PREFIXES
 
 
@@ -110,6 +111,5 @@ def decode_flops_per_token(arch: Any, context: int) -> int:
 def share_out(need: int, sizes: dict[str, int]) -> dict[str, int]:
     """`need` prompts taken from sources of the given sizes as evenly as they allow: equal shares, each source up
     to its size, what a small source cannot give taken from the others (max-min fair)."""
-    from dispsafe_nb.data.mixes import water_fill
 
     return water_fill(need, sizes)

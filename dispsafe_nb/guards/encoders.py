@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import copy
+import difflib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from dispsafe_nb.common.paths import cache_root
 from dispsafe_nb.core.loading import ModelNotAvailableError, default_device
@@ -79,7 +82,6 @@ class SentenceEncoder:
     @torch.no_grad()
     def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> torch.Tensor:
         """Embed texts into an (n, dim) float32 CPU tensor (memoised by text)."""
-        from tqdm.auto import tqdm
 
         texts = list(texts)
         todo = sorted({t for t in texts if t not in self._memo}, key=len)  # length-sorted: less padding
@@ -95,7 +97,6 @@ class SentenceEncoder:
 
     def clone(self, name: str | None = None) -> SentenceEncoder:
         """An independent copy (to fine-tune without touching the original); empty memo."""
-        import copy
 
         return SentenceEncoder(copy.deepcopy(self.model), self.tokenizer, name or self.name, self.max_length)
 
@@ -103,7 +104,7 @@ class SentenceEncoder:
 def _load_encoder(
     folder: Path, name: str, max_length: int, device: str | torch.device | None
 ) -> SentenceEncoder:
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel, AutoTokenizer  # noqa: PLC0415 (deferred: transformers takes seconds to import; only model loading needs it)
 
     device = torch.device(device) if device is not None else default_device()
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
@@ -287,8 +288,6 @@ ENCODERS = {MINILM_ID: load_minilm, MPNET_ID: load_mpnet}
 def load_encoder(name: str, device: str | torch.device | None = None) -> SentenceEncoder:
     """Load a sentence encoder by its upstream id (`ENCODERS`); unknown ids get a close-match suggestion."""
     if name not in ENCODERS:
-        import difflib
-
         close = difflib.get_close_matches(name, list(ENCODERS), n=1, cutoff=0.4)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"unknown encoder {name!r}.{hint} Known: {', '.join(ENCODERS)}")

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from dispsafe_nb import data
 from dispsafe_nb.common.artifacts import ArtifactError
@@ -181,7 +182,6 @@ def _fit_head(
     x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, cfg: GuardTrainingConfig, desc: str
 ) -> ProbeHead:
     """Full-batch AdamW on a weighted, class-balanced logistic loss (a few thousand embeddings)."""
-    from tqdm.auto import tqdm
 
     torch.manual_seed(cfg.seed)
     head = ProbeHead(x.shape[1], cfg.hidden)
@@ -204,7 +204,6 @@ def _finetune(
     cfg: GuardTrainingConfig,
 ) -> SentenceEncoder:
     """Fine-tune the top layers of a copy of the encoder together with the head (minibatch AdamW)."""
-    from tqdm.auto import tqdm
 
     tuned = encoder.clone(name=f"{encoder.name}+finetuned")
     model = tuned.model

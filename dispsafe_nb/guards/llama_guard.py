@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from dispsafe_nb.core.loading import load_llm
 from dispsafe_nb.guards.protocol import check_pairs
 
 # ---------------------------------------------------------------------------------------------------------
@@ -138,7 +139,6 @@ def load_llama_guard(
     content_format: "auto" (detect from the chat template), "parts" (Llama-Guard-3-1B) or "string"
     (Llama-Guard-2 / Llama-Guard-3-8B); see `LlamaGuard`.
     """
-    from dispsafe_nb.core.loading import load_llm
 
     llm = load_llm(name, quantization=quantization)  # sets a pad token when the tokenizer has none
     return LlamaGuard(

@@ -237,7 +237,7 @@ class LoRA(Method):
                 )
 
     def peft_config(self) -> Any:
-        from peft import LoraConfig
+        from peft import LoraConfig  # noqa: PLC0415 (deferred: peft is needed by LoRA only)
 
         return LoraConfig(
             r=self.rank,
@@ -274,7 +274,7 @@ class LoRA(Method):
 @contextlib.contextmanager
 def _injected(llm: LLM, config: Any) -> Iterator[dict[str, Any]]:
     """peft LoRA layers injected into ``llm.model`` for the duration of the context: {module name: layer}."""
-    from peft.tuners.lora import LoraLayer, LoraModel
+    from peft.tuners.lora import LoraLayer, LoraModel  # noqa: PLC0415 (deferred: peft is needed by LoRA only)
 
     model = llm.model
     grad_flags = {name: p.requires_grad for name, p in model.named_parameters()}

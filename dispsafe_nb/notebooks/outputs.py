@@ -10,6 +10,7 @@ from typing import Any
 
 import dispsafe_nb
 from dispsafe_nb.common.paths import figures_dir, results_dir
+from dispsafe_nb.report.notebook_checks import run_checks
 
 
 def emit_metrics(notebook: str, metrics: dict[str, Any], config: dict[str, Any]) -> Path:
@@ -49,7 +50,7 @@ def is_interactive() -> bool:
     if os.environ.get("DISPSAFE_HEADLESS"):
         return False
     try:
-        from IPython import get_ipython
+        from IPython import get_ipython  # noqa: PLC0415 (deferred: IPython exists only inside a notebook)
 
         shell = get_ipython()
     except ImportError:
@@ -69,7 +70,6 @@ def config_of(namespace: dict[str, Any], names: str) -> dict[str, Any]:
 def emit_and_check(notebook: str, metrics: dict[str, Any], config: dict[str, Any]) -> Path:
     """The end of every notebook: write its metrics (`emit_metrics`) and print each named check as holding or not
     (`dispsafe_nb.report.notebook_checks`); returns the metrics file."""
-    from dispsafe_nb.report.notebook_checks import run_checks
 
     path = emit_metrics(notebook, metrics, config)
     for ok, message in run_checks(notebook, metrics).values():

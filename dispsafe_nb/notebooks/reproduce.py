@@ -29,7 +29,7 @@ def notebooks() -> list[Path]:
 
 def run_notebook(path: Path, output_dir: Path, parameters: dict | None = None) -> Path:
     """Execute one notebook with papermill (cwd = notebooks/, kernel python3); returns the executed copy."""
-    import papermill
+    import papermill  # noqa: PLC0415 (deferred: papermill is needed to run notebooks only)
 
     os.environ["DISPSAFE_HEADLESS"] = "1"  # widgets and other waits stay off
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -47,7 +47,7 @@ def run_notebook(path: Path, output_dir: Path, parameters: dict | None = None) -
 
 def render_html(executed: Path) -> Path:
     """An HTML render of an executed notebook beside it (read it in a browser, no Jupyter needed)."""
-    from nbconvert import HTMLExporter
+    from nbconvert import HTMLExporter  # noqa: PLC0415 (deferred: nbconvert is needed to render HTML only)
 
     body, _ = HTMLExporter().from_filename(str(executed))
     out = executed.with_suffix(".html")

@@ -9,6 +9,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from dispsafe_nb import theory as th
 from dispsafe_nb.plots.common import COLORS, PALETTE, as_np, subsample
 
 
@@ -158,7 +159,6 @@ def disp_loss_surface_figure(
     Five traces per α (heatmap, target marker, clip lines, two gradient curves); the slider has one step per
     α and shows that α's five traces. Colours are capped at ``zmax`` (hover shows the exact value).
     """
-    from dispsafe_nb import theory as th
 
     if loss not in ("tv", "kl"):
         raise ValueError(f"loss must be 'tv' or 'kl', got {loss!r}")
@@ -319,7 +319,6 @@ def refusal_logit_grad_figure(
     sampled response (default 1e-30: a whole sampled sentence, so the response clip never engages).
     Two traces per α: TV (solid) and KL (dashed), same colour. Negative = gradient descent raises refusal.
     """
-    from dispsafe_nb import theory as th
 
     q_r = np.linspace(0.001, 0.999 - q_y, n_points)
     fig = go.Figure()

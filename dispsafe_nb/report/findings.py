@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from dispsafe_nb.report.generalisation_tables import SHORT_NAMES, variant_rows
+
 # (label, benchmark, metric) rows of notebook 03's findings
 DISTILL_ROWS = (
     ("SGS, AdvBench test", "advbench_test", "sgs"),
@@ -216,7 +218,6 @@ def probe_findings(probe: Mapping[str, Any], variants: Mapping[str, Mapping[str,
     """The harm probe's reading (`benchmarks/harm_probe.py`'s result) beside trained students (`generalise.py`
     results by name): how well the frozen model separates harm off-distribution, and whether a linear read-out of
     it meets targets the students miss."""
-    from dispsafe_nb.report.generalisation_tables import SHORT_NAMES, variant_rows
 
     layer = probe["layers"][probe["layer"]]
     met = {n for n, t in probe["targets"].items() if t["met"]}

@@ -17,15 +17,17 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import pandas as pd
+import torch
 
 from dispsafe_nb.core.llm import LLM
+from dispsafe_nb.core.scoring import sequence_logprobs
 from dispsafe_nb.evaluation.benchmarks import BENCHMARKS
 from dispsafe_nb.evaluation.records import EvalRecord
 from dispsafe_nb.methods import Method
 from dispsafe_nb.system.teacher_cache import TeacherSample
 from dispsafe_nb.training.config import DistillConfig
 from dispsafe_nb.training.history import History
-from dispsafe_nb.training.loop import distill
+from dispsafe_nb.training.loop import distill, make_method
 
 METHOD_RUNS = (("soft_prompt", "tv"), ("lora", "tv"), ("steering_vector", "tv"))
 OBJECTIVE_RUNS = (
@@ -180,9 +182,6 @@ def run_config(run: Run, base: DistillConfig) -> dict[str, Any]:
 # ---- integrity of the comparison (notebook 04's checks) -----------------------------------------------------------
 def parameter_change(method: Method, llm: LLM, cfg: DistillConfig) -> float:
     """‖θ_trained − θ_init‖ over the method's trainable parameters (the init rebuilt from the same seeded config)."""
-    import torch
-
-    from dispsafe_nb.training.loop import make_method
 
     start = make_method(llm, cfg).named_trainable_parameters()
     now = method.named_trainable_parameters()
@@ -193,9 +192,6 @@ def parameter_change(method: Method, llm: LLM, cfg: DistillConfig) -> float:
 def base_fingerprint(llm: LLM, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
     """The base model's log q(response | prompt) on fixed pairs: equal before and after every run when every
     method removed its hooks and adapters."""
-    import torch
-
-    from dispsafe_nb.core.scoring import sequence_logprobs
 
     with torch.no_grad():
         return sequence_logprobs(llm, list(prompts), list(responses)).tolist()

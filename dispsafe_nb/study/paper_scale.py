@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
 from dispsafe_nb import data
+from dispsafe_nb.common.names import unknown_name_message
+from dispsafe_nb.system.teacher_cache import teacher_samples
+from dispsafe_nb.training.config import DistillConfig
+from dispsafe_nb.training.examples import steps_per_epoch
+from dispsafe_nb.training.loop import distill
 
 # Named training budgets. "paper": effective batch 32 (8 x 4 accumulated), one epoch over the teacher samples,
 # each seen once (the paper's ~200 iterations at 5-10K prompts); "notebook": notebook 03's 60 steps of 4, drawn
@@ -21,9 +27,6 @@ def budget_config(budget: str | Mapping[str, Any], n_examples: int, **config: An
     """The `DistillConfig` of a named budget (or a dict like `BUDGETS`' values) for `n_examples` teacher samples:
     its `steps`, or `epochs` passes over the examples; other `DistillConfig` fields in `config` (a `steps` there
     overrides the budget's)."""
-    from dispsafe_nb.common.names import unknown_name_message
-    from dispsafe_nb.training.config import DistillConfig
-    from dispsafe_nb.training.examples import steps_per_epoch
 
     if isinstance(budget, str):
         if budget not in BUDGETS:
@@ -43,9 +46,6 @@ def teach(
     system: Any, records: Sequence[data.PromptRecord], k: int, decoding: Any, progress: bool = True
 ) -> tuple[list[Any], float]:
     """The dual system's k samples per prompt of a mix (cached per prompt) and the wall seconds they took."""
-    import time
-
-    from dispsafe_nb.system.teacher_cache import teacher_samples
 
     t0 = time.perf_counter()
     texts = [r.text for r in records]
@@ -65,7 +65,6 @@ def train_on_mix(
     """A student of the dual system on a training mix: teacher samples (k per prompt, cached per prompt), then
     `epochs` passes over them in a seeded order (`sampling="epoch"`) with the `DistillConfig` fields in `config`.
     Returns the trained method and its config."""
-    from dispsafe_nb.training.loop import distill
 
     samples, _ = teach(system, records, k, teacher_decoding, progress)
     budget = {"sampling": config.pop("sampling", "epoch"), "epochs": epochs}

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tqdm.auto import tqdm
+
 from dispsafe_nb.common.content_hash import stable_hash
 from dispsafe_nb.common.paths import cache_root
 from dispsafe_nb.core.decoding import DecodingConfig
@@ -209,7 +211,6 @@ def teacher_samples(
     batch_size: int = 8,
 ) -> list[TeacherSample]:
     """k samples per prompt from the base LLM with their α under the system's guard (computed once, cached)."""
-    from tqdm.auto import tqdm
 
     if k < 1:
         raise ValueError(f"k must be at least 1, not {k}")

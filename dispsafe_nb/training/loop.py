@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from tqdm.auto import tqdm
 
 from dispsafe_nb import data
 from dispsafe_nb.core.llm import LLM
@@ -34,6 +35,7 @@ from dispsafe_nb.training.examples import (
     micro_batches,
 )
 from dispsafe_nb.training.history import History, record_validation
+from dispsafe_nb.training.rl import optimise
 
 if TYPE_CHECKING:
     from dispsafe_nb.training.examples import Example
@@ -76,8 +78,6 @@ def distill(
     if not method.trainable_parameters():
         raise ValueError(f"the {method.kind} has no trainable parameters")
     if cfg.objective in REWARD_OBJECTIVES:
-        from dispsafe_nb.training.rl import optimise
-
         if guard is None:
             raise ValueError(
                 f"the {cfg.objective} objective needs guard= (the teacher's guard gives the reward)"
@@ -129,7 +129,6 @@ def _fit(
     labels: Mapping[str, bool] | None,
 ) -> History:
     """The loop of the teacher-sample objectives (TV, KL, perplexity)."""
-    from tqdm.auto import tqdm
 
     opt = torch.optim.Adam(method.trainable_parameters(), lr=cfg.lr, eps=1e-7)
     lengths: dict[int, int] = {}

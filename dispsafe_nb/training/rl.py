@@ -23,10 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from dispsafe_nb.core.decoding import DecodingConfig
 from dispsafe_nb.core.llm import LLM
 from dispsafe_nb.core.scoring import sequence_logprobs, token_logprobs
+from dispsafe_nb.training.config import learning_rate
+from dispsafe_nb.training.examples import batch_indices
+from dispsafe_nb.training.history import History, record_validation
 from dispsafe_nb.training.objectives import reinforce_loss
 
 if TYPE_CHECKING:
@@ -160,11 +164,6 @@ def optimise(
 
     Budget, as for distillation: `cfg.steps` steps of `cfg.batch_size` prompts × `cfg.grad_accum`, with
     `cfg.rl_samples` answers per prompt drawn from the student (where distillation reads teacher samples)."""
-    from tqdm.auto import tqdm
-
-    from dispsafe_nb.training.config import learning_rate
-    from dispsafe_nb.training.examples import batch_indices
-    from dispsafe_nb.training.history import History, record_validation
 
     if cfg.objective not in ("reinforce", "ppo"):
         raise ValueError(f"optimise trains the reward objectives, not {cfg.objective!r}")

@@ -9,6 +9,8 @@ systems of a `ProbeSession` and cached in ``results/records/06_probe.jsonl``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from dispsafe_nb.common.paths import results_dir
 from dispsafe_nb.core.decoding import DecodingConfig
 from dispsafe_nb.evaluation.benchmarks import benchmark
 from dispsafe_nb.evaluation.harness import evaluate_students
-from dispsafe_nb.evaluation.records import EvalRecord, read_records
+from dispsafe_nb.evaluation.records import EvalRecord, read_records, write_records
 
 EXPLORER_BENCHMARKS: dict[str, str] = {
     "xstest_safe": "XSTest safe prompts (ten types)",
@@ -72,8 +74,6 @@ def load_sources(
 def _system_key(session: Any, name: str, limit: int | None, seed: int, max_new_tokens: int) -> str:
     """What a record of system `name` depends on: the system itself (its full description: model, guard,
     threshold, the artifact's weights' config), the judge's refusal text, the settings and the split version."""
-    import hashlib
-    import json
 
     system = session.dual_system() if name == "dual" else session.system(name)[0]
     parts = {
@@ -120,7 +120,6 @@ def load_or_compute(
     """The explorer's own records for `systems`: read from ``records/06_probe.jsonl`` when it holds every
     (system, benchmark) for these very systems (a retrained artifact or another guard is another system) at these
     settings, else computed and written there (replacing the file)."""
-    from dispsafe_nb.evaluation.records import write_records
 
     path = records_folder() / f"{OWN_RECORDS}.jsonl"
     keys = {name: _system_key(session, name, limit, seed, max_new_tokens) for name in systems}

@@ -24,9 +24,16 @@ from typing import Any
 
 import pandas as pd
 
-from dispsafe_nb.common.artifacts import ArtifactError
+from dispsafe_nb.common.artifacts import CONFIG_FILE, ArtifactError
+from dispsafe_nb.common.paths import results_dir
 from dispsafe_nb.core.decoding import DecodingConfig
 from dispsafe_nb.core.llm import PromptError
+from dispsafe_nb.core.loading import load_llm
+from dispsafe_nb.core.scoring import sequence_logprobs
+from dispsafe_nb.evaluation.judges import GuardJudge, judge_for_kind
+from dispsafe_nb.guards.guard_training import load_embedding_guard, load_judge_guard
+from dispsafe_nb.methods import METHOD_LOADERS, artifact_kind, load_method
+from dispsafe_nb.system.dual_system import SafeSystem
 
 BASE, DUAL = "base", "dual"
 MAX_NEW_TOKENS_LIMIT = 512
@@ -98,7 +105,6 @@ class SystemSpec:
 
 def default_artifacts_dir() -> Path:
     """Where notebooks and benchmarks save methods: <results>/artifacts."""
-    from dispsafe_nb.common.paths import results_dir
 
     return results_dir() / "artifacts"
 
@@ -106,8 +112,6 @@ def default_artifacts_dir() -> Path:
 def discover_systems(artifacts_dir: str | Path | None = None) -> list[SystemSpec]:
     """ "base", "dual", then every artifact folder under `artifacts_dir` (any depth), named by its path there.
     An artifact whose kind has no registered loader is listed as not loadable, with the reason."""
-    from dispsafe_nb.common.artifacts import CONFIG_FILE
-    from dispsafe_nb.methods import METHOD_LOADERS, artifact_kind
 
     specs = [SystemSpec(BASE, BASE), SystemSpec(DUAL, DUAL)]
     root = Path(artifacts_dir) if artifacts_dir is not None else default_artifacts_dir()
@@ -150,16 +154,12 @@ class ProbeSession:
     @property
     def llm(self) -> Any:
         if self._llm is None:
-            from dispsafe_nb.core.loading import load_llm
-
             self._llm = load_llm()
         return self._llm
 
     @property
     def guard(self) -> Any:
         if self._guard is None:
-            from dispsafe_nb.guards.guard_training import load_embedding_guard
-
             self._guard = load_embedding_guard(progress=False)
         return self._guard
 
@@ -168,10 +168,7 @@ class ProbeSession:
         if not self.use_second_judge:
             return None
         if self._judge_guard is None:
-            from dispsafe_nb.guards.guard_training import load_judge_guard
-
             self._judge_guard = load_judge_guard(progress=False)
-        from dispsafe_nb.evaluation.judges import GuardJudge
 
         return GuardJudge(self._judge_guard)
 
@@ -180,7 +177,6 @@ class ProbeSession:
         return self.dual_system().refusal
 
     def dual_system(self) -> Any:
-        from dispsafe_nb.system.dual_system import SafeSystem
 
         if DUAL not in self._bound:
             self._bound[DUAL] = (SafeSystem(self.llm, self.guard), None)
@@ -213,7 +209,6 @@ class ProbeSession:
         else:
             if not spec.loadable:
                 raise ArtifactError(f"{spec.folder}: {spec.note}")
-            from dispsafe_nb.methods import load_method
 
             method = load_method(spec.folder, self.llm)
             self._bound[name] = (method.bind(self.llm), method)
@@ -370,7 +365,6 @@ def _check_request(session: ProbeSession, prompts: list[str], systems: Sequence[
 
 
 def _judge_verdicts(session: ProbeSession, prompt: str, answers: list[str]) -> dict[str, list[bool]]:
-    from dispsafe_nb.evaluation.judges import judge_for_kind
 
     verdicts = {
         label: judge_for_kind(kind, session.refusal).refusals(answers).tolist()
@@ -411,7 +405,6 @@ def probe(
     Bad input (empty or over-long prompt, no or unknown system, bad decoding) raises `ProbeInputError` before any
     work. A system that cannot be loaded (an artifact for another model, a corrupt one) is recorded in
     `result.errors` with the reason, and the other systems still answer."""
-    from dispsafe_nb.core.scoring import sequence_logprobs
 
     decoding = decoding or ProbeDecoding()
     prompts = parse_prompts(prompts)

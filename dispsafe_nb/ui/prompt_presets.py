@@ -6,6 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dispsafe_nb.data import DatasetNotAvailableError
+from dispsafe_nb.evaluation.benchmarks import benchmark, benchmark_records
+from dispsafe_nb.ui.over_refusal_explorer import type_label
+
 # ---------------------------------------------------------------------------------------------------------
 # Presets: evaluation prompts by benchmark and category (test splits only: nothing a student trained on)
 # ---------------------------------------------------------------------------------------------------------
@@ -34,9 +38,6 @@ class PresetSet:
 def presets(per_set: int = 25, seed: int = 0) -> list[PresetSet]:
     """Prompt presets from the evaluation benchmarks (their test splits), by benchmark and category, at most
     `per_set` each; harmful sets are labelled as such. Sets whose data is not available here are left out."""
-    from dispsafe_nb.data import DatasetNotAvailableError
-    from dispsafe_nb.evaluation.benchmarks import benchmark, benchmark_records
-    from dispsafe_nb.ui.over_refusal_explorer import type_label
 
     out = []
     for label, bench, by_category in PRESET_SETS:
@@ -66,7 +67,6 @@ FIXED_SETS: dict[str, str] = {
 
 def fixed_prompts(per_kind: int = 4, seed: int = 0) -> dict[str, list[str]]:
     """{kind: prompts}: `per_kind` test prompts of each kind (harmful, borderline-safe, benign), deterministic."""
-    from dispsafe_nb.evaluation.benchmarks import benchmark_records
 
     if per_kind < 1:
         raise ValueError(f"per_kind must be at least 1, not {per_kind}")

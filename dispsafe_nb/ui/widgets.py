@@ -16,7 +16,7 @@ from typing import Any
 import ipywidgets as w
 from IPython.display import display
 
-from dispsafe_nb import plots
+from dispsafe_nb import plots, theory
 from dispsafe_nb.ui import over_refusal_explorer as explorer
 from dispsafe_nb.ui.prober import (
     DUAL,
@@ -363,7 +363,6 @@ class ToyExplorer:
         self.update()
 
     def update(self) -> None:
-        from dispsafe_nb import theory
 
         result = theory.toy_overrefusal_experiment(
             alpha_safe=self.alpha_safe.value,
