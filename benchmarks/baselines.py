@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 import dispsafe_nb
 from dispsafe_nb.common.paths import RESULTS_DIR
 from dispsafe_nb.common.provenance import git_commit
-from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.core.decoding import DecodingConfig, decoding_preset
 from dispsafe_nb.core.loading import load_llm
 from dispsafe_nb.evaluation.harness import evaluate_students
 from dispsafe_nb.evaluation.records import write_records
@@ -55,7 +55,7 @@ def over_seeds(per_seed: list[dict[str, dict[str, float]]]) -> dict[str, dict[st
 
 
 def one_seed(llm, guard, system, args, seed: int) -> tuple[list, dict]:
-    teacher = DecodingConfig(max_new_tokens=args.max_new_tokens, temperature=0.7, top_p=0.95, seed=seed)
+    teacher = decoding_preset("teacher", max_new_tokens=args.max_new_tokens, seed=seed)
     train_records = training_mix(*args.mix, seed=seed)
     val_records = training_mix(args.n_val, args.n_val, args.n_val, seed=seed, split="val")
     train = teacher_samples(system, [r.text for r in train_records], k=args.k, decoding=teacher)

@@ -40,12 +40,12 @@ TARGETS = {
 
 def training_examples(llm, system, n_prompts: int, max_new_tokens: int, seed: int):
     """Real training examples: teacher samples (2 per prompt, cached) of a small train-split mix."""
-    from dispsafe_nb.core.decoding import DecodingConfig
+    from dispsafe_nb.core.decoding import decoding_preset
     from dispsafe_nb.system.teacher_cache import teacher_samples
     from dispsafe_nb.training.examples import examples_from_samples, training_mix
 
     records = training_mix(n_prompts // 2, n_prompts - n_prompts // 2, 0, seed=seed)
-    decoding = DecodingConfig(max_new_tokens=max_new_tokens, temperature=0.7, top_p=0.95, seed=seed)
+    decoding = decoding_preset("teacher", max_new_tokens=max_new_tokens, seed=seed)
     samples = teacher_samples(system, [r.text for r in records], k=2, decoding=decoding)
     return examples_from_samples(samples)
 

@@ -33,7 +33,7 @@ import torch
 import dispsafe_nb
 from dispsafe_nb import data
 from dispsafe_nb.common.paths import RESULTS_DIR
-from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.core.decoding import DecodingConfig, decoding_preset
 from dispsafe_nb.core.loading import load_llm
 from dispsafe_nb.evaluation.harness import evaluate, evaluate_base_and_dual, fidelity_record
 from dispsafe_nb.evaluation.judges import GuardJudge, judge_accuracy, judge_for_kind, load_judge_checks
@@ -95,9 +95,7 @@ def over_seeds(per_seed: list[dict[str, dict[str, dict[str, float]]]]) -> dict[s
 
 def _students(llm, system, args, seed: int) -> tuple[dict, dict, dict]:
     """Teacher samples for this seed's training mix, then one student per objective."""
-    teacher_decoding = DecodingConfig(
-        max_new_tokens=args.max_new_tokens, temperature=0.7, top_p=0.95, seed=seed
-    )
+    teacher_decoding = decoding_preset("teacher", max_new_tokens=args.max_new_tokens, seed=seed)
     n_harmful, n_benign, n_borderline = (int(v) for v in args.mix.split(","))
     train_records = training_mix(n_harmful, n_benign, n_borderline, seed=seed)
     samples = teacher_samples(
@@ -180,7 +178,7 @@ def main() -> None:
     judge = GuardJudge(load_judge_guard())
     system = SafeSystem(llm, guard)
     greedy = DecodingConfig(max_new_tokens=args.max_new_tokens, seed=eval_seed)
-    sampling = DecodingConfig(max_new_tokens=args.max_new_tokens, temperature=0.7, top_p=0.95, seed=eval_seed)
+    sampling = decoding_preset("teacher", max_new_tokens=args.max_new_tokens, seed=eval_seed)
     student_sampling = DecodingConfig(
         max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=1.0, seed=eval_seed
     )

@@ -48,7 +48,7 @@ def main() -> None:
     for name, records in sets.items():
         judge = judges[name]  # each benchmark's own rule (JailbreakBench's strings / XSTest's prefixes)
         prompts = [r.text for r in records]
-        outputs = system.respond(prompts, decoding, progress=True)
+        outputs = system.respond(prompts, decoding=decoding, progress=True)
         base_refused = judge.refusals([o.response for o in outputs])
         dual_refused = judge.refusals([o.final for o in outputs])
         complies = guard.prob_complies([o.response for o in outputs])

@@ -36,7 +36,7 @@ import dispsafe_nb
 from dispsafe_nb import data
 from dispsafe_nb.common.paths import RESULTS_DIR
 from dispsafe_nb.common.provenance import cpu_name, git_commit
-from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.core.decoding import DecodingConfig, decoding_preset
 from dispsafe_nb.core.loading import load_llm
 from dispsafe_nb.data.mixes import MixConfig, mix_summary, scale_mix
 from dispsafe_nb.evaluation.generalisation import BENCHES, cached_reference, evaluate_student, targets
@@ -66,7 +66,7 @@ def run_size(llm, system, args, size: int, dual: dict[str, EvalRecord], greedy: 
         size=size, harmful_share=args.harmful_share, borderline_share=args.borderline_share, seed=args.seed
     )
     records = scale_mix(cfg)
-    decoding = DecodingConfig(max_new_tokens=args.max_new_tokens, temperature=0.7, top_p=0.95, seed=args.seed)
+    decoding = decoding_preset("teacher", max_new_tokens=args.max_new_tokens, seed=args.seed)
     samples, teacher_s = teach(system, records, args.k_samples, decoding)
     out = {"mix": mix_summary(records, cfg), "teacher_s": round(teacher_s, 1), "objectives": {}}
     alphas = [a for s in samples for a in s.alphas]

@@ -52,9 +52,11 @@ def main() -> None:
 
     def generation():
         decoding = DecodingConfig(max_new_tokens=8)
-        batched = llm.generate(PROMPTS, decoding)
-        single = [llm.generate([p], decoding)[0] for p in PROMPTS]
-        sampled = llm.generate(PROMPTS[:1], DecodingConfig(max_new_tokens=8, temperature=0.8), num_samples=2)
+        batched = llm.generate(PROMPTS, decoding=decoding)
+        single = [llm.generate([p], decoding=decoding)[0] for p in PROMPTS]
+        sampled = llm.generate(
+            PROMPTS[:1], decoding=DecodingConfig(max_new_tokens=8, temperature=0.8), num_samples=2
+        )
         return {
             "device": str(llm.device),
             "dtype": str(llm.model.dtype),
@@ -75,7 +77,7 @@ def main() -> None:
             opt.step()
         after = sequence_logprobs(llm, PROMPTS[:2], refusal, method=sp).detach()
         frozen = all(p.grad is None for p in llm.model.parameters())
-        out = sp.bind(llm).generate(PROMPTS, DecodingConfig(max_new_tokens=6))
+        out = sp.bind(llm).generate(PROMPTS, decoding=DecodingConfig(max_new_tokens=6))
         return {
             "logq_refusal_before": before.tolist(),
             "logq_refusal_after": after.tolist(),
@@ -95,7 +97,7 @@ def main() -> None:
 
         quant = load_llm(args.model, quantization="nf4")
         n4 = sum(isinstance(m, bnb.nn.Linear4bit) for m in quant.model.modules())
-        out = quant.generate(PROMPTS[:2], DecodingConfig(max_new_tokens=6))
+        out = quant.generate(PROMPTS[:2], decoding=DecodingConfig(max_new_tokens=6))
         sp = init_soft_prompt(quant, n_tokens=4).to(quant.device)
         logq = sequence_logprobs(quant, PROMPTS[:1], ["No."], method=sp)
         logq.sum().backward()

@@ -27,7 +27,7 @@ import dispsafe_nb
 from dispsafe_nb.common.classifier_stats import auroc
 from dispsafe_nb.common.paths import RESULTS_DIR
 from dispsafe_nb.common.provenance import cpu_name, git_commit
-from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.core.decoding import DecodingConfig, decoding_preset
 from dispsafe_nb.core.loading import load_llm
 from dispsafe_nb.data.mixes import MixConfig, mix_summary, scale_mix
 from dispsafe_nb.evaluation.benchmarks import benchmark_records
@@ -76,7 +76,7 @@ def main() -> None:
         seed=args.seed,
     )
     mix = scale_mix(cfg)
-    teacher = DecodingConfig(max_new_tokens=args.max_new_tokens, temperature=0.7, top_p=0.95, seed=args.seed)
+    teacher = decoding_preset("teacher", max_new_tokens=args.max_new_tokens, seed=args.seed)
     samples, teacher_s = teach(system, mix, 1, teacher)
     labels = [statistics.fmean(s.alphas) < 0.5 for s in samples]
     t0 = time.time()

@@ -334,20 +334,22 @@ def test_a_ppo_update_raises_the_rewarded_answer_and_fits_the_value_head(tiny):
 def test_generation_round_trips_through_the_artifact_and_leaves_the_base_model_intact(llm, tmp_path, kind):
     prompts = ["Name a primary colour.", "How do I kill a Python process?"]
     greedy = DecodingConfig(max_new_tokens=12)
-    base = llm.generate(prompts, greedy)
+    base = llm.generate(prompts, decoding=greedy)
     method = new_method(kind, llm, n_tokens=20)
-    assert method.bind(llm).generate(prompts, greedy) == base  # LoRA's B = 0 and v = 0: the base model
+    assert (
+        method.bind(llm).generate(prompts, decoding=greedy) == base
+    )  # LoRA's B = 0 and v = 0: the base model
     with torch.no_grad():
         for p in method.trainable_parameters():
             p.add_(
                 torch.randn(p.shape, generator=torch.Generator().manual_seed(0))
                 * (0.5 if kind == "lora" else 2.0)
             )
-    answers = method.bind(llm).generate(prompts, greedy)
+    answers = method.bind(llm).generate(prompts, decoding=greedy)
     assert answers != base
     loaded = load_method(method.save(tmp_path / kind), llm)
-    assert loaded.bind(llm).generate(prompts, greedy) == answers
-    assert llm.generate(prompts, greedy) == base
+    assert loaded.bind(llm).generate(prompts, decoding=greedy) == answers
+    assert llm.generate(prompts, decoding=greedy) == base
     assert abs(method.n_parameters() - 20 * llm.hidden_size) <= 0.25 * 20 * llm.hidden_size or kind != "lora"
 
 

@@ -20,14 +20,14 @@ import torch
 from dispsafe_nb import data
 from dispsafe_nb.common.artifacts import ArtifactError
 from dispsafe_nb.common.content_hash import stable_hash
-from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.core.decoding import TEACHER_DECODING, DecodingConfig
 from dispsafe_nb.core.llm import Generation
 from dispsafe_nb.guards import guard_training
 from dispsafe_nb.guards.embedding_guard import EmbeddingGuard, ProbeHead
 from dispsafe_nb.guards.guard_training import GuardTrainingConfig, data_role, guard_key, guard_training_data
 from dispsafe_nb.guards.protocol import DEFAULT_REFUSAL
 from dispsafe_nb.methods import SoftPrompt
-from dispsafe_nb.system.dual_system import TEACHER_DECODING, SafeSystem
+from dispsafe_nb.system.dual_system import SafeSystem
 from dispsafe_nb.system.teacher_cache import (
     TEACHER_CACHE_FORMAT,
     TeacherCache,
@@ -141,7 +141,7 @@ class _StubLLM:
     def describe(self):
         return dict(MODEL)
 
-    def generate_detailed(self, prompts, decoding, batch_size=16, num_samples=1, per_prompt_seed=False):
+    def generate_detailed(self, prompts, *, decoding, batch_size=16, num_samples=1, per_prompt_seed=False):
         self.calls.append(list(prompts))
         return [
             [Generation(f"answer {j} to {p}", (j + 1, len(p)), j == 0) for j in range(num_samples)]

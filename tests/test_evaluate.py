@@ -28,7 +28,7 @@ class FixedSystem:
         self.refuse_words = refuse_words
         self.calls = 0
 
-    def generate(self, prompts, decoding=None, batch_size=16, progress=False):
+    def generate(self, prompts, *, decoding=None, batch_size=16, progress=False):
         self.calls += 1
         return [REFUSE if any(w in p.lower() for w in self.refuse_words) else ANSWER for p in prompts]
 
@@ -264,7 +264,7 @@ class _FakeLLM:
     """A base model whose sampled answers are fixed: greedy gives ANSWER, sample j gives ANSWER or REFUSE."""
 
     def generate(
-        self, prompts, decoding=None, batch_size=16, progress=False, num_samples=1, per_prompt_seed=False
+        self, prompts, *, decoding=None, batch_size=16, progress=False, num_samples=1, per_prompt_seed=False
     ):
         if num_samples == 1 and decoding.greedy:
             return [ANSWER] * len(prompts)

@@ -155,8 +155,8 @@ def test_batched_generation_with_soft_prompt_equals_single_prompt_calls(llm):
     system = init_soft_prompt(llm, n_tokens=8).bind(llm)
     assert isinstance(system, SoftPromptSystem)
     decoding = DecodingConfig(max_new_tokens=12)
-    batched = system.generate(PROMPTS, decoding, batch_size=2)
-    single = [system.generate([p], decoding)[0] for p in PROMPTS]
+    batched = system.generate(PROMPTS, decoding=decoding, batch_size=2)
+    single = [system.generate([p], decoding=decoding)[0] for p in PROMPTS]
     assert batched == single
     assert all(isinstance(a, str) and a for a in batched)
     info = system.describe()

@@ -41,8 +41,8 @@ def test_chat_template_wraps_the_prompt(llm):
 
 def test_greedy_generation_answers_and_batched_equals_single(llm):
     decoding = DecodingConfig(max_new_tokens=16)
-    batched = llm.generate(PROMPTS, decoding, batch_size=4)
-    single = [llm.generate([p], decoding)[0] for p in PROMPTS]
+    batched = llm.generate(PROMPTS, decoding=decoding, batch_size=4)
+    single = [llm.generate([p], decoding=decoding)[0] for p in PROMPTS]
     assert batched == single
     assert "Paris" in batched[0]
     assert all(answer.strip() for answer in batched)
@@ -50,13 +50,13 @@ def test_greedy_generation_answers_and_batched_equals_single(llm):
 
 def test_sampling_is_seeded(llm):
     first = llm.generate(
-        PROMPTS[:1], DecodingConfig(max_new_tokens=12, temperature=0.8, seed=1), num_samples=3
+        PROMPTS[:1], decoding=DecodingConfig(max_new_tokens=12, temperature=0.8, seed=1), num_samples=3
     )
     again = llm.generate(
-        PROMPTS[:1], DecodingConfig(max_new_tokens=12, temperature=0.8, seed=1), num_samples=3
+        PROMPTS[:1], decoding=DecodingConfig(max_new_tokens=12, temperature=0.8, seed=1), num_samples=3
     )
     other = llm.generate(
-        PROMPTS[:1], DecodingConfig(max_new_tokens=12, temperature=0.8, seed=2), num_samples=3
+        PROMPTS[:1], decoding=DecodingConfig(max_new_tokens=12, temperature=0.8, seed=2), num_samples=3
     )
     assert first == again
     assert len(first[0]) == 3
@@ -134,7 +134,7 @@ def test_nf4_is_refused_for_the_already_4bit_gguf():
 def test_hf_folder_loads_and_generates(tiny_llama_dir):
     tiny = load_llm(str(tiny_llama_dir))
     assert tiny.hidden_size == 64 and tiny.quantization == "none"
-    out = tiny.generate(["Hello"], DecodingConfig(max_new_tokens=4))
+    out = tiny.generate(["Hello"], decoding=DecodingConfig(max_new_tokens=4))
     assert isinstance(out[0], str)
 
 
@@ -157,13 +157,13 @@ def test_hf_folder_loads_in_nf4_through_bitsandbytes(tiny_llama_dir):
 
 def test_per_prompt_seeded_sampling_ignores_batch_mates(llm):
     decoding = DecodingConfig(max_new_tokens=10, temperature=0.8, top_p=0.95, seed=4)
-    together = llm.generate(PROMPTS[:3], decoding, num_samples=2, per_prompt_seed=True)
-    alone = llm.generate(PROMPTS[1:2], decoding, num_samples=2, per_prompt_seed=True)
+    together = llm.generate(PROMPTS[:3], decoding=decoding, num_samples=2, per_prompt_seed=True)
+    alone = llm.generate(PROMPTS[1:2], decoding=decoding, num_samples=2, per_prompt_seed=True)
     assert together[1] == alone[0]
-    assert together == llm.generate(PROMPTS[:3], decoding, num_samples=2, per_prompt_seed=True)
+    assert together == llm.generate(PROMPTS[:3], decoding=decoding, num_samples=2, per_prompt_seed=True)
     other_seed = llm.generate(
         PROMPTS[1:2],
-        DecodingConfig(max_new_tokens=10, temperature=0.8, seed=5),
+        decoding=DecodingConfig(max_new_tokens=10, temperature=0.8, seed=5),
         num_samples=2,
         per_prompt_seed=True,
     )

@@ -326,7 +326,7 @@ def _baselines_metrics(llm, teacher, sabotage: str, monkeypatch) -> dict:
             if sabotage == "adapter_left_in_model":  # the evaluation's use of the trained LoRA leaks it
                 m.setattr(LoraModel, "unload", lambda self, *a, **k: self.model)
             lora = trained[runs[1].name][0]
-            lora.bind(llm).generate(pairs[0], DecodingConfig(max_new_tokens=2))
+            lora.bind(llm).generate(pairs[0], decoding=DecodingConfig(max_new_tokens=2))
             after = baselines.base_fingerprint(llm, *pairs)
             return {"integrity": baselines.integrity_metrics(llm, trained, before, after)}
     finally:

@@ -27,19 +27,19 @@ def system(llm, guard):
 
 
 def test_threshold_system_replaces_exactly_the_answers_judged_unsafe(system):
-    outputs = system.respond(PROMPTS, DecodingConfig(max_new_tokens=24))
+    outputs = system.respond(PROMPTS, decoding=DecodingConfig(max_new_tokens=24))
     for out in outputs:
         assert 0.0 <= out.alpha <= 1.0
         assert out.final == (out.response if out.alpha >= system.threshold else system.refusal)
     assert not outputs[2].replaced and not outputs[3].replaced, "benign questions pass through"
     assert any(o.replaced for o in outputs[:2]), "the test must see the guard replace at least one answer"
-    assert system.generate(PROMPTS[2:3], DecodingConfig(max_new_tokens=24)) == [outputs[2].final]
+    assert system.generate(PROMPTS[2:3], decoding=DecodingConfig(max_new_tokens=24)) == [outputs[2].final]
 
 
 def test_sampled_system_is_reproducible(llm, guard):
     stochastic = SafeSystem(llm, guard, mode="sample")
-    first = stochastic.generate(PROMPTS, DecodingConfig(max_new_tokens=16, seed=3))
-    again = stochastic.generate(PROMPTS, DecodingConfig(max_new_tokens=16, seed=3))
+    first = stochastic.generate(PROMPTS, decoding=DecodingConfig(max_new_tokens=16, seed=3))
+    again = stochastic.generate(PROMPTS, decoding=DecodingConfig(max_new_tokens=16, seed=3))
     assert first == again
 
 

@@ -94,9 +94,11 @@ def test_the_trainer_s_two_scorings_give_the_same_eq4_terms_and_bf16_stays_close
 def test_bad_scoring_and_autocast_names(tiny):
     from dispsafe_nb.training.config import DistillConfig
 
-    with pytest.raises(ValueError, match="Unknown scoring 'shared'. Did you mean 'shared_prompt'"):
+    with pytest.raises(
+        ValueError, match="Unknown DistillConfig.scoring 'shared'. Did you mean 'shared_prompt'"
+    ):
         DistillConfig(scoring="shared")
-    with pytest.raises(ValueError, match="Unknown autocast 'fp16'"):
+    with pytest.raises(ValueError, match="Unknown DistillConfig.autocast 'fp16'"):
         DistillConfig(autocast="fp16")
     with pytest.raises(ValueError, match="needs scoring='shared_prompt'"):
         DistillConfig(scoring="separate", autocast="bf16")

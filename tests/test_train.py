@@ -36,7 +36,7 @@ def SAMPLES(llm):  # noqa: N802 - a constant of the module, built once the model
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"objective": "js"}, "Unknown objective 'js'"),
+        ({"objective": "js"}, "Unknown DistillConfig.objective 'js'"),
         ({"objective": "reinfroce"}, "Did you mean 'reinforce'"),
         ({"method": "lroa"}, "Did you mean 'lora'"),
         ({"objective": "ppo", "rl_samples": 1}, "rl_samples >= 2"),
@@ -464,14 +464,14 @@ def test_tv_distillation_makes_the_model_refuse_harmful_training_prompts(llm, gu
     judge = judge_for_kind("harmful", system.refusal)
     greedy = DecodingConfig(max_new_tokens=16, seed=0)
     start = init_soft_prompt(llm, cfg.n_tokens, cfg.init, cfg.init_text, cfg.seed).bind(llm)
-    before = judge.refusals(start.generate(harmful, greedy)).sum().item()
+    before = judge.refusals(start.generate(harmful, decoding=greedy)).sum().item()
     student = soft.bind(llm)
-    after = judge.refusals(student.generate(harmful, greedy)).sum().item()
+    after = judge.refusals(student.generate(harmful, decoding=greedy)).sum().item()
     assert after >= before + 3, (
         f"refused {before}/8 harmful training prompts with the initial soft prompt, {after}/8 after training"
     )
     # It has not simply learnt to refuse everything: some benign training prompts are still answered.
-    assert judge.refusals(student.generate(benign, greedy)).sum().item() < len(benign)
+    assert judge.refusals(student.generate(benign, decoding=greedy)).sum().item() < len(benign)
 
 
 def test_length_bucketing_regroups_a_step_without_changing_its_update(tiny_llm):

@@ -35,19 +35,28 @@ def _raises(exc, message):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"objective": "js"}, "Unknown objective 'js'. Known: kl, perplexity, ppo, reinforce, tv."),
-        ({"reduction": "max"}, "reduction must be 'sum' or 'mean', not 'max'"),
-        ({"weighting": "per_char"}, "weighting must be one of ('none', 'per_token'), not 'per_char'"),
+        (
+            {"objective": "js"},
+            "Unknown DistillConfig.objective 'js'. Known: kl, perplexity, ppo, reinforce, tv.",
+        ),
+        (
+            {"reduction": "max"},
+            "Unknown DistillConfig.reduction 'max'. Did you mean 'mean'? Known: mean, sum.",
+        ),
+        ({"weighting": "per_char"}, "Unknown DistillConfig.weighting 'per_char'. Known: none, per_token."),
         (
             {"weighting": "per_token", "reduction": "mean"},
             "weighting='per_token' rescales whole-sequence terms: use it with reduction='sum'",
         ),
-        ({"lr_schedule": "cosine"}, "lr_schedule must be one of ('linear', 'constant'), not 'cosine'"),
-        ({"teacher_alpha": "hard"}, "teacher_alpha must be one of ('soft', 'deployed'), not 'hard'"),
-        ({"n_tokens": 0}, "n_tokens must be at least 1, not 0"),
-        ({"steps": 0}, "steps must be at least 1, not 0"),
-        ({"batch_size": -1}, "batch_size must be at least 1, not -1"),
-        ({"grad_accum": 0}, "grad_accum must be at least 1, not 0"),
+        (
+            {"lr_schedule": "cosine"},
+            "Unknown DistillConfig.lr_schedule 'cosine'. Did you mean 'linear'? Known: constant, linear.",
+        ),
+        ({"teacher_alpha": "hard"}, "Unknown DistillConfig.teacher_alpha 'hard'. Known: deployed, soft."),
+        ({"n_tokens": 0}, "DistillConfig.n_tokens must be an int >= 1, not 0"),
+        ({"steps": 0}, "DistillConfig.steps must be an int >= 1, not 0"),
+        ({"batch_size": -1}, "DistillConfig.batch_size must be an int >= 1, not -1"),
+        ({"grad_accum": 0}, "DistillConfig.grad_accum must be an int >= 1, not 0"),
     ],
 )
 def test_config_errors_say_what_is_wrong(kwargs, message):
@@ -69,7 +78,7 @@ def test_config_accepts_every_valid_choice_and_the_smallest_sizes():
     with _raises(TypeError, "seed must be an int, got True (bool)"):
         DistillConfig(seed=True)
     # replace() re-runs the checks
-    with _raises(ValueError, "steps must be at least 1, not 0"):
+    with _raises(ValueError, "DistillConfig.steps must be an int >= 1, not 0"):
         replace(DistillConfig(), steps=0)
 
 

@@ -1,9 +1,10 @@
 """Load an LLM and talk to it: the base system every other layer builds on.
 
+system         the `System` protocol every system answers: generate(prompts, *, decoding, ...), describe()
 loading        load_llm(): the embedded 4-bit GGUF default, Hugging Face ids or folders, nf4 through bitsandbytes
 llm            the `LLM` (model + tokenizer + chat format); batched, left-padded generation after an
                optional prefix of input embeddings (a soft prompt)
-decoding       `DecodingConfig` and reproducible, per-row seeded sampling
+decoding       `DecodingConfig`, its named presets (evaluation, teacher, probing), per-row seeded sampling
 model_parts    the decoder layers, the backbone and the head of a causal LM
 fast_decoding  the decoding loop over a KV cache (greedy and per-row seeded sampling; a bf16 twin)
 prefix_cache   a prefix's keys and values computed once and read by every request

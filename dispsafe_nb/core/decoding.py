@@ -3,23 +3,38 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 
+from dispsafe_nb.common.names import unknown_name_message
+
 GENERATION_ENGINES = ("fast", "fast_bf16", "hf")
+
+
+# The batch size generation uses when a caller does not choose one (rows of prompts decoded together).
+DEFAULT_BATCH_SIZE = 16
 
 
 @dataclass(frozen=True)
 class DecodingConfig:
-    """How to decode. temperature 0 means greedy; the seed makes sampling reproducible."""
+    """How to decode. temperature 0 means greedy; the seed makes sampling reproducible. Every field is checked
+    when the config is made (a bad value names the field, the value and the allowed range). The named presets
+    below are the project's defaults; `decoding_preset(name, seed=...)` gives one with changes."""
 
     max_new_tokens: int = 64
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_int("max_new_tokens", self.max_new_tokens, low=1)
+        _check_number("temperature", self.temperature, "a finite number >= 0 (0: greedy)", lambda x: x >= 0)
+        _check_number("top_p", self.top_p, "a number in (0, 1]", lambda x: 0 < x <= 1)
+        _check_int("seed", self.seed, low=0)
 
     @property
     def greedy(self) -> bool:
@@ -27,6 +42,39 @@ class DecodingConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"DecodingConfig.{name} must be an int >= {low}, not {value!r}")
+
+
+def _check_number(name: str, value: Any, allowed: str, ok: Callable[[float], bool]) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not ok(value)
+    ):
+        raise ValueError(f"DecodingConfig.{name} must be {allowed}, not {value!r}")
+
+
+# Named presets, the one home of the project's decoding defaults.
+EVALUATION_DECODING = DecodingConfig(max_new_tokens=64)  # greedy answers that evaluation judges
+TEACHER_DECODING = DecodingConfig(max_new_tokens=64, temperature=0.7, top_p=0.95)  # the teacher's samples
+PROBING_DECODING = DecodingConfig(max_new_tokens=48)  # the prober and the over-refusal explorer (greedy)
+DECODING_PRESETS: dict[str, DecodingConfig] = {
+    "evaluation": EVALUATION_DECODING,
+    "teacher": TEACHER_DECODING,
+    "probing": PROBING_DECODING,
+}
+
+
+def decoding_preset(name: str, **changes: Any) -> DecodingConfig:
+    """The preset `name` ("evaluation", "teacher", "probing") with `changes` (e.g. ``seed=1``), checked anew."""
+    if name not in DECODING_PRESETS:
+        raise ValueError(unknown_name_message("decoding preset", name, DECODING_PRESETS))
+    return replace(DECODING_PRESETS[name], **changes)
 
 
 def samples_per_prompt(answers: list[str] | list[list[str]], num_samples: int) -> list[list[str]]:

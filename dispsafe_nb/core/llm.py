@@ -10,7 +10,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from dispsafe_nb.core.decoding import GENERATION_ENGINES, DecodingConfig, RowSeededSampler, row_seed
+from dispsafe_nb.core.decoding import (
+    DEFAULT_BATCH_SIZE,
+    GENERATION_ENGINES,
+    DecodingConfig,
+    RowSeededSampler,
+    row_seed,
+)
 from dispsafe_nb.core.fast_decoding import bf16_twin, decode, plain_generation_config
 from dispsafe_nb.core.prefix_cache import PrefixCache
 
@@ -132,8 +138,9 @@ class LLM:
     def generate(
         self,
         prompts: Sequence[str],
+        *,
         decoding: DecodingConfig | None = None,
-        batch_size: int = 16,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         num_samples: int = 1,
         progress: bool = False,
         per_prompt_seed: bool = False,
@@ -151,8 +158,9 @@ class LLM:
     def generate_detailed(
         self,
         prompts: Sequence[str],
+        *,
         decoding: DecodingConfig | None = None,
-        batch_size: int = 16,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         num_samples: int = 1,
         progress: bool = False,
         per_prompt_seed: bool = False,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import dispsafe_nb
 from dispsafe_nb import data
-from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.core.decoding import DecodingConfig, decoding_preset
 from dispsafe_nb.core.scoring import fidelity_kl
 from dispsafe_nb.evaluation.benchmarks import SYSTEM_REFUSAL, benchmark, benchmark_records
 from dispsafe_nb.evaluation.judges import RefusalJudge, judge_for_kind
@@ -213,8 +213,8 @@ def _generate(
 ) -> list[list[str]]:
     """k answers per prompt; sampled rows are seeded per (prompt, sample), so batches do not matter."""
     if k == 1 and decoding.greedy:
-        return [[a] for a in system.generate(prompts, decoding, **kwargs)]
-    out = system.generate(prompts, decoding, num_samples=k, per_prompt_seed=True, **kwargs)
+        return [[a] for a in system.generate(prompts, decoding=decoding, **kwargs)]
+    out = system.generate(prompts, decoding=decoding, num_samples=k, per_prompt_seed=True, **kwargs)
     return [[a] for a in out] if k == 1 else out
 
 
@@ -249,7 +249,7 @@ def evaluate(
     data.check_seed(seed)
     if refusal_text is SYSTEM_REFUSAL:  # the system's own y_r (a dual system's), else the default one
         refusal_text = getattr(system, "refusal", None) or DEFAULT_REFUSAL
-    decoding = decoding or DecodingConfig(max_new_tokens=64, seed=seed)
+    decoding = decoding or decoding_preset("evaluation", seed=seed)
     _check_sampling(decoding, samples_per_prompt)
     name = system_name or type(system).__name__
     describe = getattr(system, "describe", None)
@@ -314,7 +314,7 @@ def evaluate_base_and_dual(
             "e.g. GuardJudge(load_judge_guard())"
         )
     data.check_seed(seed)
-    decoding = decoding or DecodingConfig(max_new_tokens=64, seed=seed)
+    decoding = decoding or decoding_preset("evaluation", seed=seed)
     _check_sampling(decoding, samples_per_prompt)
     sampled = not (decoding.greedy and samples_per_prompt == 1)
     k = samples_per_prompt

@@ -166,7 +166,7 @@ def student_diagnostics(
         llm, start, heldout_harmful, CONTROL_REPLY
     )
     greedy = DecodingConfig(max_new_tokens=answer_tokens, seed=cfg.seed)
-    base_answers = [g[0] for g in llm.generate_detailed(list(heldout_harmful), greedy)]
+    base_answers = [g[0] for g in llm.generate_detailed(list(heldout_harmful), decoding=greedy)]
 
     def preference(w: SoftPrompt) -> torch.Tensor:
         return refusal_logprobs(llm, w, heldout_harmful, refusal) - answer_logprobs(

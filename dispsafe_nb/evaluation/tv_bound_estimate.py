@@ -27,12 +27,11 @@ from typing import Any
 import pandas as pd
 import torch
 
-from dispsafe_nb.core.decoding import DecodingConfig, samples_per_prompt
+from dispsafe_nb.core.decoding import TEACHER_DECODING, DecodingConfig, samples_per_prompt
 from dispsafe_nb.core.llm import LLM, Generation, generate_with_prefix
 from dispsafe_nb.core.scoring import sequence_logprobs
 from dispsafe_nb.evaluation.judges import RefusalJudge, judge_for_kind
 from dispsafe_nb.guards.protocol import Guard
-from dispsafe_nb.system.dual_system import TEACHER_DECODING
 
 
 @dataclass
@@ -138,7 +137,7 @@ def check_bound(
     harmful: Sequence[bool],
     refusal: str,
     n_samples: int = 16,
-    max_new_tokens: int = 48,
+    max_new_tokens: int = TEACHER_DECODING.max_new_tokens,
     seed: int = 0,
     judge: RefusalJudge | None = None,
     teacher_temperature: float = TEACHER_DECODING.temperature,
@@ -154,7 +153,9 @@ def check_bound(
         teacher = DecodingConfig(
             max_new_tokens, temperature=teacher_temperature, top_p=teacher_top_p, seed=seed
         )
-        gens = llm.generate_detailed([prompt], teacher, num_samples=n_samples, per_prompt_seed=True)[0]
+        gens = llm.generate_detailed([prompt], decoding=teacher, num_samples=n_samples, per_prompt_seed=True)[
+            0
+        ]
         ys = [g.text for g in gens]
         alpha = guard.prob_safe([prompt] * n_samples, ys).double()
         log_p = _logprobs(llm, prompt, gens, None, teacher)

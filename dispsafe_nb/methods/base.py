@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from dispsafe_nb.common.artifacts import ArtifactError, load_artifact, save_artifact
-from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.core.decoding import DEFAULT_BATCH_SIZE, DecodingConfig
 from dispsafe_nb.core.llm import LLM, generate_with_prefix, prepend_prefix
 from dispsafe_nb.core.model_parts import decoder_layers
 from dispsafe_nb.data import SPLIT_VERSION
@@ -43,10 +43,10 @@ class MethodSystem:
     def generate(
         self,
         prompts: Sequence[str],
-        decoding: DecodingConfig | None = None,
-        batch_size: int = 16,
-        progress: bool = False,
         *,
+        decoding: DecodingConfig | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        progress: bool = False,
         num_samples: int = 1,
         per_prompt_seed: bool = False,
         details: bool = False,

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from dispsafe_nb import data
-from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.core.decoding import DecodingConfig, decoding_preset
 from dispsafe_nb.core.llm import LLM
 from dispsafe_nb.core.loading import load_llm
 from dispsafe_nb.evaluation.harness import evaluate, evaluate_base_and_dual
@@ -50,7 +50,7 @@ def run_pipeline(cfg: PipelineConfig, llm: LLM | None = None, progress: bool = F
     llm = llm or load_llm()
     guard = load_embedding_guard(cfg.guard, progress=progress)
     system = SafeSystem(llm, guard)
-    teacher_decoding = DecodingConfig(cfg.max_new_tokens, temperature=0.7, top_p=0.95, seed=cfg.seed)
+    teacher_decoding = decoding_preset("teacher", max_new_tokens=cfg.max_new_tokens, seed=cfg.seed)
     records = training_mix(*cfg.mix, seed=cfg.seed)
     samples = teacher_samples(
         system, [r.text for r in records], k=cfg.k_samples, decoding=teacher_decoding, progress=progress
@@ -88,7 +88,7 @@ def train_student(
     `folder`: the student notebook 06 and the prober use when notebook 03 has not been run. Returns the folder."""
     seed = distill_config.seed
     records = training_mix(*mix, seed=seed)
-    decoding = DecodingConfig(max_new_tokens, temperature=0.7, top_p=0.95, seed=seed)
+    decoding = decoding_preset("teacher", max_new_tokens=max_new_tokens, seed=seed)
     samples = teacher_samples(
         system, [r.text for r in records], k=k_samples, decoding=decoding, progress=progress
     )

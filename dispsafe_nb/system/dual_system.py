@@ -7,12 +7,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.core.decoding import DEFAULT_BATCH_SIZE, DecodingConfig
 from dispsafe_nb.core.llm import LLM
 from dispsafe_nb.guards.protocol import DEFAULT_REFUSAL, Guard
 
 # Sampling the teacher: a little below temperature 1 keeps a 135M model's samples fluent.
-TEACHER_DECODING = DecodingConfig(max_new_tokens=64, temperature=0.7, top_p=0.95, seed=0)
 
 
 @dataclass(frozen=True)
@@ -47,8 +46,9 @@ class SafeSystem:
     def respond(
         self,
         prompts: Sequence[str],
+        *,
         decoding: DecodingConfig | None = None,
-        batch_size: int = 16,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         progress: bool = False,
         per_prompt_seed: bool = False,
     ) -> list[SafeSystemOutput]:
@@ -56,7 +56,11 @@ class SafeSystem:
         decoding = decoding or DecodingConfig()
         prompts = list(prompts)
         responses = self.llm.generate(
-            prompts, decoding, batch_size=batch_size, progress=progress, per_prompt_seed=per_prompt_seed
+            prompts,
+            decoding=decoding,
+            batch_size=batch_size,
+            progress=progress,
+            per_prompt_seed=per_prompt_seed,
         )
         return self.apply_guard(prompts, responses, decoding.seed)
 
@@ -81,8 +85,9 @@ class SafeSystem:
     def generate(
         self,
         prompts: Sequence[str],
+        *,
         decoding: DecodingConfig | None = None,
-        batch_size: int = 16,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         progress: bool = False,
         num_samples: int = 1,
         per_prompt_seed: bool = False,
@@ -90,12 +95,21 @@ class SafeSystem:
         """The common system interface: one final answer per prompt (`num_samples` > 1: that many per prompt,
         each the system's output for its own base sample)."""
         if num_samples == 1:
-            return [o.final for o in self.respond(prompts, decoding, batch_size, progress, per_prompt_seed)]
+            return [
+                o.final
+                for o in self.respond(
+                    prompts,
+                    decoding=decoding,
+                    batch_size=batch_size,
+                    progress=progress,
+                    per_prompt_seed=per_prompt_seed,
+                )
+            ]
         decoding = decoding or DecodingConfig()
         prompts = list(prompts)
         gens = self.llm.generate(
             prompts,
-            decoding,
+            decoding=decoding,
             batch_size=batch_size,
             num_samples=num_samples,
             progress=progress,

@@ -22,10 +22,9 @@ from tqdm.auto import tqdm
 
 from dispsafe_nb.common.content_hash import stable_hash
 from dispsafe_nb.common.paths import cache_root
-from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.core.decoding import TEACHER_DECODING, DecodingConfig
 from dispsafe_nb.core.llm import LLM
 from dispsafe_nb.guards.protocol import DEFAULT_REFUSAL
-from dispsafe_nb.system.dual_system import TEACHER_DECODING
 
 if TYPE_CHECKING:
     from dispsafe_nb.system.dual_system import SafeSystem
@@ -226,7 +225,7 @@ def teacher_samples(
     for start in tqdm(range(0, len(missing), batch_size), desc="teacher samples", disable=not progress):
         chunk = missing[start : start + batch_size]
         out = system.llm.generate_detailed(
-            chunk, decoding, batch_size=batch_size, num_samples=k, per_prompt_seed=True
+            chunk, decoding=decoding, batch_size=batch_size, num_samples=k, per_prompt_seed=True
         )
         for prompt, gens in zip(chunk, out, strict=True):
             responses = [g.text for g in gens]

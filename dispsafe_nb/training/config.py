@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from dispsafe_nb import data
 from dispsafe_nb.common.names import unknown_name_message
-from dispsafe_nb.methods import DEFAULT_INIT_TEXT, DEFAULT_TARGETS, check_method_name
+from dispsafe_nb.core.scoring import REDUCTIONS
+from dispsafe_nb.methods import DEFAULT_INIT_TEXT, DEFAULT_TARGETS, INITS, check_method_name
 from dispsafe_nb.training.objectives import kl_disp_loss, tv_disp_loss
 
 OBJECTIVES = {"tv": tv_disp_loss, "kl": kl_disp_loss}  # the distillation losses on teacher samples
@@ -87,44 +91,78 @@ class DistillConfig:
     sampling: str = "replacement"
 
     def __post_init__(self) -> None:
-        if self.objective not in ALL_OBJECTIVES:
-            raise ValueError(unknown_name_message("objective", self.objective, ALL_OBJECTIVES))
-        if self.scoring not in SCORINGS:
-            raise ValueError(unknown_name_message("scoring", self.scoring, SCORINGS))
-        if self.autocast not in AUTOCASTS:
-            raise ValueError(unknown_name_message("autocast", self.autocast, AUTOCASTS))
-        if self.sampling not in SAMPLINGS:
-            raise ValueError(unknown_name_message("sampling", self.sampling, SAMPLINGS))
-        if self.bucketing not in BUCKETINGS:
-            raise ValueError(unknown_name_message("bucketing", self.bucketing, BUCKETINGS))
-        if self.autocast != "none" and self.scoring != "shared_prompt":
-            raise ValueError(
-                "autocast='bf16' needs scoring='shared_prompt' (the reference path stays float32)"
-            )
+        """Every field checked where it is defined: a bad value names the field, the value and what is allowed."""
+        for name, known in (
+            ("objective", ALL_OBJECTIVES),
+            ("init", INITS),
+            ("reduction", REDUCTIONS),
+            ("weighting", WEIGHTINGS),
+            ("lr_schedule", LR_SCHEDULES),
+            ("teacher_alpha", TEACHER_ALPHAS),
+            ("scoring", SCORINGS),
+            ("autocast", AUTOCASTS),
+            ("bucketing", BUCKETINGS),
+            ("sampling", SAMPLINGS),
+        ):
+            if getattr(self, name) not in known:
+                raise ValueError(unknown_name_message(f"DistillConfig.{name}", getattr(self, name), known))
         check_method_name(self.method)
-        for name in ("rl_samples", "rl_max_new_tokens", "ppo_epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        data.check_seed(self.seed)
+        for name in (
+            "n_tokens",
+            "steps",
+            "batch_size",
+            "grad_accum",
+            "rl_samples",
+            "rl_max_new_tokens",
+            "ppo_epochs",
+        ):
+            _check(name, getattr(self, name), "an int >= 1", _is_int(lambda x: x >= 1))
+        for name in ("eval_every", "checkpoint_every"):
+            _check(name, getattr(self, name), "an int >= 0 (0: never)", _is_int(lambda x: x >= 0))
+        _check(
+            "lora_rank",
+            self.lora_rank,
+            "None or an int >= 1",
+            lambda x: x is None or _is_int(lambda v: v >= 1)(x),
+        )
+        _check(
+            "steering_layer",
+            self.steering_layer,
+            "None or an int >= 0",
+            lambda x: x is None or _is_int(lambda v: v >= 0)(x),
+        )
+        for name in ("lr", "value_lr"):
+            _check(name, getattr(self, name), "a finite number > 0", _is_real(lambda x: x > 0))
+        for name in ("ppo_beta", "value_coef"):
+            _check(name, getattr(self, name), "a finite number >= 0", _is_real(lambda x: x >= 0))
+        _check("ppo_clip", self.ppo_clip, "a number in (0, 1)", _is_real(lambda x: 0 < x < 1))
+        _check("gae_lambda", self.gae_lambda, "a number in [0, 1]", _is_real(lambda x: 0 <= x <= 1))
+        if not isinstance(self.init_text, str) or not self.init_text.strip():
+            raise ValueError(f"DistillConfig.init_text must be a non-empty string, not {self.init_text!r}")
         if self.objective in REWARD_OBJECTIVES and self.rl_samples < 2:
             raise ValueError("reward objectives need rl_samples >= 2 (the leave-one-out baseline needs two)")
-        if self.ppo_beta < 0 or not 0 < self.ppo_clip < 1 or not 0 <= self.gae_lambda <= 1:
-            raise ValueError("need ppo_beta >= 0, 0 < ppo_clip < 1 and 0 <= gae_lambda <= 1")
-        if self.reduction not in {"sum", "mean"}:
-            raise ValueError(f"reduction must be 'sum' or 'mean', not {self.reduction!r}")
-        if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"weighting must be one of {WEIGHTINGS}, not {self.weighting!r}")
         if self.weighting != "none" and self.reduction != "sum":
             raise ValueError(
                 "weighting='per_token' rescales whole-sequence terms: use it with reduction='sum'"
             )
-        data.check_seed(self.seed)
-        if self.teacher_alpha not in TEACHER_ALPHAS:
-            raise ValueError(f"teacher_alpha must be one of {TEACHER_ALPHAS}, not {self.teacher_alpha!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, not {self.lr_schedule!r}")
-        for name in ("n_tokens", "steps", "batch_size", "grad_accum"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.autocast != "none" and self.scoring != "shared_prompt":
+            raise ValueError(
+                "autocast='bf16' needs scoring='shared_prompt' (the reference path stays float32)"
+            )
+
+
+def _is_int(ok: Callable[[int], bool]) -> Callable[[Any], bool]:
+    return lambda x: not isinstance(x, bool) and isinstance(x, int) and ok(x)
+
+
+def _is_real(ok: Callable[[float], bool]) -> Callable[[Any], bool]:
+    return lambda x: not isinstance(x, bool) and isinstance(x, int | float) and math.isfinite(x) and ok(x)
+
+
+def _check(name: str, value: Any, allowed: str, ok: Callable[[Any], bool]) -> None:
+    if not ok(value):
+        raise ValueError(f"DistillConfig.{name} must be {allowed}, not {value!r}")
 
 
 def learning_rate(cfg: DistillConfig, step: int) -> float:

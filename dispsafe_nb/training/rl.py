@@ -140,7 +140,7 @@ def student_samples(
         cfg.rl_max_new_tokens, temperature=1.0, top_p=1.0, seed=cfg.seed * 1_000_003 + step
     )
     generations = method.bind(llm).generate(
-        list(prompts), decoding, batch_size=len(prompts), num_samples=cfg.rl_samples, details=True
+        list(prompts), decoding=decoding, batch_size=len(prompts), num_samples=cfg.rl_samples, details=True
     )
     rows = [(p, g) for p, gens in zip(prompts, generations, strict=True) for g in gens]
     return (

@@ -19,7 +19,7 @@ import pandas as pd
 
 from dispsafe_nb import data
 from dispsafe_nb.common.paths import results_dir
-from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.core.decoding import PROBING_DECODING, DecodingConfig
 from dispsafe_nb.evaluation.benchmarks import benchmark
 from dispsafe_nb.evaluation.harness import evaluate_students
 from dispsafe_nb.evaluation.records import EvalRecord, read_records, write_records
@@ -94,7 +94,7 @@ def compute_records(
     benchmarks: Sequence[str] = tuple(EXPLORER_BENCHMARKS),
     limit: int | None = None,
     seed: int = 0,
-    max_new_tokens: int = 48,
+    max_new_tokens: int = PROBING_DECODING.max_new_tokens,
     progress: bool = True,
 ) -> list[EvalRecord]:
     """Greedy evaluation of `systems` (names of `session`'s systems) on `benchmarks`, judged like every other
@@ -114,7 +114,7 @@ def load_or_compute(
     benchmarks: Sequence[str] = tuple(EXPLORER_BENCHMARKS),
     limit: int | None = None,
     seed: int = 0,
-    max_new_tokens: int = 48,
+    max_new_tokens: int = PROBING_DECODING.max_new_tokens,
     progress: bool = True,
 ) -> list[EvalRecord]:
     """The explorer's own records for `systems`: read from ``records/06_probe.jsonl`` when it holds every

@@ -26,7 +26,7 @@ import pandas as pd
 
 from dispsafe_nb.common.artifacts import CONFIG_FILE, ArtifactError
 from dispsafe_nb.common.paths import results_dir
-from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.core.decoding import PROBING_DECODING, TEACHER_DECODING, DecodingConfig
 from dispsafe_nb.core.llm import PromptError
 from dispsafe_nb.core.loading import load_llm
 from dispsafe_nb.core.scoring import sequence_logprobs
@@ -61,8 +61,8 @@ class ProbeDecoding:
     drawn at `temperature` (each (prompt, sample) row from its own seeded stream, so reruns repeat)."""
 
     mode: str = "greedy"
-    temperature: float = 0.7
-    max_new_tokens: int = 48
+    temperature: float = TEACHER_DECODING.temperature
+    max_new_tokens: int = PROBING_DECODING.max_new_tokens
     k: int = 1
     seed: int = 0
 
@@ -221,7 +221,9 @@ class ProbeSession:
         missing = [p for p in prompts if (p, max_new_tokens, seed) not in self._base_greedy]
         if missing:
             decoding = DecodingConfig(max_new_tokens=max_new_tokens, seed=seed)
-            for prompt, gens in zip(missing, self.llm.generate_detailed(missing, decoding), strict=True):
+            for prompt, gens in zip(
+                missing, self.llm.generate_detailed(missing, decoding=decoding), strict=True
+            ):
                 self._base_greedy[(prompt, max_new_tokens, seed)] = gens[0]
         return [self._base_greedy[(p, max_new_tokens, seed)] for p in prompts]
 
@@ -382,14 +384,14 @@ def _answers_of(session: ProbeSession, name: str, prompts: list[str], decoding: 
     system, _ = session.system(name)
     dec = decoding.to_decoding()
     if name == DUAL:  # the LLM's answers, then the guard's part of the same system
-        raw = session.llm.generate(prompts, dec, num_samples=decoding.k, per_prompt_seed=True)
+        raw = session.llm.generate(prompts, decoding=dec, num_samples=decoding.k, per_prompt_seed=True)
         raw = [[r] for r in raw] if decoding.k == 1 else raw
         flat_prompts = [p for p, ys in zip(prompts, raw, strict=True) for _ in ys]
         outputs = system.apply_guard(flat_prompts, [y for ys in raw for y in ys], dec.seed)
         k = decoding.k
         rows = [outputs[i * k : (i + 1) * k] for i in range(len(prompts))]
         return [[o.final for o in row] for row in rows], raw, [[o.alpha for o in row] for row in rows]
-    out = system.generate(prompts, dec, num_samples=decoding.k, per_prompt_seed=True)
+    out = system.generate(prompts, decoding=dec, num_samples=decoding.k, per_prompt_seed=True)
     return ([[a] for a in out] if decoding.k == 1 else out), None, None
 
 
