@@ -85,10 +85,11 @@ benchmark-generalise: install
 benchmark-harm-probe: install
 	$(PY) benchmarks/harm_probe.py
 
-# Mutation score of theory/objectives/judges/metrics and train.py's loss/step code with their fast unit tests
-# (mutmut on a scratch copy in build/mutation; 10-15 minutes on 2 cores) -> results/mutation.json.
+# Mutation score of the maths, scoring, objectives, judges, classifier statistics and training's loss/step code with
+# their fast unit tests (tools/mutation/mutants.toml says what; mutmut on a scratch copy in build/mutation; 10-15
+# minutes on 2 cores) -> results/mutation.json.
 mutation: install
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) benchmarks/mutation.py
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) tools/mutation/run.py
 
 lab: install
 	$(VENV)/bin/jupyter lab notebooks/
