@@ -55,5 +55,22 @@ def test_reproduce_reports_checks_always_and_claims_on_full_runs_only(monkeypatc
     assert "NOT reproduced in this run: kl_over_refuses_more_than_tv" in full
     assert "reproduced: students_safer_than_base" in full
     assert "prompt_moved: metric missing" in full  # a check whose metric the run did not emit
+    assert "03_distill finished in" in full and "1 notebook(s) in" in full  # wall time as soon as it finishes
     assert reproduce.main(["--smoke", "03_distill"]) == 0
     assert "kl_over_refuses_more_than_tv" not in capsys.readouterr().out.split("Summary")[0]
+
+
+def test_a_notebook_runs_with_a_cell_progress_bar_named_after_it(monkeypatch, tmp_path):
+    import papermill
+
+    from dispsafe_nb.notebooks import reproduce
+
+    seen = {}
+    monkeypatch.setattr(papermill, "execute_notebook", lambda src, out, **kw: seen.update(kw))
+    reproduce.run_notebook(reproduce.notebooks()[0], tmp_path)
+    assert (
+        seen["progress_bar"]["desc"] == reproduce.notebooks()[0].stem
+        and seen["progress_bar"]["unit"] == "cell"
+    )
+    reproduce.run_notebook(reproduce.notebooks()[0], tmp_path, progress=False)
+    assert seen["progress_bar"] is False

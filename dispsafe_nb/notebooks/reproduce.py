@@ -27,8 +27,11 @@ def notebooks() -> list[Path]:
     return sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
 
 
-def run_notebook(path: Path, output_dir: Path, parameters: dict | None = None) -> Path:
-    """Execute one notebook with papermill (cwd = notebooks/, kernel python3); returns the executed copy."""
+def run_notebook(
+    path: Path, output_dir: Path, parameters: dict | None = None, *, progress: bool = True
+) -> Path:
+    """Execute one notebook with papermill (cwd = notebooks/, kernel python3); returns the executed copy.
+    `progress` shows a bar of the notebook's cells, named after it (off where TQDM_DISABLE is set, as in tests)."""
     import papermill  # noqa: PLC0415 (deferred: papermill is needed to run notebooks only)
 
     os.environ["DISPSAFE_HEADLESS"] = "1"  # widgets and other waits stay off
@@ -40,7 +43,7 @@ def run_notebook(path: Path, output_dir: Path, parameters: dict | None = None) -
         parameters=parameters or {},
         kernel_name="python3",
         cwd=str(NOTEBOOKS_DIR),
-        progress_bar=False,
+        progress_bar={"desc": path.stem, "unit": "cell", "leave": True} if progress else False,
     )
     return out
 
@@ -53,6 +56,10 @@ def render_html(executed: Path) -> Path:
     out = executed.with_suffix(".html")
     out.write_text(body, encoding="utf-8")
     return out
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.time()
         print(f"== {path.name}", flush=True)
         executed = run_notebook(path, results_dir() / "notebooks", {"SMOKE": True} if args.smoke else {})
+        print(f"   {path.stem} finished in {_minutes(time.time() - started)}", flush=True)
         print(f"   executed copy {executed}, rendered {render_html(executed)}", flush=True)
         record = load_metrics(path.stem)
         verdicts = run_checks(path.stem, record["metrics"]) if path.stem in NOTEBOOK_CHECKS else {}
@@ -82,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
             "claims": {name: ok for name, (ok, _) in claims.items()},
             **record["metrics"],
         }
+    total = sum(entry["seconds"] for entry in summary.values())
+    print(
+        f"\n{len(summary)} notebook(s) in {_minutes(total)}: "
+        + ", ".join(f"{name} {_minutes(entry['seconds'])}" for name, entry in summary.items())
+    )
     print("\nSummary (also in results/metrics/):")
     print(json.dumps(summary, indent=2, default=str))
     return 0
