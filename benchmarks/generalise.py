@@ -230,7 +230,7 @@ def main() -> None:
 
 
 def report(result: dict) -> str:
-    """generalise.json as Markdown (`generalisation.report_markdown`)."""
+    """generalise.json as Markdown (`generalisation_tables.report_markdown`)."""
     return report_markdown(result)
 
 

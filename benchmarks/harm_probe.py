@@ -138,7 +138,7 @@ def main() -> None:
 
 
 def report(result: dict) -> str:
-    """A written result as Markdown (`harm_probe.report_markdown`)."""
+    """A written result as Markdown (`harm_probe_tables.report_markdown`)."""
     return report_markdown(result)
 
 

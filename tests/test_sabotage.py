@@ -1,7 +1,7 @@
 """Checks that can fail: every named check of `dispsafe_nb.report.notebook_checks` fails under the sabotages it guards against,
 and every check holds on the real code.
 
-Each sabotage is a deliberately broken variant of the pipeline (`checks.SABOTAGES`), applied at the point where
+Each sabotage is a deliberately broken variant of the pipeline (`notebook_checks.SABOTAGES`), applied at the point where
 such a bug would live: the optimiser, the loss, the returned student, the teacher's α, the refusal string, the
 theory functions, the Monte-Carlo TV estimate. The metrics are computed by the same package functions the
 notebooks call, at the notebooks' smoke sizes, and judged by the same checks the notebook tests apply.

@@ -194,12 +194,12 @@ def generate_with_prefix(
 ) -> list[str] | list[list[str]] | list[list[Generation]]:
     """Generate with optional prefix embeddings (N x d, e.g. a soft prompt) placed before the chat text.
 
-    engine: "fast" decodes greedy and per-row-seeded answers with `fast_generate.decode`, reading a prefix from its
+    engine: "fast" decodes greedy and per-row-seeded answers with `fast_decoding.decode`, reading a prefix from its
     KV cache (`prefix_cache.PrefixCache`, computed once per call); "hf" runs transformers' `generate()` with the
     prefix inside every row. Both give the same tokens (tests); sampling from the shared random stream
     (`per_prompt_seed=False`), and any model whose generation config adds logits processors (a repetition
-    penalty, banned words: `fast_generate.plain_generation_config`), always run through `generate()`.
-    "fast_bf16": "fast" on a bfloat16 copy of the model (`fast_generate.bf16_twin`; base model and soft prompts
+    penalty, banned words: `fast_decoding.plain_generation_config`), always run through `generate()`.
+    "fast_bf16": "fast" on a bfloat16 copy of the model (`fast_decoding.bf16_twin`; base model and soft prompts
     only): its answers may differ where two tokens are nearly tied.
 
     Rows are laid out [pad ... pad | prefix | chat tokens]: left padding keeps the prefix glued to its prompt,

@@ -4,7 +4,7 @@ A soft prompt precedes everything a model reads, so its N positions' keys and va
 the prompt itself: compute them once, then give each batch a copy expanded along the batch. Rows are laid out
 ``[prefix | pad ... pad | chat tokens]``: the left padding goes after the prefix, masked, and positions come from
 the attention mask's cumulative sum, so each row sees exactly what it sees without padding (``[prefix | chat]``)
-and what `models.prepend_prefix` builds (``[pad | prefix | chat]``). Per request the soft prompt then costs only
+and what `llm.prepend_prefix` builds (``[pad | prefix | chat]``). Per request the soft prompt then costs only
 attention over N more keys (`costs.method_decode_flops`).
 """
 

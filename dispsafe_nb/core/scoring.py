@@ -51,7 +51,7 @@ def sequence_logprobs(
     (``<|im_end|>`` for SmolLM2, the token generation stops on), so that a *finished* answer is scored, not
     just its prefix. ``append_eos`` may be one flag per row: a sample cut at ``max_new_tokens`` is scored as
     the prefix it is (no eos). ``response_ids``: score these token ids (e.g. exactly what generate() sampled,
-    `models.Generation.token_ids`) instead of tokenizing ``responses`` (then ``responses`` may be None).
+    `llm.Generation.token_ids`) instead of tokenizing ``responses`` (then ``responses`` may be None).
     Positions come from the attention mask's cumulative sum, so left padding does not shift
     them and a batched row scores exactly as the same row alone.
 
@@ -61,7 +61,7 @@ def sequence_logprobs(
     reduction: "sum" (the sequence log-prob) or "mean" (per-token average, sum / number of response tokens).
     batch_size: score in chunks of this many rows (the results are concatenated; gradients still flow).
     temperature, top_p: score under the distribution a sampler with these settings draws from (tempered, cut to
-    the nucleus and renormalised: `models.sampling_log_probs`) instead of the model's own (1.0, 1.0). A token
+    the nucleus and renormalised: `decoding.sampling_log_probs`) instead of the model's own (1.0, 1.0). A token
     outside the nucleus then has log-probability -inf, unless `keep_targets` (for responses that this very sampler
     drew: recomputed logits can put a drawn token a rounding error outside the nucleus).
     prefix_cache: a soft prompt's `prefix_cache.PrefixCache` in place of `prefix`: its keys and values are read,

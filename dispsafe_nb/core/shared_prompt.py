@@ -1,6 +1,6 @@
 """Score several continuations of the same prompts with one pass over the prompts: the fast trainer's scorer.
 
-Eq. 4 needs log q(y | x) and log q(y_r | x) for every prompt x. `objectives.sequence_logprobs` scores each pair in
+Eq. 4 needs log q(y | x) and log q(y_r | x) for every prompt x. `scoring.sequence_logprobs` scores each pair in
 its own pass over soft prompt + chat template + prompt + response, so the shared part (the prompt, usually the
 longer part) is encoded twice. Here the prompt rows ``[pad | prefix | chat(x)]`` run once, keeping their keys and
 values (with gradient), and every branch's response tokens run as one batch of continuations reading them.
@@ -29,7 +29,7 @@ def shared_prompt_logprobs(
     reduction: str = "sum",
 ) -> list[torch.Tensor]:
     """``log q(continuation | prompt)`` for every branch: `branches[j][i]` are the token ids (eos included where
-    it should be scored, as `objectives.response_token_ids` returns them) of branch j's continuation of prompt i.
+    it should be scored, as `scoring.response_token_ids` returns them) of branch j's continuation of prompt i.
     Returns one tensor [len(prompts)] per branch; gradients flow into the method's parameters.
     reduction: "sum" (the sequence log-prob) or "mean" (per token)."""
     from transformers import DynamicCache  # noqa: PLC0415 (deferred: transformers takes seconds to import; only model loading needs it)

@@ -71,7 +71,7 @@ def guard_modules(guard: Any) -> list[nn.Module]:
 def dual_system_costs(llm: Any, guard: Any, timing: dict[str, float]) -> dict[str, float]:
     """Parameters (millions) and weight megabytes (each at its real precision) of the LLM and the guard, the dual
     system's parameter and memory ratios, and the time per prompt spent generating vs. guarding (`timing` as
-    `evaluate.evaluate_base_and_dual` returns it) with its ratio."""
+    `harness.evaluate_base_and_dual` returns it) with its ratio."""
     if timing.get("n", 0) < 1 or timing.get("generate_s", 0.0) <= 0.0:
         raise ValueError(f"timing must cover at least one prompt with some generation time, got {timing}")
     llm_params = count_parameters(llm.model)

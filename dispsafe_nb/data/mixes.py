@@ -109,7 +109,7 @@ def group_mix(
 ) -> list[data.PromptRecord]:
     """A mix with this many prompts per group, drawn like `scale_mix` (every source of the group shares them
     max-min fair, a prefix of each source's seeded shuffle): a small mix that still sees every source and, through
-    the bundled forms sets, every phrasing form. Notebook 03's `train.training_mix` is this."""
+    the bundled forms sets, every phrasing form. Notebook 03's `training.examples.training_mix` is this."""
     data.check_seed(seed)
     counts = {"harmful": harmful, "borderline": borderline, "benign": benign}
     bad = {g: n for g, n in counts.items() if not isinstance(n, int) or n < 0}

@@ -53,7 +53,7 @@ class MethodSystem:
     ) -> list[Any]:
         """One answer per prompt (``num_samples`` > 1: that many per prompt), greedy by default;
         ``per_prompt_seed`` samples every (prompt, sample) row from its own seeded stream; ``details`` returns
-        `models.Generation`s (with token ids) as `LLM.generate_detailed` does."""
+        `llm.Generation`s (with token ids) as `LLM.generate_detailed` does."""
         prefix = self.method.prefix()
         with torch.no_grad(), self.method.active(self.llm):
             return generate_with_prefix(

@@ -18,7 +18,7 @@ from dispsafe_nb.plots.common import PALETTE, SYSTEM_COLORS
 def alpha_samples_figure(labels: Sequence[str], samples: Sequence[Any]) -> go.Figure:
     """α(x, y) of each sampled answer (dots) and the estimated refusal mass mean(1 − α) (bars), per prompt.
 
-    `samples` are `safe_system.TeacherSample`s, one per label.
+    `samples` are `teacher_cache.TeacherSample`s, one per label.
     """
     fig = go.Figure()
     fig.add_trace(
@@ -54,7 +54,7 @@ def alpha_samples_figure(labels: Sequence[str], samples: Sequence[Any]) -> go.Fi
 def benchmark_bars(table: Any) -> go.Figure:
     """Grouped bars of each benchmark's headline metric (SGS, over-refusal, compliance, accuracy) per system.
 
-    `table` is `evaluate.records_table(records)`.
+    `table` is `records.records_table(records)`.
     """
     fig = go.Figure()
     for system, rows in table.groupby("system", sort=False):
@@ -89,7 +89,7 @@ def category_bars(per_category: dict[str, float], title: str) -> go.Figure:
 
 
 def training_curves(histories: Mapping[str, Any]) -> go.Figure:
-    """Training loss (thin) and validation loss (markers) per run; `histories` maps a name to a `train.History`."""
+    """Training loss (thin) and validation loss (markers) per run; `histories` maps a name to a `history.History`."""
     fig = make_subplots(
         rows=1, cols=2, subplot_titles=("loss", "validation: |p̂(y_r|x) − q(y_r|x)| (a TV lower bound)")
     )
@@ -155,7 +155,7 @@ def bound_check_real_figure(checks: Sequence[Any], labels: Sequence[str]) -> go.
     """Observed score gaps vs. estimated TV per prompt (±2 standard errors), with the line gap = TV: the safety gap
     (filled markers) and the refusal gap (open markers) of every prompt.
 
-    `checks` are `empirical.BoundCheck`s; `labels` name each prompt's kind (colour).
+    `checks` are `tv_bound_estimate.BoundCheck`s; `labels` name each prompt's kind (colour).
     """
     fig = go.Figure()
     for i, label in enumerate(dict.fromkeys(labels)):

@@ -62,7 +62,7 @@ def load_sources(
     folder: str | Path | None = None, benchmarks: Sequence[str] = tuple(EXPLORER_BENCHMARKS)
 ) -> dict[str, list[EvalRecord]]:
     """{source: its records on `benchmarks` that hold per-prompt outputs}; sources without any are left out.
-    A damaged file fails with its name and line (`evaluate.read_records`)."""
+    A damaged file fails with its name and line (`records.read_records`)."""
     out = {}
     for source, path in record_sources(folder).items():
         kept = [r for r in read_records(path) if r.benchmark in benchmarks and r.outputs]

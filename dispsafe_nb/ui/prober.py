@@ -215,7 +215,7 @@ class ProbeSession:
         return self._bound[name]
 
     def base_greedy(self, prompts: Sequence[str], max_new_tokens: int, seed: int) -> list[Any]:
-        """The base model's greedy answers as `models.Generation`s (text, the generated token ids, whether it
+        """The base model's greedy answers as `llm.Generation`s (text, the generated token ids, whether it
         finished), cached per prompt: the y_base whose probability every method-applied system reports. Scoring
         the ids with the finish flag scores exactly what was generated (a cut answer as the prefix it is)."""
         missing = [p for p in prompts if (p, max_new_tokens, seed) not in self._base_greedy]
