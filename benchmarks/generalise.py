@@ -42,7 +42,7 @@ from dispsafe_nb.data.mixes import MixConfig, mix_summary, scale_mix
 from dispsafe_nb.evaluation.generalisation import BENCHES, cached_reference, evaluate_student, targets
 from dispsafe_nb.evaluation.records import EvalRecord, write_records
 from dispsafe_nb.guards.guard_training import load_embedding_guard
-from dispsafe_nb.report.generalisation_tables import report_markdown, variants_markdown
+from dispsafe_nb.report.generalisation_tables import generalisation_markdown, variants_markdown
 from dispsafe_nb.study.paper_scale import BUDGETS, budget_config, teach
 from dispsafe_nb.system.dual_system import SafeSystem
 from dispsafe_nb.training.config import DistillConfig
@@ -230,8 +230,8 @@ def main() -> None:
 
 
 def report(result: dict) -> str:
-    """generalise.json as Markdown (`generalisation_tables.report_markdown`)."""
-    return report_markdown(result)
+    """generalise.json as Markdown (`generalisation_tables.generalisation_markdown`)."""
+    return generalisation_markdown(result)
 
 
 if __name__ == "__main__":

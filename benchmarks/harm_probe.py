@@ -34,7 +34,7 @@ from dispsafe_nb.evaluation.benchmarks import benchmark_records
 from dispsafe_nb.evaluation.generalisation import BENCHES, cached_reference, compare, targets
 from dispsafe_nb.evaluation.linear_harm_probe import choose_layer, probe_record, prompt_activations
 from dispsafe_nb.guards.guard_training import load_embedding_guard
-from dispsafe_nb.report.harm_probe_tables import report_markdown
+from dispsafe_nb.report.harm_probe_tables import harm_probe_markdown
 from dispsafe_nb.study.paper_scale import teach
 from dispsafe_nb.system.dual_system import SafeSystem
 
@@ -138,8 +138,8 @@ def main() -> None:
 
 
 def report(result: dict) -> str:
-    """A written result as Markdown (`harm_probe_tables.report_markdown`)."""
-    return report_markdown(result)
+    """A written result as Markdown (`harm_probe_tables.harm_probe_markdown`)."""
+    return harm_probe_markdown(result)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import pytest
 
 from dispsafe_nb.evaluation.records import EvalRecord
 from dispsafe_nb.plots import tradeoff_scatter
-from dispsafe_nb.report.baselines_tables import findings_markdown
+from dispsafe_nb.report.baselines_tables import baselines_markdown
 from dispsafe_nb.study import baselines
 from dispsafe_nb.training.config import DistillConfig
 
@@ -62,10 +62,10 @@ def test_each_group_is_read_at_its_best_learning_rate_that_keeps_benign_answers(
     # REINFORCE never keeps 90 % compliance: its best SGS overall, flagged
     assert best["meets_compliance"]["soft_prompt/reinforce"] is False
     assert baselines.best_at_compliance(table)["system"] == RUNS[0].name
-    reading = findings_markdown(table, 1)
+    reading = baselines_markdown(table, 1)
     assert "soft_prompt/reinforce kept benign compliance ≥ 90% at no learning rate" in reading
     assert "same results" not in reading  # there is no KL run to compare
-    text = findings_markdown(table, n_seeds=1)
+    text = baselines_markdown(table, n_seeds=1)
     assert RUNS[0].name in text and "n ≥ 8" in text and "soft_prompt (0.45) > lora (0.35)" in text
 
 
@@ -82,10 +82,10 @@ def test_identical_tv_and_kl_runs_are_pointed_out():
     runs = [baselines.Run("soft_prompt", "tv", 0.01), baselines.Run("soft_prompt", "kl", 0.01)]
     records = _records("base", 0.1, 1.0) + _records(runs[0].name, 0.3, 1.0) + _records(runs[1].name, 0.3, 1.0)
     table = baselines.comparison_table(records, runs, {r.name: _Counted(10) for r in runs})
-    assert "TV-DiSP and KL-DiSP gave the same results" in findings_markdown(table, 1)
+    assert "TV-DiSP and KL-DiSP gave the same results" in baselines_markdown(table, 1)
     records[-5] = EvalRecord(runs[1].name, "advbench_test", "harmful", 10, 0.5, "sgs", 0.5)
     table = baselines.comparison_table(records, runs, {r.name: _Counted(10) for r in runs})
-    assert "same results" not in findings_markdown(table, 1)
+    assert "same results" not in baselines_markdown(table, 1)
 
 
 def test_the_shared_budget_texts_by_label_and_a_runs_config():

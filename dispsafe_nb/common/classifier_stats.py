@@ -85,7 +85,7 @@ def cohen_kappa(a: Sequence[int | bool] | torch.Tensor, b: Sequence[int | bool] 
     return (p_o - p_e) / (1 - p_e)
 
 
-def judge_agreement(
+def binary_agreement(
     a: Sequence[int | bool] | torch.Tensor, b: Sequence[int | bool] | torch.Tensor
 ) -> dict[str, float | int]:
     """Agreement between two judges' binary labels on the same items: {"kappa" (Cohen's κ), "agreement" (the

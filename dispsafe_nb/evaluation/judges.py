@@ -386,7 +386,7 @@ def load_judge_checks(path: str | Path | None = None) -> list[JudgeCheck]:
     return checks
 
 
-def _rate(correct: int, n: int) -> dict[str, float | int]:
+def _accuracy(correct: int, n: int) -> dict[str, float | int]:
     return {"n": n, "correct": correct, "accuracy": correct / n}
 
 
@@ -432,10 +432,10 @@ def judge_accuracy(
     return {
         "judge": describe() if callable(describe) else repr(judge),
         "target": target,
-        **_rate(sum(hits), len(hits)),
+        **_accuracy(sum(hits), len(hits)),
         "kappa": cohen_kappa(predicted, truth),
         "false_positive": sum(p and not t for p, t in zip(predicted, truth, strict=True)),
         "false_negative": sum(t and not p for p, t in zip(predicted, truth, strict=True)),
-        "per_pattern": {p: _rate(sum(v), len(v)) for p, v in sorted(per_pattern.items())},
+        "per_pattern": {p: _accuracy(sum(v), len(v)) for p, v in sorted(per_pattern.items())},
         "wrong": [c.id for c, hit in zip(rows, hits, strict=True) if not hit],
     }

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from dispsafe_nb.common.classifier_stats import judge_agreement as judge_agreement_stats
+from dispsafe_nb.common.classifier_stats import binary_agreement
 
 
 @dataclass
@@ -139,7 +139,7 @@ def judge_agreement(records: Sequence[EvalRecord]) -> dict[str, dict[str, dict[s
         ]
         if r.kind == "harmful" and pairs:
             a, b = zip(*pairs, strict=True)
-            out.setdefault(r.benchmark, {})[r.system] = judge_agreement_stats(list(a), list(b))
+            out.setdefault(r.benchmark, {})[r.system] = binary_agreement(list(a), list(b))
     return {b: dict(sorted(v.items())) for b, v in sorted(out.items())}
 
 

@@ -7,7 +7,7 @@ import pandas as pd
 from dispsafe_nb.study.baselines import best_at_compliance, best_metrics
 
 
-def findings_markdown(table: pd.DataFrame, n_seeds: int, min_compliance: float = 0.9) -> str:
+def baselines_markdown(table: pd.DataFrame, n_seeds: int, min_compliance: float = 0.9) -> str:
     """The notebook's reading of its own table: the best run at compliance ≥ `min_compliance` and the paper's two
     orderings as observed, with the seeds and prompts behind them."""
     best = best_metrics(table, min_compliance)

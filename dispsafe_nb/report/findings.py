@@ -19,7 +19,7 @@ DISTILL_ROWS = (
 )
 
 
-def _rate(metrics: Mapping[str, Any], system: str, bench: str, key: str) -> str:
+def _percent(metrics: Mapping[str, Any], system: str, bench: str, key: str) -> str:
     found = metrics.get(system, {}).get(bench)
     return f"{found[key]:.0%}" if found and found.get(key) is not None else "n/a"
 
@@ -44,11 +44,11 @@ def distill_findings(
     ]
     for label, bench, key in DISTILL_ROWS:
         greedy = ", ".join(
-            f"{name} {_rate(metrics, system, bench, key)}"
+            f"{name} {_percent(metrics, system, bench, key)}"
             for name, system in (("base", "base"), ("dual", "dual"), ("TV", "tv-disp"), ("KL", "kl-disp"))
         )
         drawn = ", ".join(
-            f"{name} {_rate(sampled, system, bench, key)}"
+            f"{name} {_percent(sampled, system, bench, key)}"
             for name, system in (("dual", "dual-distribution"), ("TV", "tv-disp"), ("KL", "kl-disp"))
         )
         lines.append(f"- {label}: greedy {greedy} | sampled: {drawn}")

@@ -8,7 +8,7 @@ from typing import Any
 from dispsafe_nb.evaluation.generalisation import HARMFUL_SETS
 
 
-def report_markdown(result: dict) -> str:
+def generalisation_markdown(result: dict) -> str:
     """A `benchmarks/generalise.py` result (its JSON) as Markdown: per size and objective, each set's ratio to the
     dual system, then the targets met and missed."""
     m = result["machine"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 
-def report_markdown(result: dict) -> str:
+def harm_probe_markdown(result: dict) -> str:
     """A `benchmarks/harm_probe.py` result (its JSON) as Markdown: the chosen layer and how well it separates
     harmful from safe prompts off-distribution, the probe system against the dual system per set and form, the
     targets."""

@@ -113,7 +113,7 @@ def test_prompt_activations_average_to_the_refusal_directions_mean(llm):
 
 
 def test_the_report_names_the_layer_the_separation_and_each_sets_ratio():
-    from dispsafe_nb.report.harm_probe_tables import report_markdown
+    from dispsafe_nb.report.harm_probe_tables import harm_probe_markdown
 
     layers = [
         {
@@ -149,7 +149,7 @@ def test_the_report_names_the_layer_the_separation_and_each_sets_ratio():
         },
         "targets": {"sgs_ratio_jbb_harmful": {"met": False}, "xstest_over_refusal_vs_dual": {"met": True}},
     }
-    text = report_markdown(result)
+    text = harm_probe_markdown(result)
     assert "layer 1 of 2" in text and "0.900" in text and "XSTest 0.700" in text
     assert "| jbb_harmful (sgs) | 100 | 0.40 | 0.50 | 0.60 | 0.83 [0.70, 0.95] |" in text
     assert "| xstest_safe (over_refusal) | 250 | 0.10 | 0.12 | 0.05 | – |" in text

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from dispsafe_nb.common.classifier_stats import auroc, binary_report, cohen_kappa, judge_agreement
+from dispsafe_nb.common.classifier_stats import auroc, binary_agreement, binary_report, cohen_kappa
 
 
 def _table(a: list[int], b: list[int]) -> tuple[int, int, int, int]:
@@ -30,7 +30,7 @@ def test_hand_computed_example():
     a = [1] * 20 + [1] * 5 + [0] * 10 + [0] * 15
     b = [1] * 20 + [0] * 5 + [1] * 10 + [0] * 15
     assert cohen_kappa(a, b) == pytest.approx(0.4)
-    assert judge_agreement(a, b) == pytest.approx(
+    assert binary_agreement(a, b) == pytest.approx(
         {"kappa": 0.4, "agreement": 0.7, "n": 50, "rate_a": 0.5, "rate_b": 0.6}
     )
 
@@ -74,7 +74,7 @@ def test_matches_the_closed_form_on_random_long_sequences():
 def test_degenerate_chance_agreement_of_one(value):
     same = [value] * 7
     assert cohen_kappa(same, same) == 1.0
-    assert judge_agreement(same, same)["kappa"] == 1.0
+    assert binary_agreement(same, same)["kappa"] == 1.0
 
 
 def test_accepts_bools_and_tensors():
@@ -85,7 +85,7 @@ def test_accepts_bools_and_tensors():
 
 
 def test_agreement_reports_raw_agreement_and_n():
-    report = judge_agreement([1, 1, 0, 0, 1], [1, 0, 0, 1, 1])
+    report = binary_agreement([1, 1, 0, 0, 1], [1, 0, 0, 1, 1])
     assert report["agreement"] == pytest.approx(3 / 5) and report["n"] == 5
     assert (report["rate_a"], report["rate_b"]) == (pytest.approx(0.6), pytest.approx(0.6))
     # p_e = 0.6*0.6 + 0.4*0.4 = 0.52; κ = (0.6 - 0.52)/0.48
@@ -105,7 +105,7 @@ def test_rejects_bad_input(a, b, message):
     with pytest.raises(ValueError, match=message):
         cohen_kappa(a, b)
     with pytest.raises(ValueError, match=message):
-        judge_agreement(a, b)
+        binary_agreement(a, b)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -204,12 +204,12 @@ def test_error_messages_name_the_bad_side():
     with pytest.raises(ValueError, match=r"^a must hold binary labels \(0/1 or bools\); found 2$"):
         cohen_kappa([1, 2], [1, 0])
     with pytest.raises(ValueError, match=r"^b must hold binary labels \(0/1 or bools\); found 0\.5$"):
-        judge_agreement([1, 0], [0.5, 1])
+        binary_agreement([1, 0], [0.5, 1])
     with pytest.raises(ValueError, match=r"^a must hold binary labels \(0/1 or bools\); found 3$"):
-        judge_agreement(torch.tensor([[1, 3]]), [1, 0])
+        binary_agreement(torch.tensor([[1, 3]]), [1, 0])
     with pytest.raises(ValueError, match=r"^b must hold binary labels \(0/1 or bools\); found 7$"):
         cohen_kappa([1, 0], torch.tensor([7, 1]))
     with pytest.raises(ValueError, match=r"^2 labels in a but 1 in b$"):
-        judge_agreement([1, 0], [1])
+        binary_agreement([1, 0], [1])
     with pytest.raises(ValueError, match=r"^Cohen's kappa needs at least one pair of labels$"):
         cohen_kappa([], [])
