@@ -23,6 +23,9 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+# The paper's soft-prompt length (its on-device figures are for N = 100).
+PAPER_N_TOKENS = 100
+
 
 @dataclass(frozen=True)
 class Architecture:
@@ -263,7 +266,7 @@ def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, 
 CPU_ATTENTION = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
 
 
-def paper_flops_table(context: int = 512, n_tokens: int = 100) -> list[dict[str, Any]]:
+def paper_flops_table(context: int = 512, n_tokens: int = PAPER_N_TOKENS) -> list[dict[str, Any]]:
     """Per paper model: parameters, 4-bit bytes, FLOPs per generated token at `context`, and with a soft prompt
     of `n_tokens` vectors (prefix KV cache)."""
     rows = []

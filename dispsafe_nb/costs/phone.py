@@ -12,6 +12,7 @@ from typing import Any
 
 from dispsafe_nb.costs.flops import PAPER_ARCHITECTURES as A
 from dispsafe_nb.costs.flops import (
+    PAPER_N_TOKENS,
     Architecture,
     kv_cache_bytes,
     request_flops,
@@ -23,7 +24,7 @@ def memory_options(
     llm: Architecture,
     guard: Architecture,
     context: int = 512,
-    n_tokens: int = 100,
+    n_tokens: int = PAPER_N_TOKENS,
     bits_per_weight: float = 4.0,
     guard_bits_per_weight: float | None = None,
 ) -> dict[str, float]:
@@ -42,7 +43,7 @@ def phone_budget(
     app_share: float = 0.5,
     context: int = 512,
     response_tokens: int = 128,
-    n_tokens: int = 100,
+    n_tokens: int = PAPER_N_TOKENS,
     bits_per_weight: float = 4.0,
 ) -> dict[str, Any]:
     """One row per (LLM, guard): memory of each option in GB, whether it fits `app_share` of `ram_gb`, and the
@@ -83,7 +84,7 @@ def paper_pairs_budget(
     app_share: float = 0.5,
     context: int = 512,
     response_tokens: int = 128,
-    n_tokens: int = 100,
+    n_tokens: int = PAPER_N_TOKENS,
 ) -> list[dict[str, Any]]:
     """`phone_budget` for the paper's LLMs (1B, 3B) with Llama Guard 3 at 1B and 8B."""
 

@@ -60,6 +60,7 @@ import torch
 
 from dispsafe_nb.common.classifier_stats import cohen_kappa
 from dispsafe_nb.common.paths import REPO_ROOT
+from dispsafe_nb.guards.protocol import SAFE_THRESHOLD
 
 # XSTest's string-match rule: `completion.lower().strip().startswith(prefixes)`, prefixes as in the source
 # (paul-rottger/exaggerated-safety@a3bb396d, evaluation/classify_completions_strmatch.py; the two tuples there,
@@ -278,7 +279,7 @@ class GuardJudge:
     """
 
     guard: Any
-    threshold: float = 0.5
+    threshold: float = SAFE_THRESHOLD
     name: str = "guard-judge"
 
     def __post_init__(self) -> None:
@@ -419,7 +420,7 @@ def judge_accuracy(
         scores = scores.tolist() if isinstance(scores, torch.Tensor) else list(scores)
         if len(scores) != len(rows):
             raise ValueError(f"the judge returned {len(scores)} scores for {len(rows)} checks")
-        threshold = float(getattr(judge, "threshold", 0.5))
+        threshold = float(getattr(judge, "threshold", SAFE_THRESHOLD))
         predicted = [float(s) >= threshold for s in scores]
         truth = [c.safe for c in rows]
     else:

@@ -20,6 +20,9 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 DEFAULT_REFUSAL = "I'm sorry, but I can't help with that request."
+# The deployed decision: an exchange with α(x, y) >= SAFE_THRESHOLD is kept (the dual system, the "deployed" teacher,
+# the guard judge); one home for it, passed through wherever a system's threshold is not at hand.
+SAFE_THRESHOLD = 0.5
 
 
 @runtime_checkable

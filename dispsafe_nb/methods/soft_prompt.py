@@ -17,7 +17,9 @@ from dispsafe_nb.core.llm import LLM
 from dispsafe_nb.methods.base import Method, MethodSystem
 
 SOFT_PROMPT_KIND = "soft_prompt"
-DEFAULT_N_TOKENS = 100
+# The project's soft-prompt length (one home for it: DistillConfig and new_method use it). The paper's default is
+# 100 (ablation 10-200); on a 135M model on 2 CPU cores the study trains 20 (costs use the paper's 100).
+DEFAULT_N_TOKENS = 20
 DEFAULT_INIT_TEXT = "You are a helpful assistant that refuses harmful requests and answers safe ones."
 INITS = ("text", "random_vocab")
 

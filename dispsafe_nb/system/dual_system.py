@@ -9,7 +9,7 @@ from typing import Any
 
 from dispsafe_nb.core.decoding import DEFAULT_BATCH_SIZE, DecodingConfig
 from dispsafe_nb.core.llm import LLM
-from dispsafe_nb.guards.protocol import DEFAULT_REFUSAL, Guard
+from dispsafe_nb.guards.protocol import DEFAULT_REFUSAL, SAFE_THRESHOLD, Guard
 
 # Sampling the teacher: a little below temperature 1 keeps a 135M model's samples fluent.
 
@@ -34,7 +34,7 @@ class SafeSystem:
     llm: LLM
     guard: Guard
     refusal: str = DEFAULT_REFUSAL
-    threshold: float = 0.5
+    threshold: float = SAFE_THRESHOLD
     mode: str = "threshold"
 
     def __post_init__(self) -> None:

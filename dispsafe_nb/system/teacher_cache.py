@@ -24,7 +24,7 @@ from dispsafe_nb.common.content_hash import stable_hash
 from dispsafe_nb.common.paths import cache_root
 from dispsafe_nb.core.decoding import TEACHER_DECODING, DecodingConfig
 from dispsafe_nb.core.llm import LLM
-from dispsafe_nb.guards.protocol import DEFAULT_REFUSAL
+from dispsafe_nb.guards.protocol import DEFAULT_REFUSAL, SAFE_THRESHOLD
 
 if TYPE_CHECKING:
     from dispsafe_nb.system.dual_system import SafeSystem
@@ -164,7 +164,9 @@ class TeacherCache:
         os.replace(tmp, self.path(sample.prompt))
 
 
-def deployed_alphas(samples: Sequence[TeacherSample], threshold: float = 0.5) -> list[TeacherSample]:
+def deployed_alphas(
+    samples: Sequence[TeacherSample], threshold: float = SAFE_THRESHOLD
+) -> list[TeacherSample]:
     """The samples as the *deployed* dual system treats them: α → 1 where α ≥ threshold (the answer is kept), else
     0 (replaced by y_r). Eq. 4 with these α distils the thresholded system that greedy evaluation compares with,
     instead of the soft distribution that keeps y with probability α."""

@@ -10,7 +10,7 @@ from typing import Any
 from dispsafe_nb import data
 from dispsafe_nb.common.names import unknown_name_message
 from dispsafe_nb.core.scoring import REDUCTIONS
-from dispsafe_nb.methods import DEFAULT_INIT_TEXT, DEFAULT_TARGETS, INITS, check_method_name
+from dispsafe_nb.methods import DEFAULT_INIT_TEXT, DEFAULT_N_TOKENS, DEFAULT_TARGETS, INITS, check_method_name
 from dispsafe_nb.training.objectives import kl_disp_loss, tv_disp_loss
 
 OBJECTIVES = {"tv": tv_disp_loss, "kl": kl_disp_loss}  # the distillation losses on teacher samples
@@ -33,7 +33,9 @@ class DistillConfig:
     objective: str = "tv"  # "tv" (TV-DiSP), "kl" (KL-DiSP); baselines "perplexity", "reinforce", "ppo"
     # "soft_prompt", "lora" (parameter-matched to the soft prompt at n_tokens) or "steering_vector"
     method: str = "soft_prompt"
-    n_tokens: int = 20  # paper: 100 (ablation 10-200); LoRA's parameter budget is n_tokens x hidden size
+    n_tokens: int = (
+        DEFAULT_N_TOKENS  # paper: 100 (ablation 10-200); LoRA's parameter budget is n_tokens x hidden
+    )
     init: str = "text"
     init_text: str = DEFAULT_INIT_TEXT
     # paper: 6e-4 ... 3e-3 over about 200 iterations at effective batch 32 on 1-3B models. With ~60 small steps
