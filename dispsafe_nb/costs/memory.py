@@ -12,8 +12,10 @@ from typing import Any
 
 from torch import nn
 
+from dispsafe_nb.core.llm import LLM
 from dispsafe_nb.core.loading import EMBEDDED_MODELS, embedded_model_folder
 from dispsafe_nb.costs.flops import Architecture, kv_cache_bytes
+from dispsafe_nb.guards.protocol import Guard
 from dispsafe_nb.methods import new_method
 
 
@@ -35,7 +37,7 @@ def module_bytes(*modules: nn.Module) -> int:
     return sum(seen.values())
 
 
-def llm_weight_bytes(llm: Any) -> int:
+def llm_weight_bytes(llm: LLM) -> int:
     """The LLM's weights in bytes as a device would hold them: for an embedded GGUF model, the sizes of the tensors
     in its file (at their quantised types); otherwise the parameters at their in-memory dtypes (for an nf4 model,
     bitsandbytes' packed 4-bit storage)."""
@@ -48,7 +50,7 @@ def llm_weight_bytes(llm: Any) -> int:
     return module_bytes(llm.model)
 
 
-def guard_modules(guard: Any) -> list[nn.Module]:
+def guard_modules(guard: Guard) -> list[nn.Module]:
     """The torch modules that make up a guard: an `EmbeddingGuard`'s encoders and heads, or a generative guard's
     model (e.g. `LlamaGuard`)."""
     parts = ("prompt_encoder.model", "response_encoder.model", "prompt_head", "response_head")
@@ -68,7 +70,7 @@ def guard_modules(guard: Any) -> list[nn.Module]:
     return found
 
 
-def dual_system_costs(llm: Any, guard: Any, timing: dict[str, float]) -> dict[str, float]:
+def dual_system_costs(llm: LLM, guard: Guard, timing: dict[str, float]) -> dict[str, float]:
     """Parameters (millions) and weight megabytes (each at its real precision) of the LLM and the guard, the dual
     system's parameter and memory ratios, and the time per prompt spent generating vs. guarding (`timing` as
     `harness.evaluate_base_and_dual` returns it) with its ratio."""
@@ -92,7 +94,7 @@ def dual_system_costs(llm: Any, guard: Any, timing: dict[str, float]) -> dict[st
     }
 
 
-def method_memory_rows(llm: Any, guard: Any, n_tokens: int) -> list[dict[str, Any]]:
+def method_memory_rows(llm: LLM, guard: Guard, n_tokens: int) -> list[dict[str, Any]]:
     """What each option adds to the LLM, in parameters and bytes (fp16, as a device would keep a prompt, its cached
     keys/values or an adapter), beside the LLM at its real precision and the guard in fp32. Rows: LLM, soft
     prompt, its cached keys/values, LoRA, steering vector, guard."""

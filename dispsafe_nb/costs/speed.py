@@ -17,10 +17,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dispsafe_nb.core.decoding import DecodingConfig
-from dispsafe_nb.core.llm import generate_with_prefix
+from dispsafe_nb.core.llm import LLM, generate_with_prefix
 from dispsafe_nb.core.prefix_cache import PrefixCache
 from dispsafe_nb.core.scoring import left_pad, response_token_ids, sequence_logprobs
 from dispsafe_nb.costs.flops import CPU_ATTENTION
+from dispsafe_nb.guards.protocol import Guard
+from dispsafe_nb.methods.base import Method
 from dispsafe_nb.training.batch_loss import batch_loss_of
 from dispsafe_nb.training.examples import example_tokens, micro_batches
 from dispsafe_nb.training.objectives import tv_disp_loss
@@ -95,7 +97,7 @@ def machine_limits(
 
 
 # ---- training -------------------------------------------------------------------------------------------
-def naive_terms(llm: Any, method: Any, batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+def naive_terms(llm: LLM, method: Method, batch: Sequence[Any]) -> tuple[torch.Tensor, torch.Tensor]:
     """The naive reference of Eq. 4's two log-probs, computed the obvious way: one full pass per (prompt, response)
     pair — y and y_r separately — with vocabulary logits at every position, in float32."""
 
@@ -125,7 +127,7 @@ def naive_terms(llm: Any, method: Any, batch: Sequence[Any]) -> tuple[torch.Tens
 
 
 def training_step(
-    llm: Any, method: Any, batch: Sequence[Any], cfg: Any, naive: bool = False
+    llm: LLM, method: Method, batch: Sequence[Any], cfg: Any, naive: bool = False
 ) -> Callable[[], float]:
     """A closure running one TV-DiSP step's forward and backward on `batch` (no optimiser update, so repeats see
     the same parameters): our trainer's (`cfg.scoring`, `cfg.autocast`) or the naive reference's."""
@@ -150,14 +152,14 @@ def training_step(
     return step
 
 
-def response_tokens(llm: Any, batch: Sequence[Any]) -> int:
+def response_tokens(llm: LLM, batch: Sequence[Any]) -> int:
     """Tokens a TV-DiSP step scores: every y (with its eos when finished) and every y_r (with its eos)."""
     refusal = [len(llm.tokenizer(e.refusal, add_special_tokens=False)["input_ids"]) + 1 for e in batch]
     return sum(len(e.response_ids) + int(e.finished) for e in batch) + sum(refusal)
 
 
 def training_throughput(
-    llm: Any, method: Any, batch: Sequence[Any], cfg: Any, repeats: int = 3
+    llm: LLM, method: Method, batch: Sequence[Any], cfg: Any, repeats: int = 3
 ) -> dict[str, dict[str, float]]:
     """Per variant — the naive reference; our previous scorer (`scoring="separate"`: one pass per pair, logits at
     response positions only); ours (`"shared_prompt"`) in float32 and with bf16 autocast — median step seconds,
@@ -187,7 +189,7 @@ def training_throughput(
 
 
 def bucketing_gain(
-    llm: Any, method: Any, examples: Sequence[Any], cfg: Any, repeats: int = 3
+    llm: LLM, method: Method, examples: Sequence[Any], cfg: Any, repeats: int = 3
 ) -> dict[str, Any]:
     """One step of `cfg.grad_accum` micro-batches of `cfg.batch_size` over `examples` (taken in order, as one
     step's draws) with the trainer's length bucketing and without: median step seconds (forward and backward of
@@ -226,7 +228,7 @@ def bucketing_gain(
 
 # ---- decoding -------------------------------------------------------------------------------------------
 def generation_speed(
-    llm: Any,
+    llm: LLM,
     prompts: Sequence[str],
     max_new_tokens: int,
     engine: str,
@@ -247,7 +249,7 @@ def generation_speed(
 
 
 def engine_agreement(
-    llm: Any, prompts: Sequence[str], max_new_tokens: int, engine: str, reference: str
+    llm: LLM, prompts: Sequence[str], max_new_tokens: int, engine: str, reference: str
 ) -> dict[str, float]:
     """How far `engine`'s greedy answers follow `reference`'s: the share of prompts with identical tokens and the
     mean share of each answer's leading tokens that agree."""
@@ -272,7 +274,7 @@ def engine_agreement(
 
 @torch.no_grad()
 def decode_step_seconds(
-    llm: Any, context: int, prefix_cache: Any | None = None, batch: int = 1, repeats: int = 7
+    llm: LLM, context: int, prefix_cache: Any | None = None, batch: int = 1, repeats: int = 7
 ) -> float:
     """Median seconds of one decode step whose token attends to `context` prompt positions (plus the prefix's N
     when `prefix_cache` is given), batch `batch`: the KV cache is filled once and cropped back after every step."""
@@ -306,7 +308,7 @@ def decode_step_seconds(
 
 
 @torch.no_grad()
-def prefill_seconds(llm: Any, tokens: int, repeats: int = 5) -> float:
+def prefill_seconds(llm: LLM, tokens: int, repeats: int = 5) -> float:
     """Median seconds of one forward pass over `tokens` random tokens (batch 1) filling a fresh KV cache."""
     from transformers import DynamicCache  # noqa: PLC0415 (deferred: transformers takes seconds to import; only model loading needs it)
 
@@ -319,7 +321,7 @@ def prefill_seconds(llm: Any, tokens: int, repeats: int = 5) -> float:
 
 
 def decode_seconds_by_batch(
-    llm: Any, context: int, batches: Sequence[int], repeats: int = 5
+    llm: LLM, context: int, batches: Sequence[int], repeats: int = 5
 ) -> dict[int, float]:
     """Seconds per generated token (one decode step / rows) at `context`, per batch size: decoding reads every
     weight once per step whatever the batch, so more rows share that cost until compute becomes the bound."""
@@ -328,7 +330,7 @@ def decode_seconds_by_batch(
 
 @torch.no_grad()
 def prefix_cache_agreement(
-    llm: Any, prefix: torch.Tensor, prompts: Sequence[str], responses: Sequence[str], max_new_tokens: int = 16
+    llm: LLM, prefix: torch.Tensor, prompts: Sequence[str], responses: Sequence[str], max_new_tokens: int = 16
 ) -> dict[str, float]:
     """Does reading the prefix from its KV cache change anything? Greedy tokens (share of rows identical) and
     log q(response | prompt) (largest absolute difference) with the cache against the prefix inside every row."""
@@ -347,8 +349,8 @@ def prefix_cache_agreement(
 
 
 def per_token_latency(
-    llm: Any,
-    guard: Any,
+    llm: LLM,
+    guard: Guard,
     prefix: torch.Tensor,
     context: int,
     response_tokens: int,

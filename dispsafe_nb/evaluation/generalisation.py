@@ -22,11 +22,14 @@ import dispsafe_nb
 from dispsafe_nb import data
 from dispsafe_nb.common.content_hash import code_digest
 from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.core.llm import LLM
 from dispsafe_nb.core.scoring import next_token_log_probs, sequence_logprobs
 from dispsafe_nb.evaluation import record_cache
 from dispsafe_nb.evaluation.benchmarks import benchmark_records
 from dispsafe_nb.evaluation.harness import evaluate, evaluate_base_and_dual
 from dispsafe_nb.evaluation.records import EvalRecord
+from dispsafe_nb.methods.base import Method
+from dispsafe_nb.system.dual_system import SafeSystem
 
 HARMFUL_SETS = ("jbb_harmful", "xstest_unsafe", "bundled_forms_test", "jailbreak_wrapped", "advbench_test")
 OVER_REFUSAL_SETS = ("xstest_safe", "bundled_forms_borderline_test")
@@ -118,7 +121,7 @@ def _by_limit(limits: Mapping[str, int | None]) -> dict[int | None, list[str]]:
 REFERENCE_BATCH_SIZE = 16  # left padding changes greedy numerics a little: the batch size is part of the key
 
 
-def _runtime(llm: Any) -> dict[str, str]:
+def _runtime(llm: LLM) -> dict[str, str]:
     """Where and with what the model ran: greedy answers can differ across devices, dtypes and library versions."""
     import transformers  # noqa: PLC0415 (deferred: transformers takes seconds to import; only model loading needs it)
 
@@ -152,7 +155,7 @@ REFERENCE_CODE = (
 
 
 def reference_key(
-    system: Any, limits: Mapping[str, int | None], decoding: DecodingConfig | None
+    system: SafeSystem, limits: Mapping[str, int | None], decoding: DecodingConfig | None
 ) -> dict[str, Any]:
     """Everything the reference records depend on: the dual system (model, guard, refusal, threshold), where the
     model runs, the decoding, limits, seed and batch size, each set's prompts (ids, texts, categories, forms), the
@@ -181,7 +184,7 @@ def reference_key(
 
 
 def cached_reference(
-    system: Any,
+    system: SafeSystem,
     limits: Mapping[str, int | None],
     decoding: DecodingConfig | None = None,
     progress: bool = True,
@@ -198,7 +201,7 @@ def cached_reference(
 
 
 def reference_records(
-    system: Any,
+    system: SafeSystem,
     limits: Mapping[str, int | None],
     decoding: DecodingConfig | None = None,
     progress: bool = True,
@@ -226,8 +229,8 @@ def reference_records(
 
 
 def evaluate_student(
-    llm: Any,
-    method: Any,
+    llm: LLM,
+    method: Method,
     name: str,
     dual: Mapping[str, EvalRecord],
     limits: Mapping[str, int | None],
@@ -246,7 +249,7 @@ def evaluate_student(
 
 
 def refusal_mass(
-    llm: Any, method: Any | None, prompts: Sequence[str], refusal: str, batch_size: int = 16
+    llm: LLM, method: Method | None, prompts: Sequence[str], refusal: str, batch_size: int = 16
 ) -> dict[str, list[float]]:
     """Per prompt, under the model with `method` applied: q(y_r | x) of the refusal text (as a prefix, no eos),
     the probability of y_r's first token, and whether that token is the greedy first token.

@@ -19,12 +19,16 @@ from typing import TYPE_CHECKING, Any
 import dispsafe_nb
 from dispsafe_nb import data
 from dispsafe_nb.core.decoding import DecodingConfig, decoding_preset
+from dispsafe_nb.core.llm import LLM
 from dispsafe_nb.core.scoring import fidelity_kl
+from dispsafe_nb.core.system import System
 from dispsafe_nb.evaluation.benchmarks import SYSTEM_REFUSAL, benchmark, benchmark_records
 from dispsafe_nb.evaluation.judges import RefusalJudge, judge_for_kind
 from dispsafe_nb.evaluation.records import EvalRecord
 from dispsafe_nb.evaluation.verifiable_instructions import check_response
 from dispsafe_nb.guards.protocol import DEFAULT_REFUSAL
+from dispsafe_nb.methods.base import Method
+from dispsafe_nb.system.dual_system import SafeSystem
 
 if TYPE_CHECKING:
     from dispsafe_nb.evaluation.benchmarks import Benchmark
@@ -183,7 +187,7 @@ def score_samples(
 
 
 def _record_config(
-    system: Any,
+    system: System,
     judge: RefusalJudge,
     bench: str,
     limit: int | None,
@@ -209,7 +213,7 @@ def _record_config(
 
 
 def _generate(
-    system: Any, prompts: list[str], decoding: DecodingConfig, k: int, **kwargs: Any
+    system: System, prompts: list[str], decoding: DecodingConfig, k: int, **kwargs: Any
 ) -> list[list[str]]:
     """k answers per prompt; sampled rows are seeded per (prompt, sample), so batches do not matter."""
     if k == 1 and decoding.greedy:
@@ -228,7 +232,7 @@ def _check_sampling(decoding: DecodingConfig, k: int) -> None:
 
 
 def evaluate(
-    system: Any,
+    system: System,
     benchmarks: Sequence[str],
     system_name: str | None = None,
     limit: int | None = None,
@@ -283,7 +287,7 @@ def evaluate(
 
 
 def evaluate_base_and_dual(
-    system: Any,
+    system: SafeSystem,
     benchmarks: Sequence[str],
     limit: int | None = None,
     decoding: DecodingConfig | None = None,
@@ -401,7 +405,7 @@ def evaluate_students(
     return records
 
 
-def fidelity_record(system_name: str, llm: Any, method: Any, base_record: EvalRecord) -> EvalRecord:
+def fidelity_record(system_name: str, llm: LLM, method: Method, base_record: EvalRecord) -> EvalRecord:
     """Fidelity on a benign benchmark: mean per-token KL(base || system) along the base model's own answers
     (taken from `base_record`, the base model's record on that benchmark); 0 means the method changes nothing."""
 

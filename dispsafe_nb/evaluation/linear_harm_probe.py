@@ -27,12 +27,13 @@ from typing import Any
 import torch
 
 from dispsafe_nb.common.classifier_stats import auroc
+from dispsafe_nb.core.llm import LLM
 from dispsafe_nb.methods.base import layer_count
 from dispsafe_nb.methods.refusal_direction import post_instruction_outputs
 
 
 def prompt_activations(
-    llm: Any, prompts: Sequence[str], batch_size: int = 16, progress: bool = False
+    llm: LLM, prompts: Sequence[str], batch_size: int = 16, progress: bool = False
 ) -> torch.Tensor:
     """(n_layers, n, d): each decoder layer's output averaged over each prompt's post-instruction positions."""
 

@@ -32,6 +32,7 @@ from dispsafe_nb.core.llm import LLM, Generation, generate_with_prefix
 from dispsafe_nb.core.scoring import sequence_logprobs
 from dispsafe_nb.evaluation.judges import RefusalJudge, judge_for_kind
 from dispsafe_nb.guards.protocol import Guard
+from dispsafe_nb.methods.base import Method
 
 
 @dataclass
@@ -106,7 +107,11 @@ def summarise(checks: Sequence[BoundCheck], informative_below: float = 0.99) -> 
 
 
 def _logprobs(
-    llm: LLM, prompt: str, samples: Sequence[Generation], method: Any, decoding: DecodingConfig | None = None
+    llm: LLM,
+    prompt: str,
+    samples: Sequence[Generation],
+    method: Method,
+    decoding: DecodingConfig | None = None,
 ) -> torch.Tensor:
     """log p(y | x) of exactly the sampled ids (under `decoding`'s tempered, truncated distribution when given);
     a finished sample with its eos, a truncated one as a prefix."""
@@ -132,7 +137,7 @@ def _se(x: torch.Tensor) -> float:
 def check_bound(
     llm: LLM,
     guard: Guard,
-    student: Any,
+    student: Method | None,
     prompts: Sequence[str],
     harmful: Sequence[bool],
     refusal: str,

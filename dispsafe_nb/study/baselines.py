@@ -23,6 +23,7 @@ from dispsafe_nb.core.llm import LLM
 from dispsafe_nb.core.scoring import sequence_logprobs
 from dispsafe_nb.evaluation.benchmarks import BENCHMARKS
 from dispsafe_nb.evaluation.records import EvalRecord
+from dispsafe_nb.guards.protocol import Guard
 from dispsafe_nb.methods import Method
 from dispsafe_nb.system.teacher_cache import TeacherSample
 from dispsafe_nb.training.config import DistillConfig
@@ -76,7 +77,7 @@ def default_runs(
 
 def train_runs(
     llm: LLM,
-    guard: Any,
+    guard: Guard,
     runs: Sequence[Run],
     base: DistillConfig,
     train_samples: Sequence[TeacherSample],

@@ -9,6 +9,8 @@ from typing import Any
 
 from dispsafe_nb import data
 from dispsafe_nb.common.names import unknown_name_message
+from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.system.dual_system import SafeSystem
 from dispsafe_nb.system.teacher_cache import teacher_samples
 from dispsafe_nb.training.config import DistillConfig
 from dispsafe_nb.training.examples import steps_per_epoch
@@ -43,7 +45,11 @@ def budget_config(budget: str | Mapping[str, Any], n_examples: int, **config: An
 
 
 def teach(
-    system: Any, records: Sequence[data.PromptRecord], k: int, decoding: Any, progress: bool = True
+    system: SafeSystem,
+    records: Sequence[data.PromptRecord],
+    k: int,
+    decoding: DecodingConfig,
+    progress: bool = True,
 ) -> tuple[list[Any], float]:
     """The dual system's k samples per prompt of a mix (cached per prompt) and the wall seconds they took."""
 
@@ -54,7 +60,7 @@ def teach(
 
 
 def train_on_mix(
-    system: Any,
+    system: SafeSystem,
     records: Sequence[data.PromptRecord],
     k: int,
     teacher_decoding: Any,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from dispsafe_nb.core.decoding import DecodingConfig
 from dispsafe_nb.core.llm import LLM
 from dispsafe_nb.core.scoring import sequence_logprobs, token_logprobs
+from dispsafe_nb.guards.protocol import Guard
 from dispsafe_nb.training.config import learning_rate
 from dispsafe_nb.training.examples import batch_indices
 from dispsafe_nb.training.history import History, record_validation
@@ -153,7 +154,7 @@ def student_samples(
 
 def optimise(
     llm: LLM,
-    guard: Any,
+    guard: Guard,
     method: Method,
     train_samples: Sequence[TeacherSample],
     cfg: DistillConfig,
