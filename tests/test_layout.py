@@ -87,3 +87,16 @@ def test_no_private_name_is_imported_across_modules():
     assert not found, (
         "private names imported across modules (make them public or move the code):\n" + "\n".join(found)
     )
+
+
+def test_notebook_code_cells_stay_short():
+    """Notebooks teach in short cells (at most 15 lines) between markdown; the package computes."""
+    import json
+
+    long = []
+    for path in sorted((REPO_ROOT / "notebooks").glob("*.ipynb")):
+        for i, cell in enumerate(json.loads(path.read_text(encoding="utf-8"))["cells"]):
+            n = len("".join(cell["source"]).splitlines())
+            if cell["cell_type"] == "code" and n > 15:
+                long.append(f"{path.name} cell {i}: {n} lines")
+    assert not long, "code cells over 15 lines (move code into the package): " + ", ".join(long)

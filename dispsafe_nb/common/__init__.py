@@ -7,3 +7,18 @@ content_hash   stable hashes of data; `code_digest`, the digest of code by conte
 classifier_stats  AUROC, binary reports (TPR/FPR), Cohen's kappa and agreement of two binary judges
 provenance     the commit and the processor a result was made on
 """
+
+# The layer's face: what notebooks and the layers above use most, importable as dispsafe_nb.common.X
+from dispsafe_nb.common.artifacts import ArtifactError
+from dispsafe_nb.common.content_hash import code_digest, stable_hash
+from dispsafe_nb.common.paths import REPO_ROOT, cache_root, figures_dir, results_dir
+
+__all__ = [
+    "ArtifactError",
+    "REPO_ROOT",
+    "cache_root",
+    "code_digest",
+    "figures_dir",
+    "results_dir",
+    "stable_hash",
+]

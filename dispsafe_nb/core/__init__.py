@@ -11,3 +11,34 @@ prefix_cache   a prefix's keys and values computed once and read by every reques
 scoring        log-probabilities of given token ids (whole sequences, per token, next token)
 shared_prompt  the fast trainer's scorer: y and y_r continue one pass over prefix + chat prompt
 """
+
+# The layer's face: what notebooks and the layers above use most, importable as dispsafe_nb.core.X
+from dispsafe_nb.core.decoding import (
+    DECODING_PRESETS,
+    EVALUATION_DECODING,
+    PROBING_DECODING,
+    TEACHER_DECODING,
+    DecodingConfig,
+    decoding_preset,
+)
+from dispsafe_nb.core.llm import LLM, Generation, PromptError
+from dispsafe_nb.core.loading import DEFAULT_MODEL, ModelNotAvailableError, load_llm
+from dispsafe_nb.core.scoring import sequence_logprobs
+from dispsafe_nb.core.system import System
+
+__all__ = [
+    "DECODING_PRESETS",
+    "DEFAULT_MODEL",
+    "DecodingConfig",
+    "EVALUATION_DECODING",
+    "Generation",
+    "LLM",
+    "ModelNotAvailableError",
+    "PROBING_DECODING",
+    "PromptError",
+    "System",
+    "TEACHER_DECODING",
+    "decoding_preset",
+    "load_llm",
+    "sequence_logprobs",
+]

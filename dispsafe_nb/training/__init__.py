@@ -9,3 +9,19 @@ checkpoints  save and resume a run
 loop         distill(): any method with any target objective; reward objectives go to rl
 rl           REINFORCE (leave-one-out baseline) and PPO (value head, GAE, clipped surrogate, KL to the base)
 """
+
+# The layer's face: what notebooks and the layers above use most, importable as dispsafe_nb.training.X
+from dispsafe_nb.training.config import DistillConfig
+from dispsafe_nb.training.examples import prompt_kinds, prompt_labels, training_mix
+from dispsafe_nb.training.history import History, history_summary
+from dispsafe_nb.training.loop import distill
+
+__all__ = [
+    "DistillConfig",
+    "History",
+    "distill",
+    "history_summary",
+    "prompt_kinds",
+    "prompt_labels",
+    "training_mix",
+]
