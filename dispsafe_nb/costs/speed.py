@@ -24,6 +24,7 @@ from dispsafe_nb.costs.flops import CPU_ATTENTION
 from dispsafe_nb.guards.protocol import Guard
 from dispsafe_nb.methods.base import Method
 from dispsafe_nb.training.batch_loss import batch_loss_of
+from dispsafe_nb.training.config import DistillConfig
 from dispsafe_nb.training.examples import example_tokens, micro_batches
 from dispsafe_nb.training.objectives import tv_disp_loss
 
@@ -127,7 +128,7 @@ def naive_terms(llm: LLM, method: Method, batch: Sequence[Any]) -> tuple[torch.T
 
 
 def training_step(
-    llm: LLM, method: Method, batch: Sequence[Any], cfg: Any, naive: bool = False
+    llm: LLM, method: Method, batch: Sequence[Any], cfg: DistillConfig, naive: bool = False
 ) -> Callable[[], float]:
     """A closure running one TV-DiSP step's forward and backward on `batch` (no optimiser update, so repeats see
     the same parameters): our trainer's (`cfg.scoring`, `cfg.autocast`) or the naive reference's."""
@@ -159,7 +160,7 @@ def response_tokens(llm: LLM, batch: Sequence[Any]) -> int:
 
 
 def training_throughput(
-    llm: LLM, method: Method, batch: Sequence[Any], cfg: Any, repeats: int = 3
+    llm: LLM, method: Method, batch: Sequence[Any], cfg: DistillConfig, repeats: int = 3
 ) -> dict[str, dict[str, float]]:
     """Per variant — the naive reference; our previous scorer (`scoring="separate"`: one pass per pair, logits at
     response positions only); ours (`"shared_prompt"`) in float32 and with bf16 autocast — median step seconds,
@@ -189,7 +190,7 @@ def training_throughput(
 
 
 def bucketing_gain(
-    llm: LLM, method: Method, examples: Sequence[Any], cfg: Any, repeats: int = 3
+    llm: LLM, method: Method, examples: Sequence[Any], cfg: DistillConfig, repeats: int = 3
 ) -> dict[str, Any]:
     """One step of `cfg.grad_accum` micro-batches of `cfg.batch_size` over `examples` (taken in order, as one
     step's draws) with the trainer's length bucketing and without: median step seconds (forward and backward of

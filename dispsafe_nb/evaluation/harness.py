@@ -379,7 +379,7 @@ def evaluate_base_and_dual(
 
 
 def evaluate_students(
-    dual: Any,
+    dual: SafeSystem,
     students: Mapping[str, Any],
     benchmarks: Sequence[str],
     decoding: DecodingConfig,

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
+import pandas as pd
 import plotly.graph_objects as go
 
 from dispsafe_nb.plots.common import PALETTE
@@ -16,7 +15,7 @@ USEFULNESS_LABELS = {
 _REFERENCE_SYMBOLS = {"base": "x", "dual": "star"}
 
 
-def tradeoff_scatter(table: Any, usefulness: str = "benign_compliance") -> go.Figure:
+def tradeoff_scatter(table: pd.DataFrame, usefulness: str = "benign_compliance") -> go.Figure:
     """SGS (mean over the harmful sets) against a usefulness measure: one point per run, coloured by
     (method, objective); the base model and the dual system marked; hover shows each run's config."""
     if usefulness not in USEFULNESS_LABELS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -51,7 +52,7 @@ def alpha_samples_figure(labels: Sequence[str], samples: Sequence[Any]) -> go.Fi
     return fig
 
 
-def benchmark_bars(table: Any) -> go.Figure:
+def benchmark_bars(table: pd.DataFrame) -> go.Figure:
     """Grouped bars of each benchmark's headline metric (SGS, over-refusal, compliance, accuracy) per system.
 
     `table` is `records.records_table(records)`.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
 
+import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -20,7 +20,7 @@ def _short(text: str, width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def refusal_probability_figure(table: Any) -> go.Figure:
+def refusal_probability_figure(table: pd.DataFrame) -> go.Figure:
     """log10 q(y_r | x) per prompt (x axis) and system (one marker trace each), from `ProbeResult.table()`;
     systems without an exact q (the dual system) are left out."""
     fig = go.Figure()
@@ -49,7 +49,7 @@ def refusal_probability_figure(table: Any) -> go.Figure:
 
 
 def over_refusal_by_type_figure(
-    table: Any, paper: Mapping[str, float] | None = None, title: str = "Over-refusal by prompt type"
+    table: pd.DataFrame, paper: Mapping[str, float] | None = None, title: str = "Over-refusal by prompt type"
 ) -> go.Figure:
     """Left: refusal rate per prompt type (x) and system (bars), with its n in the hover. Right: the aggregate over
     all types, ours beside the paper's (`paper`: {system: rate}, drawn as hatched bars labelled "paper")."""

@@ -63,7 +63,7 @@ def train_on_mix(
     system: SafeSystem,
     records: Sequence[data.PromptRecord],
     k: int,
-    teacher_decoding: Any,
+    teacher_decoding: DecodingConfig,
     epochs: int = 1,
     progress: bool = True,
     **config: Any,

@@ -8,6 +8,7 @@ same metrics from empty caches and from warm ones (`tests/test_determinism.py`).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -77,7 +78,7 @@ def run_pipeline(cfg: PipelineConfig, llm: LLM | None = None, progress: bool = F
 def train_student(
     llm: LLM,
     system: SafeSystem,
-    folder: Any,
+    folder: str | Path,
     distill_config: DistillConfig,
     mix: tuple[int, int, int] = (24, 24, 16),
     k_samples: int = 1,
