@@ -740,3 +740,43 @@ def test_tiny_tempered_scoring_is_the_same_in_chunks(tiny_llm):
     assert torch.isinf(cut).any()  # without keep_targets some target falls outside the 0.6 nucleus
     plain = sequence_logprobs(tiny_llm, TINY_PROMPTS, None, response_ids=ids, append_eos=False, batch_size=1)
     assert not torch.allclose(plain, whole)  # the temperature reaches the chunks
+
+
+# ----------------------------------------------------------------------------------------------------------
+# per-token and next-token scoring (PPO's ratios and value head; the refusal direction's KL budget)
+# ----------------------------------------------------------------------------------------------------------
+
+
+def test_token_logprobs_sum_to_the_sequence_logprob_row_by_row(tiny_any):
+    from dispsafe_nb.core.scoring import token_logprobs
+    from dispsafe_nb.methods import init_soft_prompt
+
+    prompts = ["Hi there.", "What is two plus two?"]
+    ids = [[5, 7, 9], [11, 4]]
+    for method in (None, init_soft_prompt(tiny_any, 3, seed=0)):
+        per_token, row_of, hidden = token_logprobs(tiny_any, prompts, ids, [True, False], method)
+        assert row_of.tolist() == [0, 0, 0, 0, 1, 1]  # row 0 scores its eos too, row 1 (cut) does not
+        assert hidden.shape == (6, tiny_any.hidden_size) and bool((per_token <= 0).all())
+        whole = sequence_logprobs(
+            tiny_any, prompts, None, append_eos=[True, False], method=method, response_ids=ids
+        )
+        sums = torch.zeros(2).index_add(0, row_of, per_token)
+        torch.testing.assert_close(sums, whole, atol=1e-4, rtol=1e-5)
+
+
+def test_next_token_log_probs_is_the_first_answer_token_distribution(tiny_any):
+    from dispsafe_nb.core.scoring import next_token_log_probs
+    from dispsafe_nb.methods import init_soft_prompt
+
+    prompts = ["Hi there.", "What is two plus two?"]
+    soft = init_soft_prompt(tiny_any, 3, seed=0)
+    for method in (None, soft):
+        dist = next_token_log_probs(tiny_any, prompts, method=method)
+        torch.testing.assert_close(dist.logsumexp(-1), torch.zeros(2), atol=1e-5, rtol=0)
+        first = sequence_logprobs(
+            tiny_any, prompts, None, append_eos=False, method=method, response_ids=[[7], [3]]
+        )
+        torch.testing.assert_close(torch.stack([dist[0, 7], dist[1, 3]]), first, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(
+        next_token_log_probs(tiny_any, prompts), next_token_log_probs(tiny_any, prompts, method=soft)
+    )
