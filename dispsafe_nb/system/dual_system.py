@@ -11,8 +11,6 @@ from dispsafe_nb.core.decoding import DEFAULT_BATCH_SIZE, DecodingConfig
 from dispsafe_nb.core.llm import LLM
 from dispsafe_nb.guards.protocol import DEFAULT_REFUSAL, SAFE_THRESHOLD, Guard
 
-# Sampling the teacher: a little below temperature 1 keeps a 135M model's samples fluent.
-
 
 @dataclass(frozen=True)
 class SafeSystemOutput:
