@@ -43,34 +43,58 @@ def test_decoding_presets_are_the_one_home_of_the_defaults():
         decoding_preset("evaluation", max_new_tokens=0)
 
 
-BAD_DISTILL = [
-    ("lr", -1e-3),
-    ("lr", 0.0),
-    ("lr", math.inf),
-    ("value_lr", 0),
-    ("n_tokens", 0),
-    ("steps", 0),
-    ("batch_size", -2),
-    ("grad_accum", 0),
-    ("rl_samples", 0),
-    ("rl_max_new_tokens", 0),
-    ("ppo_epochs", 0),
-    ("eval_every", -1),
-    ("checkpoint_every", -1),
-    ("lora_rank", 0),
-    ("steering_layer", -1),
-    ("ppo_beta", -0.1),
-    ("value_coef", -1.0),
-    ("ppo_clip", 1.0),
-    ("gae_lambda", 1.5),
-    ("init_text", "  "),
+INT_1, INT_0 = "an int >= 1", "an int >= 0 (0: never)"
+BAD_DISTILL = [  # (field, bad value, the allowed range the message states)
+    ("lr", -1e-3, "a finite number > 0"),
+    ("lr", 0.0, "a finite number > 0"),
+    ("lr", math.inf, "a finite number > 0"),
+    ("value_lr", 0, "a finite number > 0"),
+    ("n_tokens", 0, INT_1),
+    ("steps", 0, INT_1),
+    ("batch_size", -2, INT_1),
+    ("grad_accum", 0, INT_1),
+    ("rl_samples", 0, INT_1),
+    ("rl_max_new_tokens", 0, INT_1),
+    ("ppo_epochs", 0, INT_1),
+    ("eval_every", -1, INT_0),
+    ("checkpoint_every", -1, INT_0),
+    ("lora_rank", 0, "None or an int >= 1"),
+    ("steering_layer", -1, "None or an int >= 0"),
+    ("ppo_beta", -0.1, "a finite number >= 0"),
+    ("value_coef", -1.0, "a finite number >= 0"),
+    ("ppo_clip", 1.0, "a number in (0, 1)"),
+    ("ppo_clip", 0.0, "a number in (0, 1)"),
+    ("gae_lambda", 1.5, "a number in [0, 1]"),
+    ("gae_lambda", -0.5, "a number in [0, 1]"),
+    ("init_text", "  ", "a non-empty string"),
 ]
 
 
-@pytest.mark.parametrize(("field", "value"), BAD_DISTILL)
-def test_distill_config_refuses_each_bad_number(field, value):
-    with pytest.raises(ValueError, match=rf"DistillConfig\.{field} must be .*not {value!r}"):
+@pytest.mark.parametrize(("field", "value", "allowed"), BAD_DISTILL)
+def test_distill_config_refuses_each_bad_number(field, value, allowed):
+    with pytest.raises(ValueError) as err:
         DistillConfig(**{field: value})
+    assert str(err.value) == f"DistillConfig.{field} must be {allowed}, not {value!r}"
+
+
+def test_distill_config_accepts_every_boundary_value():
+    DistillConfig(
+        eval_every=0, checkpoint_every=0, lora_rank=1, steering_layer=0, ppo_beta=0.0, value_coef=0.0
+    )
+    DistillConfig(gae_lambda=0.0)
+    DistillConfig(gae_lambda=1.0)
+    DistillConfig(ppo_clip=0.01, lr=1e-12, value_lr=1e-12)
+
+
+def test_distill_config_cross_field_errors_say_what_to_do():
+    with pytest.raises(ValueError) as err:
+        DistillConfig(objective="ppo", rl_samples=1)
+    assert str(err.value) == "reward objectives need rl_samples >= 2 (the leave-one-out baseline needs two)"
+    with pytest.raises(ValueError) as err:
+        DistillConfig(scoring="separate", autocast="bf16")
+    assert (
+        str(err.value) == "autocast='bf16' needs scoring='shared_prompt' (the reference path stays float32)"
+    )
 
 
 @pytest.mark.parametrize(
