@@ -63,7 +63,7 @@ def decode(
     (called as generate() calls a logits processor: ids so far, next-token scores in fp32) rewrites the scores.
     Returns [rows, steps]: a row that emitted end-of-turn is padded after it; steps stop when every row has
     finished or at `max_new_tokens`."""
-    from transformers import DynamicCache  # noqa: PLC0415 (deferred: transformers takes seconds to import; only model loading needs it)
+    from transformers import DynamicCache  # noqa: PLC0415 (deferred: transformers takes seconds to import; only code that runs a model needs it)
 
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")

@@ -294,7 +294,7 @@ def _generate_batch(
     elif row_seeds is not None:
         # Our processor draws each row's token from its own generator and leaves only that token possible;
         # greedy decoding then picks it. generate()'s shared RNG is never used.
-        from transformers import LogitsProcessorList  # noqa: PLC0415 (deferred: transformers takes seconds to import; only model loading needs it)
+        from transformers import LogitsProcessorList  # noqa: PLC0415 (deferred: transformers takes seconds to import; only code that runs a model needs it)
 
         sampler = RowSeededSampler(row_seeds, decoding.temperature, decoding.top_p)
         kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)

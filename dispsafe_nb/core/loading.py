@@ -108,7 +108,7 @@ def load_llm(
 
 
 def _load_embedded(name: str, device: torch.device, dtype: torch.dtype | None) -> tuple[Any, Any, dict]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415 (deferred: transformers takes seconds to import; only model loading needs it)
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415 (deferred: transformers takes seconds to import; only code that runs a model needs it)
 
     entry = EMBEDDED_MODELS[name]
     folder = embedded_model_folder(name)
@@ -128,7 +128,7 @@ def _looks_like_hub_id(name: str) -> bool:
 def _load_hf(
     name: str, quantization: str | None, device: torch.device, dtype: torch.dtype | None
 ) -> tuple[Any, Any, dict]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415 (deferred: transformers takes seconds to import; only model loading needs it)
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415 (deferred: transformers takes seconds to import; only code that runs a model needs it)
 
     is_path = Path(os.path.expanduser(name)).exists()
     if not is_path and not _looks_like_hub_id(name):
@@ -138,7 +138,7 @@ def _load_hf(
         )
     kwargs: dict[str, Any] = {}
     if quantization == "nf4":
-        from transformers import BitsAndBytesConfig  # noqa: PLC0415 (deferred: transformers takes seconds to import; only model loading needs it)
+        from transformers import BitsAndBytesConfig  # noqa: PLC0415 (deferred: transformers takes seconds to import; only code that runs a model needs it)
 
         compute = torch.bfloat16 if device.type == "cuda" else torch.float32
         kwargs["quantization_config"] = BitsAndBytesConfig(

@@ -50,7 +50,7 @@ class PrefixCache:
 
     def expand(self, batch: int) -> Any:
         """A fresh `DynamicCache` holding the prefix for `batch` rows (later tokens are appended to it)."""
-        from transformers import DynamicCache  # noqa: PLC0415 (deferred: transformers takes seconds to import; only model loading needs it)
+        from transformers import DynamicCache  # noqa: PLC0415 (deferred: transformers takes seconds to import; only code that runs a model needs it)
 
         self.check_current()
         data = [

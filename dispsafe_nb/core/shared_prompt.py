@@ -32,7 +32,7 @@ def shared_prompt_logprobs(
     it should be scored, as `scoring.response_token_ids` returns them) of branch j's continuation of prompt i.
     Returns one tensor [len(prompts)] per branch; gradients flow into the method's parameters.
     reduction: "sum" (the sequence log-prob) or "mean" (per token)."""
-    from transformers import DynamicCache  # noqa: PLC0415 (deferred: transformers takes seconds to import; only model loading needs it)
+    from transformers import DynamicCache  # noqa: PLC0415 (deferred: transformers takes seconds to import; only code that runs a model needs it)
 
     prompts = list(prompts)
     n_rows, n_branches = len(prompts), len(branches)

@@ -279,7 +279,7 @@ def decode_step_seconds(
 ) -> float:
     """Median seconds of one decode step whose token attends to `context` prompt positions (plus the prefix's N
     when `prefix_cache` is given), batch `batch`: the KV cache is filled once and cropped back after every step."""
-    from transformers import DynamicCache  # noqa: PLC0415 (deferred: transformers takes seconds to import; only model loading needs it)
+    from transformers import DynamicCache  # noqa: PLC0415 (deferred: transformers takes seconds to import; only code that runs a model needs it)
 
     vocab = llm.model.get_input_embeddings().weight.shape[0]
     ids = torch.randint(0, vocab, (batch, context), generator=torch.Generator().manual_seed(0)).to(llm.device)
@@ -311,7 +311,7 @@ def decode_step_seconds(
 @torch.no_grad()
 def prefill_seconds(llm: LLM, tokens: int, repeats: int = 5) -> float:
     """Median seconds of one forward pass over `tokens` random tokens (batch 1) filling a fresh KV cache."""
-    from transformers import DynamicCache  # noqa: PLC0415 (deferred: transformers takes seconds to import; only model loading needs it)
+    from transformers import DynamicCache  # noqa: PLC0415 (deferred: transformers takes seconds to import; only code that runs a model needs it)
 
     vocab = llm.model.get_input_embeddings().weight.shape[0]
     ids = torch.randint(0, vocab, (1, tokens), generator=torch.Generator().manual_seed(0)).to(llm.device)

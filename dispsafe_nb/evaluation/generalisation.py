@@ -123,7 +123,7 @@ REFERENCE_BATCH_SIZE = 16  # left padding changes greedy numerics a little: the 
 
 def _runtime(llm: LLM) -> dict[str, str]:
     """Where and with what the model ran: greedy answers can differ across devices, dtypes and library versions."""
-    import transformers  # noqa: PLC0415 (deferred: transformers takes seconds to import; only model loading needs it)
+    import transformers  # noqa: PLC0415 (deferred: transformers takes seconds to import; only code that runs a model needs it)
 
     return {
         "device": str(llm.device),

@@ -104,7 +104,7 @@ class SentenceEncoder:
 def _load_encoder(
     folder: Path, name: str, max_length: int, device: str | torch.device | None
 ) -> SentenceEncoder:
-    from transformers import AutoModel, AutoTokenizer  # noqa: PLC0415 (deferred: transformers takes seconds to import; only model loading needs it)
+    from transformers import AutoModel, AutoTokenizer  # noqa: PLC0415 (deferred: transformers takes seconds to import; only code that runs a model needs it)
 
     device = torch.device(device) if device is not None else default_device()
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
