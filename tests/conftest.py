@@ -8,10 +8,10 @@ one to reuse between runs.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
+from stand_ins import patch_everywhere
 
 ROOT = Path(__file__).resolve().parents[1]
 MIRROR = ROOT.parent / "shared" / "datasets"
@@ -60,11 +60,7 @@ def _fast_tests_load_nothing(request, monkeypatch):
         (guard_training, "load_embedding_guard"),
         (guard_training, "load_judge_guard"),
     ):
-        real = getattr(module, name)
-        # wherever the package holds the loader: its home module and every module that imported it by name
-        for loaded in [m for n, m in sys.modules.items() if n.startswith("dispsafe_nb")]:
-            if getattr(loaded, name, None) is real:
-                monkeypatch.setattr(loaded, name, guarded(real))
+        patch_everywhere(monkeypatch, module, name, guarded(getattr(module, name)))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import torch
 
 EOS, PAD, BOS = 1, 0, 2
@@ -52,3 +54,13 @@ def tiny_llm(initializer_range: float | None = None, tokenizer: CharTokenizer | 
     from dispsafe_nb.core.llm import LLM
 
     return LLM(tiny_llama(0, initializer_range, layers), tokenizer or CharTokenizer(), "tiny-stand-in")
+
+
+def patch_everywhere(monkeypatch, module, attr: str, replacement) -> None:
+    """Replace `module.attr` wherever the package holds it: its home module and every module that imported it by
+    name (a patch of a function must reach its callers, whichever module they live in)."""
+    real = getattr(module, attr)
+    for loaded in [m for name, m in list(sys.modules.items()) if name.startswith("dispsafe_nb")]:
+        if getattr(loaded, attr, None) is real:
+            monkeypatch.setattr(loaded, attr, replacement)
+    monkeypatch.setattr(module, attr, replacement)

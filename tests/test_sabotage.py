@@ -10,10 +10,10 @@ notebooks call, at the notebooks' smoke sizes, and judged by the same checks the
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 import pytest
 import torch
+from stand_ins import patch_everywhere
 
 from dispsafe_nb import data
 from dispsafe_nb import theory as th
@@ -71,16 +71,6 @@ def _assert_caught(notebook: str, results: dict[str, dict]) -> None:
         for check in checks.NOTEBOOK_CHECKS[notebook]:
             if sabotage in check.guards_against:
                 assert not verdicts[check.name][0], f"{check.name} should fail under {sabotage}: {metrics}"
-
-
-def _patch_everywhere(m: pytest.MonkeyPatch, module, attr: str, broken) -> None:
-    """Break `module.attr` wherever the package holds it: in its home module and in every module that imported
-    it by name (a sabotage of a function must reach its callers, whichever module they live in)."""
-    real = getattr(module, attr)
-    for loaded in list(sys.modules.values()):
-        if getattr(loaded, "__name__", "").startswith("dispsafe_nb") and getattr(loaded, attr, None) is real:
-            m.setattr(loaded, attr, broken)
-    m.setattr(module, attr, broken)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -144,7 +134,7 @@ def test_notebook_01_checks_catch_their_sabotages(llm, guard, monkeypatch):
     results = {"real": {**_theory_metrics(), **real_bound}}
     for name, (module, attr, broken) in sabotages.items():
         with monkeypatch.context() as m:
-            _patch_everywhere(m, module, attr, broken)
+            patch_everywhere(m, module, attr, broken)
             theory_part = _theory_metrics()
             bound_part = _real_bound_metrics(llm, guard) if module is empirical else real_bound
         results[name] = {**theory_part, **bound_part}

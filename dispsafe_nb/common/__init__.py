@@ -5,6 +5,7 @@ names          "unknown name" messages that suggest the close match
 artifacts      .safetensors + JSON artifacts (never pickle)
 content_hash   stable hashes of data; `code_digest`, the digest of code by content that keys every cache
 classifier_stats  AUROC, binary reports (TPR/FPR), Cohen's kappa and agreement of two binary judges
+validation     field checks for configs: the error names the config, the field, the value and the range
 provenance     the commit and the processor a result was made on
 """
 

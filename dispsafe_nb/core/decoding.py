@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 
 from dispsafe_nb.common.names import unknown_name_message
+from dispsafe_nb.common.validation import check_field, is_int, is_real
 
 GENERATION_ENGINES = ("fast", "fast_bf16", "hf")
 
@@ -31,10 +31,20 @@ class DecodingConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check_int("max_new_tokens", self.max_new_tokens, low=1)
-        _check_number("temperature", self.temperature, "a finite number >= 0 (0: greedy)", lambda x: x >= 0)
-        _check_number("top_p", self.top_p, "a number in (0, 1]", lambda x: 0 < x <= 1)
-        _check_int("seed", self.seed, low=0)
+        check_field(
+            "DecodingConfig", "max_new_tokens", self.max_new_tokens, "an int >= 1", is_int(lambda x: x >= 1)
+        )
+        check_field(
+            "DecodingConfig",
+            "temperature",
+            self.temperature,
+            "a finite number >= 0 (0: greedy)",
+            is_real(lambda x: x >= 0),
+        )
+        check_field(
+            "DecodingConfig", "top_p", self.top_p, "a number in (0, 1]", is_real(lambda x: 0 < x <= 1)
+        )
+        check_field("DecodingConfig", "seed", self.seed, "an int >= 0", is_int(lambda x: x >= 0))
 
     @property
     def greedy(self) -> bool:
@@ -42,21 +52,6 @@ class DecodingConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"DecodingConfig.{name} must be an int >= {low}, not {value!r}")
-
-
-def _check_number(name: str, value: Any, allowed: str, ok: Callable[[float], bool]) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or not ok(value)
-    ):
-        raise ValueError(f"DecodingConfig.{name} must be {allowed}, not {value!r}")
 
 
 # Named presets, the one home of the project's decoding defaults.

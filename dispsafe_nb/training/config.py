@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from dispsafe_nb import data
 from dispsafe_nb.common.names import unknown_name_message
+from dispsafe_nb.common.validation import check_field, is_int, is_real
 from dispsafe_nb.core.scoring import REDUCTIONS
 from dispsafe_nb.methods import DEFAULT_INIT_TEXT, DEFAULT_N_TOKENS, DEFAULT_TARGETS, INITS, check_method_name
 from dispsafe_nb.training.objectives import kl_disp_loss, tv_disp_loss
@@ -119,27 +119,27 @@ class DistillConfig:
             "rl_max_new_tokens",
             "ppo_epochs",
         ):
-            _check(name, getattr(self, name), "an int >= 1", _is_int(lambda x: x >= 1))
+            _check_distill(name, getattr(self, name), "an int >= 1", is_int(lambda x: x >= 1))
         for name in ("eval_every", "checkpoint_every"):
-            _check(name, getattr(self, name), "an int >= 0 (0: never)", _is_int(lambda x: x >= 0))
-        _check(
+            _check_distill(name, getattr(self, name), "an int >= 0 (0: never)", is_int(lambda x: x >= 0))
+        _check_distill(
             "lora_rank",
             self.lora_rank,
             "None or an int >= 1",
-            lambda x: x is None or _is_int(lambda v: v >= 1)(x),
+            lambda x: x is None or is_int(lambda v: v >= 1)(x),
         )
-        _check(
+        _check_distill(
             "steering_layer",
             self.steering_layer,
             "None or an int >= 0",
-            lambda x: x is None or _is_int(lambda v: v >= 0)(x),
+            lambda x: x is None or is_int(lambda v: v >= 0)(x),
         )
         for name in ("lr", "value_lr"):
-            _check(name, getattr(self, name), "a finite number > 0", _is_real(lambda x: x > 0))
+            _check_distill(name, getattr(self, name), "a finite number > 0", is_real(lambda x: x > 0))
         for name in ("ppo_beta", "value_coef"):
-            _check(name, getattr(self, name), "a finite number >= 0", _is_real(lambda x: x >= 0))
-        _check("ppo_clip", self.ppo_clip, "a number in (0, 1)", _is_real(lambda x: 0 < x < 1))
-        _check("gae_lambda", self.gae_lambda, "a number in [0, 1]", _is_real(lambda x: 0 <= x <= 1))
+            _check_distill(name, getattr(self, name), "a finite number >= 0", is_real(lambda x: x >= 0))
+        _check_distill("ppo_clip", self.ppo_clip, "a number in (0, 1)", is_real(lambda x: 0 < x < 1))
+        _check_distill("gae_lambda", self.gae_lambda, "a number in [0, 1]", is_real(lambda x: 0 <= x <= 1))
         if not isinstance(self.init_text, str) or not self.init_text.strip():
             raise ValueError(f"DistillConfig.init_text must be a non-empty string, not {self.init_text!r}")
         if self.objective in REWARD_OBJECTIVES and self.rl_samples < 2:
@@ -154,17 +154,8 @@ class DistillConfig:
             )
 
 
-def _is_int(ok: Callable[[int], bool]) -> Callable[[Any], bool]:
-    return lambda x: not isinstance(x, bool) and isinstance(x, int) and ok(x)
-
-
-def _is_real(ok: Callable[[float], bool]) -> Callable[[Any], bool]:
-    return lambda x: not isinstance(x, bool) and isinstance(x, int | float) and math.isfinite(x) and ok(x)
-
-
-def _check(name: str, value: Any, allowed: str, ok: Callable[[Any], bool]) -> None:
-    if not ok(value):
-        raise ValueError(f"DistillConfig.{name} must be {allowed}, not {value!r}")
+def _check_distill(name: str, value: Any, allowed: str, ok: Callable[[Any], bool]) -> None:
+    check_field("DistillConfig", name, value, allowed, ok)
 
 
 def learning_rate(cfg: DistillConfig, step: int) -> float:
