@@ -20,7 +20,7 @@ import torch
 
 import dispsafe_nb
 from dispsafe_nb import data
-from dispsafe_nb.common.content_hash import code_digest
+from dispsafe_nb.common.content_hash import code_digest, stable_hash
 from dispsafe_nb.core.decoding import DecodingConfig
 from dispsafe_nb.core.llm import LLM
 from dispsafe_nb.core.scoring import next_token_log_probs, sequence_logprobs
@@ -163,9 +163,9 @@ def reference_key(
     local model folder changed in place under the same name (regenerate with ``fresh=True``)."""
 
     prompts = {
-        bench: record_cache.stable_hash(
-            [(r.id, r.text, r.category, r.form) for r in benchmark_records(bench, limit, 0)]
-        )[:16]
+        bench: stable_hash([(r.id, r.text, r.category, r.form) for r in benchmark_records(bench, limit, 0)])[
+            :16
+        ]
         for bench, limit in sorted(limits.items())
     }
     return {
