@@ -33,6 +33,54 @@ def test_default_model_is_the_real_4bit_smollm2(llm):
     assert not any(p.requires_grad for p in llm.model.parameters()), "the backbone must be frozen"
 
 
+def test_the_converted_copy_holds_exactly_the_gguf_files_model_and_tokenizer(llm, tmp_path, monkeypatch):
+    """load_llm() reads a copy converted once into the cache; it must be the GGUF file's model and tokenizer, and a
+    damaged copy is converted again."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from dispsafe_nb.core import loading
+
+    entry = loading.EMBEDDED_MODELS[loading.DEFAULT_MODEL]
+    folder = loading.embedded_model_folder()
+    session_copy = loading.converted_model_folder()  # the copy the session's `llm` was loaded from
+    assert (
+        session_copy.is_relative_to(loading.cache_root())
+        and (session_copy / loading.CONVERTED_MARK).is_file()
+    )
+    want = AutoModelForCausalLM.from_pretrained(
+        str(folder), gguf_file=entry.gguf_file, dtype=torch.float32
+    ).state_dict()
+    got = llm.model.state_dict()
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    gguf_tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=entry.gguf_file)
+    for text in [*PROMPTS, llm.chat_text("Hello there!"), "naïve café — 😀 \t tabs"]:
+        assert llm.tokenizer(text)["input_ids"] == gguf_tok(text)["input_ids"]
+    assert (llm.tokenizer.chat_template, llm.tokenizer.eos_token) == (
+        gguf_tok.chat_template,
+        gguf_tok.eos_token,
+    )
+    # a damaged copy (cut short) is noticed and converted again
+    monkeypatch.setenv("DISPSAFE_CACHE", str(tmp_path))
+    damaged = tmp_path / "models" / session_copy.name
+    shutil.copytree(session_copy, damaged)
+    weights = next(damaged.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])
+    converted = []
+    monkeypatch.setattr(
+        loading,
+        "_convert_embedded",
+        lambda name, gguf, out: converted.append(out) or shutil.copytree(session_copy, out),
+    )
+    with pytest.warns(UserWarning, match="incomplete or damaged; converting"):
+        assert loading.converted_model_folder() == damaged
+    assert (
+        converted == [damaged]
+        and weights.stat().st_size == next(session_copy.glob("*.safetensors")).stat().st_size
+    )
+
+
 def test_chat_template_wraps_the_prompt(llm):
     text = llm.chat_text("Hello there")
     assert "<|im_start|>user\nHello there<|im_end|>" in text

