@@ -11,7 +11,7 @@ TORCH_INDEX ?=
 DISPSAFE_DATA ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
 export DISPSAFE_DATA
 
-.PHONY: install test nbval ui-check lint format reproduce benchmark benchmark-distill benchmark-baselines benchmark-costs benchmark-generalise benchmark-harm-probe mutation lab clean
+.PHONY: install test nbval ui-check lint format reproduce benchmark benchmark-distill benchmark-baselines benchmark-costs benchmark-generalise benchmark-harm-probe benchmark-load mutation lab clean
 
 install: $(VENV)/.installed
 
@@ -84,6 +84,11 @@ benchmark-generalise: install
 # results/harm_probe.json.
 benchmark-harm-probe: install
 	$(PY) benchmarks/harm_probe.py
+
+# Memory under load: peak resident memory and wall time of probe() and evaluate on 50-800 long prompts and 800 short
+# ones, each in its own process -> results/load.json (targets: flat in the number of prompts, under 4 GB; resumable).
+benchmark-load: install
+	$(PY) benchmarks/load.py
 
 # Mutation score of the maths, scoring, objectives, judges, classifier statistics and training's loss/step code with
 # their fast unit tests (tools/mutation/mutants.toml says what; mutmut on a scratch copy in build/mutation; 10-15

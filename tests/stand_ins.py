@@ -20,6 +20,8 @@ class CharTokenizer:
         self.bos = bos
 
     def __call__(self, text, add_special_tokens=True):
+        if isinstance(text, list):  # a batch, as Hugging Face tokenizers take one
+            return {"input_ids": [self(t, add_special_tokens)["input_ids"] for t in text]}
         ids = [3 + ord(c) % 61 for c in text]
         return {"input_ids": [self.bos, *ids] if self.bos is not None and add_special_tokens else ids}
 

@@ -266,3 +266,38 @@ def test_harm_probe_benchmark_smoke_run_scores_the_probe_system_on_every_set(tmp
     assert row["held_out_auroc"] == max(r["held_out_auroc"] for r in result["layers"])
     assert 0 <= row["xstest_auroc"] <= 1 and result["mix"]["n"] == result["config"]["size"]
     assert "probe system / dual" in _load("harm_probe").report(result)
+
+
+def test_load_targets_compare_the_largest_long_run_with_the_smallest():
+    load = _load("load")
+
+    def run(peak):
+        return {"peak_bytes": peak}
+
+    results = {
+        "probe/long/50": run(2.0e9),
+        "probe/long/800": run(2.1e9),
+        "probe/short/800": run(1.9e9),
+        "evaluate/long/50": run(2.0e9),
+        "evaluate/long/800": run(4.5e9),
+    }
+    targets = load.judge(results, [50, 200, 800])
+    assert targets["probe_peak_flat_in_prompts"]["value"] == pytest.approx(1.05)
+    assert targets["probe_peak_flat_in_prompts"]["met"] and targets["probe_peak_under_4gb"]["met"]
+    assert (
+        not targets["evaluate_peak_flat_in_prompts"]["met"] and not targets["evaluate_peak_under_4gb"]["met"]
+    )
+    assert "probe_peak_flat_in_prompts" not in load.judge({"probe/long/50": run(1e9)}, [50, 800])
+
+
+def test_load_prompts_are_long_jailbreak_wrapped_held_out_requests_and_distinct():
+    from dispsafe_nb.data import load_dataset
+
+    load = _load("load")
+    long = load.long_prompts(300)
+    assert len({r.text for r in long}) == 300
+    assert 1800 <= min(len(r.text) for r in long) and max(len(r.text) for r in long) <= 2200
+    held_out = [r.text for r in load_dataset("advbench", split="test")]
+    assert all(any(h in r.text for h in held_out) for r in long)
+    short = load.short_prompts(50)
+    assert len(short) == 50 and all(r.split == "test" for r in short)

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from dispsafe_nb.data import PromptRecord
+from dispsafe_nb.evaluation.benchmark_metrics import score_responses
 from dispsafe_nb.evaluation.benchmarks import BENCHMARKS, benchmark_records
-from dispsafe_nb.evaluation.harness import evaluate, score_responses
+from dispsafe_nb.evaluation.harness import evaluate
 from dispsafe_nb.evaluation.judges import RefusalJudge
 from dispsafe_nb.evaluation.records import records_table, write_records
 
@@ -232,7 +233,7 @@ def test_evaluate_records_the_rule_it_used_per_benchmark(monkeypatch):
 
 
 def test_score_samples_gives_refusal_rates_and_exact_keep_expectations():
-    from dispsafe_nb.evaluation.harness import score_samples
+    from dispsafe_nb.evaluation.benchmark_metrics import score_samples
 
     samples = [[REFUSE, ANSWER, ANSWER, ANSWER], [ANSWER, ANSWER]]
     rec = score_samples("s", "advbench_test", _records(2, True), samples)
@@ -248,7 +249,7 @@ def test_score_samples_gives_refusal_rates_and_exact_keep_expectations():
 
 
 def test_score_samples_second_judge_sees_the_refusal_where_the_answer_is_replaced():
-    from dispsafe_nb.evaluation.harness import score_samples
+    from dispsafe_nb.evaluation.benchmark_metrics import score_samples
     from dispsafe_nb.guards.protocol import DEFAULT_REFUSAL
 
     def judge(prompts, responses):  # safe iff the response is the refusal
@@ -361,7 +362,7 @@ def test_judge_agreement_is_per_benchmark_and_system():
 
 
 def test_verifiable_rate_credits_the_refusal_where_it_replaces_the_answer():
-    from dispsafe_nb.evaluation.harness import score_samples
+    from dispsafe_nb.evaluation.benchmark_metrics import score_samples
 
     checks = ({"type": "max_words", "n": 20},)
     records = _records(1, False, checks=checks)

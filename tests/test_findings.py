@@ -104,7 +104,7 @@ def test_prompt_kinds_of_a_training_mix():
 
 def test_side_by_side_lines_up_every_systems_answer_to_the_same_prompt():
     from dispsafe_nb import data
-    from dispsafe_nb.evaluation.harness import score_responses
+    from dispsafe_nb.evaluation.benchmark_metrics import score_responses
     from dispsafe_nb.evaluation.records import side_by_side
 
     prompts = data.load_dataset("xstest_safe", limit=3, seed=0)
@@ -121,7 +121,7 @@ def test_side_by_side_lines_up_every_systems_answer_to_the_same_prompt():
     shuffled = score_responses("dual", "xstest_safe", prompts[::-1], ["x"] * 3)
     with pytest.raises(ValueError, match="another order"):
         side_by_side([records[0], shuffled], ["xstest_safe"], ["base", "dual"])
-    from dispsafe_nb.evaluation.harness import score_samples
+    from dispsafe_nb.evaluation.benchmark_metrics import score_samples
 
     sampled = score_samples("dual", "xstest_safe", prompts, [["a", "b"]] * 3)
     with pytest.raises(ValueError, match="sampled record"):

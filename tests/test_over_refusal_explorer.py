@@ -9,7 +9,7 @@ import torch
 
 from dispsafe_nb import data, plots
 from dispsafe_nb.common.artifacts import ArtifactError
-from dispsafe_nb.evaluation.harness import score_responses
+from dispsafe_nb.evaluation.benchmark_metrics import score_responses
 from dispsafe_nb.evaluation.records import EvalRecord, read_records, write_records
 from dispsafe_nb.methods import SoftPrompt, artifact_kind, load_method
 from dispsafe_nb.ui import over_refusal_explorer as explorer
@@ -76,7 +76,7 @@ def test_refused_prompts_lists_exactly_the_refusals_of_a_type():
 
 def test_sampled_records_count_refusal_rates():
     prompts = data.load_dataset("xstest_safe", limit=3, seed=0)
-    from dispsafe_nb.evaluation.harness import score_samples
+    from dispsafe_nb.evaluation.benchmark_metrics import score_samples
 
     record = score_samples("s", "xstest_safe", prompts, [[REFUSAL, "Sure."]] * 3, refusal_text=REFUSAL)
     table = explorer.over_refusal_table(explorer.prompt_rows([record]), "xstest_safe")

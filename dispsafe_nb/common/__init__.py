@@ -7,6 +7,7 @@ content_hash   stable hashes of data; `code_digest`, the digest of code by conte
 classifier_stats  AUROC, binary reports (TPR/FPR), Cohen's kappa and agreement of two binary judges
 validation     field checks for configs: the error names the config, the field, the value and the range
 provenance     the commit and the processor a result was made on
+journal        a job's finished pieces on disk as it goes (JSON lines), so a rerun resumes
 """
 
 # The layer's face: what notebooks and the layers above use most, importable as dispsafe_nb.common.X

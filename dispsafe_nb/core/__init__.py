@@ -1,6 +1,7 @@
 """Load an LLM and talk to it: the base system every other layer builds on.
 
 system         the `System` protocol every system answers: generate(prompts, *, decoding, ...), describe()
+batching       micro-batches by padded tokens: the token budget (one default, one place to change it)
 loading        load_llm(): the embedded 4-bit GGUF default, Hugging Face ids or folders, nf4 through bitsandbytes
 llm            the `LLM` (model + tokenizer + chat format); batched, left-padded generation after an
                optional prefix of input embeddings (a soft prompt)
@@ -13,6 +14,12 @@ shared_prompt  the fast trainer's scorer: y and y_r continue one pass over prefi
 """
 
 # The layer's face: what notebooks and the layers above use most, importable as dispsafe_nb.core.X
+from dispsafe_nb.core.batching import (
+    DEFAULT_TOKEN_BUDGET,
+    TokenBudgetError,
+    current_token_budget,
+    token_budget,
+)
 from dispsafe_nb.core.decoding import (
     DECODING_PRESETS,
     EVALUATION_DECODING,
@@ -29,6 +36,7 @@ from dispsafe_nb.core.system import System
 __all__ = [
     "DECODING_PRESETS",
     "DEFAULT_MODEL",
+    "DEFAULT_TOKEN_BUDGET",
     "DecodingConfig",
     "EVALUATION_DECODING",
     "Generation",
@@ -38,7 +46,10 @@ __all__ = [
     "PromptError",
     "System",
     "TEACHER_DECODING",
+    "TokenBudgetError",
+    "current_token_budget",
     "decoding_preset",
     "load_llm",
     "sequence_logprobs",
+    "token_budget",
 ]

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from dispsafe_nb.core.batching import plan_batches
 from dispsafe_nb.core.decoding import (
     DEFAULT_BATCH_SIZE,
     GENERATION_ENGINES,
@@ -122,6 +123,11 @@ class LLM:
             checked.append(self.tokenizer.decode(ids[:budget]))
         return checked
 
+    def chat_lengths(self, prompts: Sequence[str]) -> list[int]:
+        """The number of tokens of each prompt's chat text (what `encode_chat` gives it before padding)."""
+        texts = [self.chat_text(p) for p in prompts]
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
     def encode_chat(
         self, prompts: Sequence[str], reserve_tokens: int = 0, validate: bool = True
     ) -> dict[str, torch.Tensor]:
@@ -144,14 +150,25 @@ class LLM:
         num_samples: int = 1,
         progress: bool = False,
         per_prompt_seed: bool = False,
+        token_budget: int | None = None,
     ) -> list[str] | list[list[str]]:
         """Answer each prompt. Returns one string per prompt, or `num_samples` strings per prompt when > 1.
 
         per_prompt_seed: sample every (prompt, sample index) row from its own random stream, seeded by the prompt
         text and `decoding.seed`, so a prompt's samples do not depend on which prompts share its batch.
+        batch_size, token_budget: at most this many prompts, and this many padded tokens, per forward pass
+        (`core.batching`; the budget's default has one home there).
         """
         return generate_with_prefix(
-            self, prompts, None, decoding, batch_size, num_samples, progress, per_prompt_seed=per_prompt_seed
+            self,
+            prompts,
+            None,
+            decoding,
+            batch_size,
+            num_samples,
+            progress,
+            per_prompt_seed=per_prompt_seed,
+            token_budget=token_budget,
         )
 
     @torch.no_grad()
@@ -164,6 +181,7 @@ class LLM:
         num_samples: int = 1,
         progress: bool = False,
         per_prompt_seed: bool = False,
+        token_budget: int | None = None,
     ) -> list[list[Generation]]:
         """Like `generate`, but `num_samples` `Generation`s (text, token ids, finished) per prompt."""
         return generate_with_prefix(
@@ -176,6 +194,7 @@ class LLM:
             progress,
             per_prompt_seed=per_prompt_seed,
             details=True,
+            token_budget=token_budget,
         )
 
 
@@ -184,13 +203,14 @@ def generate_with_prefix(
     prompts: Sequence[str],
     prefix: torch.Tensor | None,
     decoding: DecodingConfig | None = None,
-    batch_size: int = 16,
+    batch_size: int | None = DEFAULT_BATCH_SIZE,
     num_samples: int = 1,
     progress: bool = False,
     *,
     per_prompt_seed: bool = False,
     details: bool = False,
     engine: str = "fast",
+    token_budget: int | None = None,
 ) -> list[str] | list[list[str]] | list[list[Generation]]:
     """Generate with optional prefix embeddings (N x d, e.g. a soft prompt) placed before the chat text.
 
@@ -201,6 +221,11 @@ def generate_with_prefix(
     penalty, banned words: `fast_decoding.plain_generation_config`), always run through `generate()`.
     "fast_bf16": "fast" on a bfloat16 copy of the model (`fast_decoding.bf16_twin`; base model and soft prompts
     only): its answers may differ where two tokens are nearly tied.
+
+    Micro-batches (`core.batching.plan_batches`): at most `batch_size` prompts (None: no cap) and `token_budget`
+    padded tokens (rows x (chat prompt + prefix + max_new_tokens)) each, longest prompts first; answers come back in
+    the prompts' order. Greedy and per-prompt-seeded answers do not depend on the split (tests); sampling from the
+    shared stream does.
 
     Rows are laid out [pad ... pad | prefix | chat tokens]: left padding keeps the prefix glued to its prompt,
     and the attention mask covers the prefix. Sampling is seeded per call so results are reproducible; with
@@ -216,6 +241,10 @@ def generate_with_prefix(
     prompts = llm.check_prompts(prompts, reserve_tokens=decoding.max_new_tokens + n_prefix)
     if engine not in GENERATION_ENGINES:
         raise ValueError(f"unknown generation engine {engine!r}: one of {GENERATION_ENGINES}")
+    lengths = [n + n_prefix + decoding.max_new_tokens for n in llm.chat_lengths(prompts)]
+    batches = plan_batches(
+        lengths, budget=token_budget, max_rows=batch_size, rows_per_item=num_samples, what="prompt"
+    )
 
     fast = engine != "hf" and (decoding.greedy or per_prompt_seed) and plain_generation_config(llm.model)
     if engine == "fast_bf16":
@@ -228,12 +257,11 @@ def generate_with_prefix(
     prefix_cache = None
     if fast and prefix is not None:
         prefix_cache = PrefixCache(llm, prefix)
-    answers: list[list[Any]] = []
-    batches = range(0, len(prompts), batch_size)
+    answers: list[list[Any]] = [[] for _ in prompts]
     with torch.random.fork_rng(devices=[llm.device] if llm.device.type == "cuda" else []):
         torch.manual_seed(decoding.seed)
-        for start in tqdm(batches, desc="generate", disable=not progress):
-            chunk = prompts[start : start + batch_size]
+        for indices in tqdm(batches, desc="generate", disable=not progress):
+            chunk = [prompts[i] for i in indices]
             batch = llm.encode_chat(chunk, validate=False)
             seeds = None
             if per_prompt_seed and not decoding.greedy:
@@ -244,17 +272,15 @@ def generate_with_prefix(
                 out = _generate_batch(llm, batch, prefix, decoding, num_samples, seeds)
             rows = split_generated(llm, out) if details else None
             texts = llm.tokenizer.batch_decode(out, skip_special_tokens=True)
-            for i in range(len(chunk)):
+            for i, index in enumerate(indices):
                 span = slice(i * num_samples, (i + 1) * num_samples)
                 if details:
-                    answers.append(
-                        [
-                            Generation(t.strip(), ids, fin)
-                            for t, (ids, fin) in zip(texts[span], rows[span], strict=True)
-                        ]
-                    )
+                    answers[index] = [
+                        Generation(t.strip(), ids, fin)
+                        for t, (ids, fin) in zip(texts[span], rows[span], strict=True)
+                    ]
                 else:
-                    answers.append([t.strip() for t in texts[span]])
+                    answers[index] = [t.strip() for t in texts[span]]
     if details:
         return answers
     return [a[0] for a in answers] if num_samples == 1 else answers

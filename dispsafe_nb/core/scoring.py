@@ -10,9 +10,11 @@ from typing import Any
 
 import torch
 
+from dispsafe_nb.core.batching import plan_batches
 from dispsafe_nb.core.decoding import sampling_log_probs
 from dispsafe_nb.core.llm import LLM, prepend_prefix
 from dispsafe_nb.core.model_parts import backbone_and_head
+from dispsafe_nb.core.prefix_cache import PrefixCache
 
 REDUCTIONS = ("sum", "mean")
 
@@ -41,7 +43,8 @@ def sequence_logprobs(
     temperature: float = 1.0,
     top_p: float = 1.0,
     keep_targets: bool = False,
-    prefix_cache: Any | None = None,
+    prefix_cache: PrefixCache | None = None,
+    token_budget: int | None = None,
 ) -> torch.Tensor:
     """Teacher-forced ``log q(response | prompt [, prefix])`` under the chat template, one value per pair.
 
@@ -59,7 +62,9 @@ def sequence_logprobs(
     generation; gradients flow into it. ``method``: alternatively, an object with
     ``apply(llm, input_ids, attention_mask) -> (inputs_embeds, attention_mask)`` (e.g. a ``SoftPrompt``).
     reduction: "sum" (the sequence log-prob) or "mean" (per-token average, sum / number of response tokens).
-    batch_size: score in chunks of this many rows (the results are concatenated; gradients still flow).
+    batch_size, token_budget: score in micro-batches of at most this many rows (None: no cap) and this many padded
+    tokens (prefix + chat prompt + response; `core.batching`, whose default applies when None), longest rows
+    first; the values come back in the given order and do not depend on the split (gradients still flow).
     temperature, top_p: score under the distribution a sampler with these settings draws from (tempered, cut to
     the nucleus and renormalised: `decoding.sampling_log_probs`) instead of the model's own (1.0, 1.0). A token
     outside the nucleus then has log-probability -inf, unless `keep_targets` (for responses that this very sampler
@@ -83,27 +88,61 @@ def sequence_logprobs(
         raise ValueError("pass at most one of prefix, method and prefix_cache")
     if not prompts:
         raise ValueError("no prompts given")
-    if batch_size is not None and len(prompts) > batch_size:
+    n_prefix = prefix_cache.n_tokens if prefix_cache is not None else _n_prefix(prefix, method)
+    prompts = llm.check_prompts(prompts, reserve_tokens=n_prefix + max(len(r) for r in resp_ids))
+    lengths = [n_prefix + n + len(r) for n, r in zip(llm.chat_lengths(prompts), resp_ids, strict=True)]
+    batches = plan_batches(lengths, budget=token_budget, max_rows=batch_size, what="prompt + response")
+    if len(batches) > 1:
+        order = [i for b in batches for i in b]
         chunks = [
-            sequence_logprobs(
+            _sequence_logprobs_batch(
                 llm,
-                prompts[s : s + batch_size],
-                None,
+                [prompts[i] for i in b],
+                [resp_ids[i] for i in b],
                 prefix,
                 reduction,
-                False,  # the ids below already end in eos where they should
                 method,
-                response_ids=resp_ids[s : s + batch_size],
-                temperature=temperature,
-                top_p=top_p,
-                keep_targets=keep_targets,
-                prefix_cache=prefix_cache,
+                temperature,
+                top_p,
+                keep_targets,
+                prefix_cache,
             )
-            for s in range(0, len(prompts), batch_size)
+            for b in batches
         ]
-        return torch.cat(chunks)
+        # explicit devices: scoring must not depend on torch's default device (a test sets it to "meta")
+        device = chunks[0].device
+        inverse = torch.empty(len(order), dtype=torch.long, device=device)
+        inverse[torch.tensor(order, device=device)] = torch.arange(len(order), device=device)
+        return torch.cat(chunks)[inverse]
+    return _sequence_logprobs_batch(
+        llm, prompts, resp_ids, prefix, reduction, method, temperature, top_p, keep_targets, prefix_cache
+    )
+
+
+def _sequence_logprobs_batch(
+    llm: LLM,
+    prompts: list[str],
+    resp_ids: list[list[int]],
+    prefix: torch.Tensor | None,
+    reduction: str,
+    method: Any | None,
+    temperature: float,
+    top_p: float,
+    keep_targets: bool,
+    prefix_cache: PrefixCache | None,
+) -> torch.Tensor:
+    """`sequence_logprobs` of one micro-batch of checked prompts (the rows share one forward pass)."""
     log_probs, targets, row_of, n_resp = _response_log_softmax(
-        llm, prompts, resp_ids, prefix, method, temperature, top_p, keep_targets, prefix_cache=prefix_cache
+        llm,
+        prompts,
+        resp_ids,
+        prefix,
+        method,
+        temperature,
+        top_p,
+        keep_targets,
+        prefix_cache=prefix_cache,
+        validate=False,
     )
     token_logp = log_probs.gather(-1, targets[:, None])[:, 0]
     out = torch.zeros(len(prompts), dtype=token_logp.dtype, device=token_logp.device).index_add(
@@ -173,7 +212,8 @@ def _response_log_softmax(
     top_p: float = 1.0,
     keep_targets: bool = False,
     hidden_out: list[torch.Tensor] | None = None,
-    prefix_cache: Any | None = None,
+    prefix_cache: PrefixCache | None = None,
+    validate: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Log-softmax over the vocabulary at the positions that predict response tokens only (of the tempered,
     nucleus-cut distribution when `temperature`, `top_p` are not 1). `hidden_out`, when given, receives the
@@ -181,11 +221,12 @@ def _response_log_softmax(
 
     `resp_ids`: the token ids to score per row (eos included where it should be). Returns (log_probs
     [n_tokens, V], target ids [n_tokens], row index of each token [n_tokens], number of response tokens per
-    row [B]); tokens are ordered row by row, left to right.
+    row [B]); tokens are ordered row by row, left to right. `validate=False`: the caller already checked the prompts.
     """
     tok = llm.tokenizer
     n_prefix = prefix_cache.n_tokens if prefix_cache is not None else _n_prefix(prefix, method)
-    prompts = llm.check_prompts(prompts, reserve_tokens=n_prefix + max(len(r) for r in resp_ids))
+    if validate:
+        prompts = llm.check_prompts(prompts, reserve_tokens=n_prefix + max(len(r) for r in resp_ids))
     prompt_ids = [list(tok(llm.chat_text(p), add_special_tokens=False)["input_ids"]) for p in prompts]
 
     # Left-padded [pad | chat prompt | response] rows; the prefix goes in after the padding below.
@@ -277,28 +318,37 @@ def next_token_log_probs(llm: LLM, prompts: Sequence[str], method: Any | None = 
 
 @torch.no_grad()
 def fidelity_kl(
-    llm: LLM, prompts: Sequence[str], responses: Sequence[str], method: Any, batch_size: int = 8
+    llm: LLM,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    method: Any,
+    batch_size: int | None = None,
+    token_budget: int | None = None,
 ) -> torch.Tensor:
     """Mean per-token KL(base || system) along given responses, one value per pair (0 = unchanged).
 
     The usefulness measure of the evaluation: on the base model's own (greedy) answers to benign prompts, how far
     does the method move the next-token distribution? Both distributions see the same tokens, so positions align.
+    Micro-batches as in `sequence_logprobs` (`batch_size` rows at most, `token_budget` padded tokens).
     """
     prompts, responses = list(prompts), list(responses)
     if len(prompts) != len(responses):
         raise ValueError(f"got {len(prompts)} prompts but {len(responses)} responses")
-    out = []
-    for s in range(0, len(prompts), batch_size):
-        p_chunk, r_chunk = prompts[s : s + batch_size], responses[s : s + batch_size]
-        ids = response_token_ids(llm, r_chunk, None, True, len(p_chunk))
-        base, _, row_of, n_resp = _response_log_softmax(llm, p_chunk, ids, None, None)
-        system, _, _, _ = _response_log_softmax(llm, p_chunk, ids, None, method)
+    ids = response_token_ids(llm, responses, None, True, len(prompts))
+    n_prefix = _n_prefix(None, method)
+    prompts = llm.check_prompts(prompts, reserve_tokens=n_prefix + max(len(r) for r in ids))
+    lengths = [n_prefix + n + len(r) for n, r in zip(llm.chat_lengths(prompts), ids, strict=True)]
+    out = torch.zeros(len(prompts), device="cpu")
+    for batch in plan_batches(lengths, budget=token_budget, max_rows=batch_size, what="prompt + response"):
+        p_chunk, r_ids = [prompts[i] for i in batch], [ids[i] for i in batch]
+        base, _, row_of, n_resp = _response_log_softmax(llm, p_chunk, r_ids, None, None, validate=False)
+        system, _, _, _ = _response_log_softmax(llm, p_chunk, r_ids, None, method, validate=False)
         kl_tok = (base.exp() * (base - system)).sum(-1)
         per_row = torch.zeros(len(p_chunk), dtype=kl_tok.dtype, device=kl_tok.device).index_add(
             0, row_of, kl_tok
         )
-        out.append((per_row / n_resp.to(per_row.dtype)).cpu())
-    return torch.cat(out)
+        out[torch.tensor(batch, device="cpu")] = (per_row / n_resp.to(per_row.dtype)).float().cpu()
+    return out
 
 
 def _n_prefix(prefix: torch.Tensor | None, method: Any | None) -> int:

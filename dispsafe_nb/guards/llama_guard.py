@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from dispsafe_nb.core.batching import plan_batches
 from dispsafe_nb.core.loading import load_llm
 from dispsafe_nb.guards.protocol import check_pairs
 
@@ -76,7 +77,9 @@ class LlamaGuard:
     name: str = "llama-guard"
     safe_word: str = "safe"
     unsafe_word: str = "unsafe"
-    batch_size: int = 8
+    batch_size: int | None = (
+        8  # rows per forward pass at most; `core.batching`'s token budget bounds them too
+    )
     content_format: str = "auto"
     quantization: str = "unknown"
 
@@ -110,15 +113,16 @@ class LlamaGuard:
         self.tokenizer.padding_side = "left"
         device = self.model.get_input_embeddings().weight.device
         texts = [self.guard_prompt(p, r) for p, r in zip(prompts, responses, strict=True)]
-        out = []
-        for start in range(0, len(texts), self.batch_size):
-            chunk = texts[start : start + self.batch_size]
+        lengths = [len(i) for i in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        out = torch.zeros(len(texts), device="cpu")
+        for rows in plan_batches(lengths, max_rows=self.batch_size, what="guard input (prompt + response)"):
+            chunk = [texts[i] for i in rows]
             batch = self.tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
             batch = batch.to(device)
-            logits = self.model(**batch).logits[:, -1, :].float()
+            logits = self.model(**batch, logits_to_keep=1).logits[:, -1, :].float()
             pair = torch.stack([logits[:, safe_id], logits[:, unsafe_id]], dim=-1)
-            out.append(torch.softmax(pair, dim=-1)[:, 0].cpu())
-        return torch.cat(out)
+            out[torch.tensor(rows, device="cpu")] = torch.softmax(pair, dim=-1)[:, 0].cpu()
+        return out
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dispsafe_nb import data
+from dispsafe_nb.core.batching import plan_batches
 from dispsafe_nb.core.llm import LLM
 from dispsafe_nb.core.model_parts import decoder_layers
 from dispsafe_nb.core.scoring import next_token_log_probs, sequence_logprobs
@@ -70,11 +71,14 @@ def post_instruction_outputs(
 
     handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
     try:
-        starts = range(0, len(prompts), batch_size)
-        for start in tqdm(starts, desc="activations", disable=not progress):
+        # consecutive prompts (callers place the outputs by position), within the token budget
+        lengths = llm.chat_lengths(list(prompts))
+        batches = plan_batches(lengths, max_rows=batch_size, keep_order=True)
+        for batch in tqdm(batches, desc="activations", disable=not progress):
             with torch.no_grad():
-                llm.model(**llm.encode_chat(list(prompts[start : start + batch_size])), use_cache=False)
-            yield start, [captured[i] for i in range(len(layers))]
+                # logits of the last position only: the hooks read the hidden states, not the B x T x V logits
+                llm.model(**llm.encode_chat([prompts[i] for i in batch]), use_cache=False, logits_to_keep=1)
+            yield batch[0], [captured[i] for i in range(len(layers))]
     finally:
         for handle in handles:
             handle.remove()

@@ -16,11 +16,15 @@ both agree.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from dispsafe_nb.theory.surrogates import weighted_clipped_nll, weighted_nll
+
+# A per-example value given as a tensor, a number (the same for every example) or a sequence of numbers.
+TensorLike = torch.Tensor | float | Sequence[float] | Sequence[bool]
 
 # ----------------------------------------------------------------------------------------------------------
 # distillation losses (per example; callers average)
@@ -73,10 +77,10 @@ def _weights(w: Any | None, like: torch.Tensor) -> torch.Tensor:
 def tv_disp_loss(
     logq_y: torch.Tensor,
     logq_r: torch.Tensor,
-    alpha: Any,
-    same_as_refusal: Any | None = None,
-    weight_y: Any | None = None,
-    weight_r: Any | None = None,
+    alpha: TensorLike,
+    same_as_refusal: TensorLike | None = None,
+    weight_y: TensorLike | None = None,
+    weight_r: TensorLike | None = None,
 ) -> torch.Tensor:
     """TV-DiSP (paper Eq. 4), per example:
     ``L_TV = -a min(log q(y) - log a, 0) - (1 - a) min(log q(y_r) - log(1 - a), 0)``.
@@ -102,10 +106,10 @@ def tv_disp_loss(
 def kl_disp_loss(
     logq_y: torch.Tensor,
     logq_r: torch.Tensor,
-    alpha: Any,
-    same_as_refusal: Any | None = None,
-    weight_y: Any | None = None,
-    weight_r: Any | None = None,
+    alpha: TensorLike,
+    same_as_refusal: TensorLike | None = None,
+    weight_y: TensorLike | None = None,
+    weight_r: TensorLike | None = None,
 ) -> torch.Tensor:
     """KL-DiSP, per example: the alpha-weighted NLL ``L_KL = -a log q(y) - (1 - a) log q(y_r)``.
 
@@ -128,7 +132,7 @@ def perplexity_loss(logq: torch.Tensor) -> torch.Tensor:
 
 
 def reinforce_loss(
-    logq_samples: torch.Tensor, rewards: Any, baseline: str | float | None = "mean"
+    logq_samples: torch.Tensor, rewards: TensorLike, baseline: str | float | None = "mean"
 ) -> torch.Tensor:
     """REINFORCE surrogate per example: ``-(r - b) * log q(y)`` with y sampled from the student.
 

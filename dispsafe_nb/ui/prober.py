@@ -15,76 +15,52 @@ systems are "base", "dual" and every artifact found under the artifacts folder, 
 from __future__ import annotations
 
 import difflib
-import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from dispsafe_nb.common.artifacts import CONFIG_FILE, ArtifactError
-from dispsafe_nb.common.paths import results_dir
-from dispsafe_nb.core.decoding import PROBING_DECODING, TEACHER_DECODING, DecodingConfig
-from dispsafe_nb.core.llm import PromptError
+from dispsafe_nb.common.content_hash import stable_hash
+from dispsafe_nb.common.journal import Journal
+from dispsafe_nb.common.paths import cache_root, results_dir
+from dispsafe_nb.core.decoding import DecodingConfig
+from dispsafe_nb.core.llm import Generation, PromptError
 from dispsafe_nb.core.loading import load_llm
 from dispsafe_nb.core.scoring import sequence_logprobs
 from dispsafe_nb.evaluation.judges import GuardJudge, judge_for_kind
 from dispsafe_nb.guards.guard_training import load_embedding_guard, load_judge_guard
 from dispsafe_nb.methods import METHOD_LOADERS, artifact_kind, load_method
 from dispsafe_nb.system.dual_system import SafeSystem
+from dispsafe_nb.ui.probe_records import ProbeDecoding, ProbeInputError, ProbeResult, SystemAnswer
+
+# The request and result types live in `probe_records`; they are part of this module's API too.
+__all__ = [
+    "BASE",
+    "DUAL",
+    "PROBE_CHUNK",
+    "ProbeDecoding",
+    "ProbeInputError",
+    "ProbeResult",
+    "ProbeSession",
+    "SECOND_JUDGE",
+    "STRING_JUDGES",
+    "SystemAnswer",
+    "SystemSpec",
+    "default_artifacts_dir",
+    "discover_systems",
+    "batch_journal_path",
+    "parse_prompts",
+    "probe",
+]
 
 BASE, DUAL = "base", "dual"
-MAX_NEW_TOKENS_LIMIT = 512
-MAX_SAMPLES = 32
 # The refusal judges shown for every answer: the two benchmarks' string rules, each recognising y_r.
 STRING_JUDGES = {"JBB strings": "harmful", "XSTest strings": "borderline"}
 SECOND_JUDGE = "second judge"
 
 Progress = Callable[[int, int, str], None]  # (done, total, what is running now)
-
-
-class ProbeInputError(ValueError):
-    """The request cannot be probed as given (empty or over-long prompt, no or unknown system, bad decoding);
-    the message says what to change."""
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Decoding
-# ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ProbeDecoding:
-    """How every selected system decodes. mode "greedy" gives one answer per prompt; "sampled" gives `k` answers
-    drawn at `temperature` (each (prompt, sample) row from its own seeded stream, so reruns repeat)."""
-
-    mode: str = "greedy"
-    temperature: float = TEACHER_DECODING.temperature
-    max_new_tokens: int = PROBING_DECODING.max_new_tokens
-    k: int = 1
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("greedy", "sampled"):
-            raise ProbeInputError(f"decoding mode must be 'greedy' or 'sampled', not {self.mode!r}")
-        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT:
-            raise ProbeInputError(
-                f"max new tokens must lie in 1..{MAX_NEW_TOKENS_LIMIT}, not {self.max_new_tokens}"
-            )
-        if not 1 <= self.k <= MAX_SAMPLES:
-            raise ProbeInputError(f"k samples must lie in 1..{MAX_SAMPLES}, not {self.k}")
-        if self.mode == "greedy" and self.k != 1:
-            raise ProbeInputError(
-                "greedy decoding gives one answer per prompt: set k = 1 or choose 'sampled'"
-            )
-        if self.mode == "sampled" and not 0.0 < self.temperature <= 2.0:
-            raise ProbeInputError(f"sampling needs a temperature in (0, 2], not {self.temperature}")
-
-    def to_decoding(self) -> DecodingConfig:
-        temperature = 0.0 if self.mode == "greedy" else self.temperature
-        return DecodingConfig(max_new_tokens=self.max_new_tokens, temperature=temperature, seed=self.seed)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -148,7 +124,7 @@ class ProbeSession:
         self.artifacts_dir = Path(artifacts_dir) if artifacts_dir is not None else default_artifacts_dir()
         self.use_second_judge = use_second_judge
         self._bound: dict[str, tuple[Any, Any | None]] = {}
-        self._base_greedy: dict[tuple[str, int, int], Any] = {}
+        self._base_greedy: dict[tuple[str, int, int], Generation] = {}
 
     # ---- lazily loaded parts ---------------------------------------------------------------------------
     @property
@@ -214,7 +190,7 @@ class ProbeSession:
             self._bound[name] = (method.bind(self.llm), method)
         return self._bound[name]
 
-    def base_greedy(self, prompts: Sequence[str], max_new_tokens: int, seed: int) -> list[Any]:
+    def base_greedy(self, prompts: Sequence[str], max_new_tokens: int, seed: int) -> list[Generation]:
         """The base model's greedy answers as `llm.Generation`s (text, the generated token ids, whether it
         finished), cached per prompt: the y_base whose probability every method-applied system reports. Scoring
         the ids with the finish flag scores exactly what was generated (a cut answer as the prefix it is)."""
@@ -227,109 +203,9 @@ class ProbeSession:
                 self._base_greedy[(prompt, max_new_tokens, seed)] = gens[0]
         return [self._base_greedy[(p, max_new_tokens, seed)] for p in prompts]
 
-
-# ---------------------------------------------------------------------------------------------------------
-# Results
-# ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class SystemAnswer:
-    """One system's behaviour on one prompt."""
-
-    system: str
-    prompt: str
-    answers: list[str]
-    alphas: list[float]  # teacher guard's α(x, y) for each answer shown
-    verdicts: dict[str, list[bool]]  # judge -> refused (string rules) / safe (second judge), per answer
-    refused: list[bool]  # refused by either string rule, per answer
-    latency_s: float  # wall time to answer this prompt (the batch's time / its prompts); dual: LLM + guard
-    llm_answers: list[str] | None = None  # dual only: what the LLM said before the guard
-    llm_alphas: list[float] | None = None  # dual only: α of those answers (what decided a replacement)
-    # log q(y_r | x) and log q(y_base | x) at temperature 1 (the model's own distribution, which training fits) for
-    # the frozen LLM with its method (none for the base model); None for the dual system (a mixture)
-    logq_refusal: float | None = None
-    logq_base_answer: float | None = None  # y_base: the base model's greedy answer, scored as generated
-
-    @property
-    def refusal_rate(self) -> float:
-        return sum(self.refused) / len(self.refused)
-
-    @property
-    def mean_alpha(self) -> float:
-        return sum(self.alphas) / len(self.alphas)
-
-    @property
-    def replaced(self) -> list[bool] | None:
-        if self.llm_answers is None:
-            return None
-        return [a != y for a, y in zip(self.answers, self.llm_answers, strict=True)]
-
-
-@dataclass
-class ProbeResult:
-    """Everything one probe call produced: answers per (prompt, system), errors per system, the config."""
-
-    prompts: list[str]
-    systems: list[str]
-    decoding: ProbeDecoding
-    refusal: str
-    answers: list[SystemAnswer] = field(default_factory=list)
-    errors: dict[str, str] = field(default_factory=dict)  # system -> why it could not run
-    base_answers: list[str] = field(default_factory=list)  # y_base per prompt (greedy)
-
-    def answer(self, system: str, prompt: str) -> SystemAnswer:
-        for a in self.answers:
-            if a.system == system and a.prompt == prompt:
-                return a
-        raise KeyError(f"no answer of {system!r} to {prompt!r}")
-
-    def table(self) -> pd.DataFrame:
-        """One row per (prompt, system): refusal rate over the samples, mean α, log q(y_r|x), latency."""
-        rows = [
-            {
-                "prompt": a.prompt,
-                "system": a.system,
-                "k": len(a.answers),
-                "refusal_rate": a.refusal_rate,
-                "mean_alpha": a.mean_alpha,
-                "logq_refusal": a.logq_refusal,
-                "q_refusal": None if a.logq_refusal is None else math.exp(a.logq_refusal),
-                "logq_base_answer": a.logq_base_answer,
-                "latency_s": a.latency_s,
-            }
-            for a in self.answers
-        ]
-        return pd.DataFrame(rows)
-
-    def summary(self) -> pd.DataFrame:
-        """One row per system: prompts, refusal rate, mean α, mean log q(y_r|x), total latency."""
-        table = self.table()
-        if table.empty:
-            return table
-        grouped = table.groupby("system", sort=False)
-        out = grouped.agg(
-            prompts=("prompt", "count"),
-            refusal_rate=("refusal_rate", "mean"),
-            mean_alpha=("mean_alpha", "mean"),
-            mean_logq_refusal=("logq_refusal", "mean"),
-            latency_s=("latency_s", "sum"),
-        )
-        return out.reindex([s for s in self.systems if s in out.index])
-
-    def to_metrics(self) -> dict[str, Any]:
-        """JSON-able numbers per system (what notebooks emit and checks read)."""
-        summary = self.summary()
-        per_system = {
-            system: {k: (None if pd.isna(v) else float(v)) for k, v in row.items()}
-            for system, row in summary.iterrows()
-        }
-        return {
-            "systems": per_system,
-            "errors": dict(self.errors),
-            "n_prompts": len(self.prompts),
-            "decoding": asdict(self.decoding),
-        }
+    def remember_base_greedy(self, prompt: str, max_new_tokens: int, seed: int, answer: Generation) -> None:
+        """Keep a y_base computed elsewhere (a probe journal) as `base_greedy` would have."""
+        self._base_greedy[(prompt, max_new_tokens, seed)] = answer
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -395,78 +271,172 @@ def _answers_of(session: ProbeSession, name: str, prompts: list[str], decoding: 
     return ([[a] for a in out] if decoding.k == 1 else out), None, None
 
 
+# Prompts per piece of work: every system answers a piece, then it is journaled (when a journal is given).
+PROBE_CHUNK = 32
+
+
+def _system_identity(session: ProbeSession, name: str) -> str:
+    """What a journaled answer of `name` depends on besides the prompts: an artifact's files (size, mtime)."""
+    spec = session.spec(name)
+    if spec.folder is None:
+        return spec.kind
+    files = sorted(Path(spec.folder).rglob("*"))
+    return stable_hash(
+        [(str(f.relative_to(spec.folder)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    )
+
+
+def batch_journal_path(
+    session: ProbeSession, prompts: Sequence[str], systems: Sequence[str], decoding: ProbeDecoding
+) -> Path:
+    """Where the widget's batch mode journals a request: under the cache, named by the request (prompts, systems,
+    decoding, model), so running the same batch again after a crashed kernel resumes it."""
+    request = [list(prompts), list(systems), asdict(decoding), session.llm.describe()]
+    return cache_root() / "probe_journals" / f"{stable_hash(request)[:20]}.jsonl"
+
+
+def _probe_journal(
+    session: ProbeSession, decoding: ProbeDecoding, journal: str | Path | None
+) -> Journal | None:
+    if journal is None:
+        return None
+    judge = session.second_judge
+    config = {
+        "llm": session.llm.describe(),
+        "guard": session.guard.describe(),
+        "second_judge": None if judge is None else judge.describe(),
+        "decoding": asdict(decoding),
+        "refusal": session.refusal,
+    }
+    return Journal(journal, "probe", config)
+
+
+def _base_answers(
+    session: ProbeSession, chunk: list[str], decoding: ProbeDecoding, book: Journal | None
+) -> list[Any]:
+    """y_base for a chunk of prompts (from the journal when it has them)."""
+    key = f"base_greedy/{stable_hash(chunk)}"
+    if book is not None and key in book:
+        gens = [Generation(g["text"], tuple(g["token_ids"]), g["finished"]) for g in book.get(key)]
+        for prompt, gen in zip(chunk, gens, strict=True):
+            session.remember_base_greedy(prompt, decoding.max_new_tokens, decoding.seed, gen)
+        return gens
+    gens = session.base_greedy(chunk, decoding.max_new_tokens, decoding.seed)
+    if book is not None:
+        book.record(key, [asdict(g) for g in gens])
+    return gens
+
+
+def _probe_chunk(
+    session: ProbeSession, name: str, chunk: list[str], base: list[Any], decoding: ProbeDecoding, refusal: str
+) -> list[SystemAnswer]:
+    """One system's answers to a chunk of prompts, scored (raises what the system raises)."""
+    _, method = session.system(name)  # loading is not the system's latency
+    started = time.perf_counter()
+    finals, raw, raw_alphas = _answers_of(session, name, chunk, decoding)
+    elapsed = time.perf_counter() - started
+    logq_r = logq_b = None
+    if name != DUAL:  # the frozen LLM with a method (or none): its sequence probabilities are exact
+        n = len(chunk)
+        logq_r = sequence_logprobs(session.llm, chunk, [refusal] * n, method=method).tolist()
+        logq_b = sequence_logprobs(
+            session.llm,
+            chunk,
+            None,
+            append_eos=[g.finished for g in base],
+            method=method,
+            response_ids=[g.token_ids for g in base],
+        ).tolist()
+    flat_prompts = [p for p, ys in zip(chunk, finals, strict=True) for _ in ys]
+    alphas = session.guard.prob_safe(flat_prompts, [y for ys in finals for y in ys]).tolist()
+    verdicts = [_judge_verdicts(session, prompt, ys) for prompt, ys in zip(chunk, finals, strict=True)]
+    out, start = [], 0
+    for j, (prompt, ys) in enumerate(zip(chunk, finals, strict=True)):
+        strings = [verdicts[j][label] for label in STRING_JUDGES]
+        out.append(
+            SystemAnswer(
+                system=name,
+                prompt=prompt,
+                answers=list(ys),
+                alphas=alphas[start : start + len(ys)],
+                verdicts=verdicts[j],
+                refused=[any(v) for v in zip(*strings, strict=True)],
+                latency_s=elapsed / len(chunk),
+                llm_answers=None if raw is None else list(raw[j]),
+                llm_alphas=None if raw_alphas is None else list(raw_alphas[j]),
+                logq_refusal=None if logq_r is None else float(logq_r[j]),
+                logq_base_answer=None if logq_b is None else float(logq_b[j]),
+            )
+        )
+        start += len(ys)
+    return out
+
+
 def probe(
     session: ProbeSession,
     prompts: str | Sequence[str],
     systems: Sequence[str],
     decoding: ProbeDecoding | None = None,
     progress: Progress | None = None,
+    *,
+    journal: str | Path | None = None,
 ) -> ProbeResult:
     """Run every selected system on every prompt and score the answers (see the module docstring).
 
     Bad input (empty or over-long prompt, no or unknown system, bad decoding) raises `ProbeInputError` before any
     work. A system that cannot be loaded (an artifact for another model, a corrupt one) is recorded in
-    `result.errors` with the reason, and the other systems still answer."""
+    `result.errors` with the reason, and the other systems still answer.
+
+    Prompts go through in pieces of `PROBE_CHUNK`, and every model call within a piece in micro-batches bounded by
+    `core.batching`'s token budget, so memory does not grow with the number of prompts. `journal`: a file where
+    each piece's answers are written as soon as they are scored; the same call again (an interrupted run, a crashed
+    kernel) takes finished pieces from it and runs only the rest. A journal of other settings is refused."""
 
     decoding = decoding or ProbeDecoding()
     prompts = parse_prompts(prompts)
     systems = list(systems)
     _check_request(session, prompts, systems, decoding)
     result = ProbeResult(prompts, systems, decoding, session.refusal)
-    total = len(systems) + 1
-    if progress:
-        progress(0, total, "the base model's greedy answers (y_base)")
-    base = []
-    if any(name != DUAL for name in systems):
-        base = session.base_greedy(prompts, decoding.max_new_tokens, decoding.seed)
-        result.base_answers = [g.text for g in base]
-    for i, name in enumerate(systems, start=1):
+    book = _probe_journal(session, decoding, journal)
+    chunks = [prompts[s : s + PROBE_CHUNK] for s in range(0, len(prompts), PROBE_CHUNK)]
+    total, done = len(chunks) * (len(systems) + 1), 0
+    answers: dict[str, list[SystemAnswer]] = {name: [] for name in systems}
+    for c, chunk in enumerate(chunks):
+        where = f" (prompts {c * PROBE_CHUNK + 1}-{c * PROBE_CHUNK + len(chunk)} of {len(prompts)})"
         if progress:
-            progress(i, total, name)
-        try:
-            _, method = session.system(name)  # loading is not the system's latency
-            started = time.perf_counter()
-            finals, raw, raw_alphas = _answers_of(session, name, prompts, decoding)
-            elapsed = time.perf_counter() - started
-            logq_r = logq_b = None
-            if name != DUAL:  # the frozen LLM with a method (or none): its sequence probabilities are exact
-                n = len(prompts)
-                logq_r = sequence_logprobs(session.llm, prompts, [result.refusal] * n, method=method).tolist()
-                logq_b = sequence_logprobs(
-                    session.llm,
-                    prompts,
-                    None,
-                    append_eos=[g.finished for g in base],
-                    method=method,
-                    response_ids=[g.token_ids for g in base],
-                ).tolist()
-            flat_prompts = [p for p, ys in zip(prompts, finals, strict=True) for _ in ys]
-            alphas = session.guard.prob_safe(flat_prompts, [y for ys in finals for y in ys]).tolist()
-            verdicts = [
-                _judge_verdicts(session, prompt, ys) for prompt, ys in zip(prompts, finals, strict=True)
-            ]
-        except (ArtifactError, ValueError, RuntimeError) as err:  # this system fails; the others still answer
-            result.errors[name] = f"{type(err).__name__}: {err}"
-            continue
-        start = 0
-        for j, (prompt, ys) in enumerate(zip(prompts, finals, strict=True)):
-            strings = [verdicts[j][label] for label in STRING_JUDGES]
-            result.answers.append(
-                SystemAnswer(
-                    system=name,
-                    prompt=prompt,
-                    answers=list(ys),
-                    alphas=alphas[start : start + len(ys)],
-                    verdicts=verdicts[j],
-                    refused=[any(v) for v in zip(*strings, strict=True)],
-                    latency_s=elapsed / len(prompts),
-                    llm_answers=None if raw is None else list(raw[j]),
-                    llm_alphas=None if raw_alphas is None else list(raw_alphas[j]),
-                    logq_refusal=None if logq_r is None else float(logq_r[j]),
-                    logq_base_answer=None if logq_b is None else float(logq_b[j]),
-                )
+            progress(
+                done, total, "the base model's greedy answers (y_base)" + (where if len(chunks) > 1 else "")
             )
-            start += len(ys)
+        base = []
+        if any(name != DUAL for name in systems):
+            base = _base_answers(session, chunk, decoding, book)
+            result.base_answers += [g.text for g in base]
+        done += 1
+        for name in systems:
+            if progress:
+                progress(done, total, name + (where if len(chunks) > 1 else ""))
+            done += 1
+            if name in result.errors:
+                continue
+            key = f"{name}@{_system_identity(session, name)}/{stable_hash(chunk)}" if book is not None else ""
+            if book is not None and key in book:
+                answers[name] += [SystemAnswer(**a) for a in book.get(key)]
+                continue
+            try:
+                piece = _probe_chunk(session, name, chunk, base, decoding, result.refusal)
+            except (
+                ArtifactError,
+                ValueError,
+                RuntimeError,
+            ) as err:  # this system fails; the others still answer
+                result.errors[name] = f"{type(err).__name__}: {err}"
+                answers[name] = []
+                continue
+            if book is not None:
+                book.record(key, [asdict(a) for a in piece])
+            answers[name] += piece
+    for name in systems:
+        result.answers += answers[name]
     if progress:
         progress(total, total, "done")
     return result

@@ -27,6 +27,8 @@ from dispsafe_nb.ui.prober import (
     ProbeResult,
     ProbeSession,
     SystemAnswer,
+    batch_journal_path,
+    parse_prompts,
     probe,
 )
 from dispsafe_nb.ui.prompt_presets import presets
@@ -235,7 +237,13 @@ class Prober:
         self.results.value = "<i>running…</i>"
         try:
             prompts, systems, decoding = self.request()
-            result = probe(self.session, prompts, systems, decoding, progress=self._set_progress)
+            # A batch is journaled (a crashed kernel loses nothing: the same batch again resumes it).
+            journal = None
+            if self.mode.value == "batch":
+                journal = batch_journal_path(self.session, parse_prompts(prompts), systems, decoding)
+            result = probe(
+                self.session, prompts, systems, decoding, progress=self._set_progress, journal=journal
+            )
         except ProbeInputError as err:
             self.results.value = error_html(str(err))
             self.status.value = "fix the input and run again"
