@@ -173,6 +173,7 @@ def _converted_intact(folder: Path) -> bool:
 
 
 def _convert_embedded(name: str, gguf: Path, folder: Path) -> None:
+    from safetensors.torch import save_model  # noqa: PLC0415 (deferred with transformers, below)
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: PLC0415 (deferred: transformers takes seconds to import; only code that runs a model needs it)
 
     logger.info("converting %s once into %s", gguf.name, folder)
@@ -181,7 +182,11 @@ def _convert_embedded(name: str, gguf: Path, folder: Path) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
-        model.save_pretrained(scratch)
+        # save_pretrained refuses a model loaded from GGUF (its quantizer is "not serializable"); its weights are
+        # plain float32 after dequantization, so config, generation config and tensors are written directly.
+        model.config.save_pretrained(scratch)
+        model.generation_config.save_pretrained(scratch)
+        save_model(model, str(scratch / "model.safetensors"), metadata={"format": "pt"})
         tokenizer.save_pretrained(scratch)
         sizes = {f.name: f.stat().st_size for f in sorted(scratch.iterdir()) if f.is_file()}
         record = {"model": name, "gguf": gguf.name, "sizes": sizes}
