@@ -182,7 +182,10 @@ def main() -> None:
     config = {k: v for k, v in vars(args).items() if k not in ("out", "worker", "kind", "n")}
     config["token_budget"] = current_token_budget()
     journal = Journal(out.with_suffix(".journal.jsonl"), "load benchmark", config)
-    grid = [(call, "long", n) for call in args.calls for n in args.sizes]
+    # the smallest and the largest long run first (the flatness target compares them), then the rest
+    sizes = sorted(set(args.sizes))
+    sizes = [sizes[0], sizes[-1], *sizes[1:-1]] if len(sizes) > 1 else sizes
+    grid = [(call, "long", n) for n in sizes for call in args.calls]
     grid += [(call, "short", args.short_size) for call in args.calls if args.short_size > 0]
     started, commit = time.time(), git_commit()
     for call, kind, n in grid:

@@ -175,3 +175,43 @@ def test_bad_lengths_fail_before_any_work(tiny_chat_llm, widths):
     with pytest.raises(PromptError, match="prompt 0 has"):
         sequence_logprobs(llm, [too_long], ["yes"])
     assert widths.seen == []
+
+
+class _Passes(_Widths):
+    """Also whether autograd was recording during each pass (a graph keeps all of a pass's activations alive)."""
+
+    def __init__(self, llm):
+        super().__init__(llm)
+        self.with_grad: list[bool] = []
+
+    def __call__(self, module, args, kwargs):
+        super().__call__(module, args, kwargs)
+        self.with_grad.append(torch.is_grad_enabled())
+
+
+class _Guard:
+    def prob_safe(self, prompts, responses):
+        return torch.tensor([0.2 if "bomb" in p else 0.9 for p in prompts])
+
+    def describe(self):
+        return {"guard": "word"}
+
+
+def test_a_probe_of_many_prompts_keeps_every_pass_small_and_builds_no_graph(tiny_chat_llm, tmp_path):
+    """What made 80 long prompts exhaust 24 GB: passes sized by prompt count, and scoring through a trainable soft
+    prompt with autograd on (each micro-batch's graph, all its activations, alive until the end). With the budget,
+    every pass of a probe stays within it and none records a graph, however many prompts there are."""
+    from dispsafe_nb.methods import init_soft_prompt
+    from dispsafe_nb.ui.prober import ProbeDecoding, ProbeSession, probe
+
+    init_soft_prompt(tiny_chat_llm, n_tokens=4).save(tmp_path / "student")
+    session = ProbeSession(tiny_chat_llm, _Guard(), artifacts_dir=tmp_path, use_second_judge=False)
+    passes = _Passes(tiny_chat_llm)
+    try:
+        with token_budget(400):
+            result = probe(session, PROMPTS * 3, ["base", "dual", "student"], ProbeDecoding(max_new_tokens=4))
+    finally:
+        passes.handle.remove()
+    assert not result.errors and len(result.answers) == 3 * len(PROMPTS) * 3
+    assert passes.seen and max(passes.seen) <= 400
+    assert not any(passes.with_grad)

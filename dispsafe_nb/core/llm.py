@@ -198,6 +198,7 @@ class LLM:
         )
 
 
+@torch.no_grad()  # generation never needs gradients; a trainable prefix would otherwise keep every pass's graph
 def generate_with_prefix(
     llm: LLM,
     prompts: Sequence[str],

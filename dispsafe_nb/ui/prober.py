@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from dispsafe_nb.common.artifacts import CONFIG_FILE, ArtifactError
 from dispsafe_nb.common.content_hash import stable_hash
 from dispsafe_nb.common.journal import Journal
@@ -338,15 +340,18 @@ def _probe_chunk(
     logq_r = logq_b = None
     if name != DUAL:  # the frozen LLM with a method (or none): its sequence probabilities are exact
         n = len(chunk)
-        logq_r = sequence_logprobs(session.llm, chunk, [refusal] * n, method=method).tolist()
-        logq_b = sequence_logprobs(
-            session.llm,
-            chunk,
-            None,
-            append_eos=[g.finished for g in base],
-            method=method,
-            response_ids=[g.token_ids for g in base],
-        ).tolist()
+        # values only: with gradients on, a trainable soft prompt keeps every micro-batch's graph (all activations)
+        # alive until the end, so memory grew with the number of prompts (11 GB at 50 long ones)
+        with torch.no_grad():
+            logq_r = sequence_logprobs(session.llm, chunk, [refusal] * n, method=method).tolist()
+            logq_b = sequence_logprobs(
+                session.llm,
+                chunk,
+                None,
+                append_eos=[g.finished for g in base],
+                method=method,
+                response_ids=[g.token_ids for g in base],
+            ).tolist()
     flat_prompts = [p for p, ys in zip(chunk, finals, strict=True) for _ in ys]
     alphas = session.guard.prob_safe(flat_prompts, [y for ys in finals for y in ys]).tolist()
     verdicts = [_judge_verdicts(session, prompt, ys) for prompt, ys in zip(chunk, finals, strict=True)]
