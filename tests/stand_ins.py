@@ -66,3 +66,13 @@ def patch_everywhere(monkeypatch, module, attr: str, replacement) -> None:
         if getattr(loaded, attr, None) is real:
             monkeypatch.setattr(loaded, attr, replacement)
     monkeypatch.setattr(module, attr, replacement)
+
+
+class WordGuard:
+    """A guard stand-in: alpha 0.2 where the prompt mentions a bomb, 0.9 elsewhere."""
+
+    def prob_safe(self, prompts, responses):
+        return torch.tensor([0.2 if "bomb" in p else 0.9 for p in prompts])
+
+    def describe(self):
+        return {"guard": "word"}

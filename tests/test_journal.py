@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
+from stand_ins import WordGuard
 
 from dispsafe_nb.common.journal import Journal, JournalError
 from dispsafe_nb.core.decoding import DecodingConfig
@@ -95,20 +95,12 @@ def test_an_interrupted_evaluation_resumes_and_gives_the_uninterrupted_records(t
         evaluate(_Counting(), benches, system_name="s", journal=path, limit=9, progress=False)
 
 
-class _Guard:
-    def prob_safe(self, prompts, responses):
-        return torch.tensor([0.2 if "bomb" in p else 0.9 for p in prompts])
-
-    def describe(self):
-        return {"guard": "word"}
-
-
 def test_students_keep_their_journals_beside_the_dual_systems_and_a_rerun_generates_nothing(tmp_path):
     from types import SimpleNamespace
 
     assert student_journal(tmp_path / "run.jsonl", "tv/seed 0") == tmp_path / "run.tv_seed_0.jsonl"
     base, student = _Counting(), _Counting()
-    dual = SimpleNamespace(llm=base, guard=_Guard(), refusal="I can't.", threshold=0.5, mode="threshold")
+    dual = SimpleNamespace(llm=base, guard=WordGuard(), refusal="I can't.", threshold=0.5, mode="threshold")
     dual.describe = lambda: {"system": "dual"}
     path = tmp_path / "run.jsonl"
     kw = {"limit": 4, "progress": False, "journal": path}
@@ -132,7 +124,9 @@ def test_an_interrupted_probe_resumes_and_gives_the_uninterrupted_answers(
     decoding = ProbeDecoding(max_new_tokens=4)
 
     def session():
-        return ProbeSession(tiny_chat_llm, _Guard(), artifacts_dir=tmp_path / "none", use_second_judge=False)
+        return ProbeSession(
+            tiny_chat_llm, WordGuard(), artifacts_dir=tmp_path / "none", use_second_judge=False
+        )
 
     whole = probe(session(), prompts, ["base", "dual"], decoding)
     real, calls = prober._probe_chunk, []
@@ -156,3 +150,29 @@ def test_an_interrupted_probe_resumes_and_gives_the_uninterrupted_answers(
         return [(a.system, a.prompt, a.answers, a.alphas, a.refused, a.logq_refusal) for a in result.answers]
 
     assert strip(resumed) == strip(whole) and resumed.base_answers == whole.base_answers
+
+
+def test_your_own_prompts_are_judged_as_the_named_benchmark_and_a_stray_name_is_refused():
+    from dispsafe_nb.data import PromptRecord
+
+    mine = [PromptRecord(f"mine-{i}", "ask" + "s" * i, True, "c", "mine", "test") for i in range(3)]
+    (rec,) = evaluate(
+        _Counting(), ["bundled_harmful_test"], prompt_sets={"bundled_harmful_test": mine}, progress=False
+    )
+    assert rec.metric_name == "sgs" and [o["id"] for o in rec.outputs] == ["mine-0", "mine-1", "mine-2"]
+    assert (
+        rec.metric == pytest.approx(1 / 3) and rec.config["prompt_set"]["n"] == 3
+    )  # only "ask" (3 characters) is refused
+    with pytest.raises(ValueError, match="not among the benchmarks"):
+        evaluate(_Counting(), ["bundled_harmful_test"], prompt_sets={"xstest_safe": mine}, progress=False)
+
+
+def test_the_widgets_batch_journal_is_named_by_the_request(tiny_chat_llm, tmp_path):
+    from dispsafe_nb.ui.prober import ProbeDecoding, ProbeSession, batch_journal_path
+
+    session = ProbeSession(tiny_chat_llm, WordGuard(), artifacts_dir=tmp_path, use_second_judge=False)
+    path = batch_journal_path(session, ["a", "b"], ["base"], ProbeDecoding())
+    assert path == batch_journal_path(session, ["a", "b"], ["base"], ProbeDecoding())
+    assert path.parent.name == "probe_journals" and path.suffix == ".jsonl"
+    assert path != batch_journal_path(session, ["a", "b"], ["base", "dual"], ProbeDecoding())
+    assert path != batch_journal_path(session, ["a", "b"], ["base"], ProbeDecoding(max_new_tokens=8))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from stand_ins import WordGuard
 
 from dispsafe_nb.core.batching import (
     DEFAULT_TOKEN_BUDGET,
@@ -189,14 +190,6 @@ class _Passes(_Widths):
         self.with_grad.append(torch.is_grad_enabled())
 
 
-class _Guard:
-    def prob_safe(self, prompts, responses):
-        return torch.tensor([0.2 if "bomb" in p else 0.9 for p in prompts])
-
-    def describe(self):
-        return {"guard": "word"}
-
-
 def test_a_probe_of_many_prompts_keeps_every_pass_small_and_builds_no_graph(tiny_chat_llm, tmp_path):
     """What made 80 long prompts exhaust 24 GB: passes sized by prompt count, and scoring through a trainable soft
     prompt with autograd on (each micro-batch's graph, all its activations, alive until the end). With the budget,
@@ -205,7 +198,7 @@ def test_a_probe_of_many_prompts_keeps_every_pass_small_and_builds_no_graph(tiny
     from dispsafe_nb.ui.prober import ProbeDecoding, ProbeSession, probe
 
     init_soft_prompt(tiny_chat_llm, n_tokens=4).save(tmp_path / "student")
-    session = ProbeSession(tiny_chat_llm, _Guard(), artifacts_dir=tmp_path, use_second_judge=False)
+    session = ProbeSession(tiny_chat_llm, WordGuard(), artifacts_dir=tmp_path, use_second_judge=False)
     passes = _Passes(tiny_chat_llm)
     try:
         with token_budget(400):

@@ -41,13 +41,17 @@ class Journal:
             self._read()
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            header = {
+            self._write_header()
+
+    def _write_header(self) -> None:
+        self._append(
+            {
                 "format": JOURNAL_FORMAT,
-                "job": job,
+                "job": self.job,
                 "config_hash": self.config_hash,
                 "config": self.config,
             }
-            self._append(header)
+        )
 
     # ---- reading ---------------------------------------------------------------------------------------
     def _read(self) -> None:
@@ -63,14 +67,7 @@ class Journal:
             raw = raw[:cut]
         lines = raw.decode("utf-8").splitlines()
         if not lines:
-            self._append(
-                {
-                    "format": JOURNAL_FORMAT,
-                    "job": self.job,
-                    "config_hash": self.config_hash,
-                    "config": self.config,
-                }
-            )
+            self._write_header()
             return
         header = self._parse(lines[0], 1)
         if header.get("job") != self.job or header.get("config_hash") != self.config_hash:

@@ -18,8 +18,8 @@ import os
 from collections.abc import Iterator, Sequence
 
 # Padded tokens (rows x (prompt + prefix + new tokens)) per forward pass. Sized for a laptop: on the default
-# SmolLM2-135M in float32 one pass of 8,192 tokens peaks well under a gigabyte (KV cache ~46 KB per token, vocabulary
-# logits only where they are needed); `benchmarks/load.py` measures the peak.
+# SmolLM2-135M in float32 the KV cache alone is 2 x 30 layers x 3 KV heads x 64 dims x 4 bytes = 46 KB per token;
+# `benchmarks/load.py` measures the whole process's peak (reports in benchmarks/reports/load_cpu*).
 DEFAULT_TOKEN_BUDGET = 8192
 TOKEN_BUDGET_ENV = "DISPSAFE_TOKEN_BUDGET"
 

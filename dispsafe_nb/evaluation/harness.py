@@ -110,15 +110,17 @@ def _generate(
     return out
 
 
-def _journal_config(job: str, system: Any, **settings: Any) -> dict[str, Any]:
+def _open_journal(path: str | Path | None, job: str, system: Any, **settings: Any) -> Journal | None:
+    """The journal of one evaluation call (None without a path): its settings are everything its records depend on
+    (objects with `describe()` by their description)."""
     describe = getattr(system, "describe", None)
-    return {
-        "job": job,
+    config = {
         "system": describe() if describe else repr(system),
         **{k: (v.describe() if hasattr(v, "describe") else v) for k, v in settings.items()},
         "split_version": data.SPLIT_VERSION,
         "package_version": dispsafe_nb.__version__,
     }
+    return open_journal(path, job, config)
 
 
 def _check_sampling(decoding: DecodingConfig, k: int) -> None:
@@ -167,22 +169,19 @@ def evaluate(
         raise ValueError(
             f"prompt_sets names {stray}, which are not among the benchmarks to evaluate {list(benchmarks)}"
         )
-    book = open_journal(
+    book = _open_journal(
         journal,
         "evaluate",
-        _journal_config(
-            "evaluate",
-            system,
-            name=name,
-            limit=limit,
-            decoding=decoding.to_dict(),
-            judge=judge,
-            second_judge=second_judge,
-            seed=seed,
-            refusal_text=refusal_text,
-            samples_per_prompt=samples_per_prompt,
-            prompt_sets={k: stable_hash([r.id for r in v]) for k, v in (prompt_sets or {}).items()},
-        ),
+        system,
+        name=name,
+        limit=limit,
+        decoding=decoding.to_dict(),
+        judge=judge,
+        second_judge=second_judge,
+        seed=seed,
+        refusal_text=refusal_text,
+        samples_per_prompt=samples_per_prompt,
+        prompt_sets={k: stable_hash([r.id for r in v]) for k, v in (prompt_sets or {}).items()},
     )
     results = []
     for bench in benchmarks:
@@ -269,20 +268,17 @@ def evaluate_base_and_dual(
     k = samples_per_prompt
     records: list[EvalRecord] = []
     timing = {"generate_s": 0.0, "guard_s": 0.0, "n": 0}
-    book = open_journal(
+    book = _open_journal(
         journal,
         "evaluate_base_and_dual",
-        _journal_config(
-            "evaluate_base_and_dual",
-            system,
-            names=list(names),
-            limit=limit,
-            decoding=decoding.to_dict(),
-            judge=judge,
-            second_judge=second_judge,
-            seed=seed,
-            samples_per_prompt=samples_per_prompt,
-        ),
+        system,
+        names=list(names),
+        limit=limit,
+        decoding=decoding.to_dict(),
+        judge=judge,
+        second_judge=second_judge,
+        seed=seed,
+        samples_per_prompt=samples_per_prompt,
     )
     for bench in benchmarks:
         if book is not None and f"{bench}/records" in book:

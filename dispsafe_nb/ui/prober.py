@@ -315,7 +315,7 @@ def _probe_journal(
 
 def _base_answers(
     session: ProbeSession, chunk: list[str], decoding: ProbeDecoding, book: Journal | None
-) -> list[Any]:
+) -> list[Generation]:
     """y_base for a chunk of prompts (from the journal when it has them)."""
     key = f"base_greedy/{stable_hash(chunk)}"
     if book is not None and key in book:
@@ -330,7 +330,12 @@ def _base_answers(
 
 
 def _probe_chunk(
-    session: ProbeSession, name: str, chunk: list[str], base: list[Any], decoding: ProbeDecoding, refusal: str
+    session: ProbeSession,
+    name: str,
+    chunk: list[str],
+    base: list[Generation],
+    decoding: ProbeDecoding,
+    refusal: str,
 ) -> list[SystemAnswer]:
     """One system's answers to a chunk of prompts, scored (raises what the system raises)."""
     _, method = session.system(name)  # loading is not the system's latency
