@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
+import pytest
+
 from dispsafe_nb.report import claims
 from dispsafe_nb.report import notebook_checks as checks
 
@@ -72,5 +76,21 @@ def test_a_notebook_runs_with_a_cell_progress_bar_named_after_it(monkeypatch, tm
         seen["progress_bar"]["desc"] == reproduce.notebooks()[0].stem
         and seen["progress_bar"]["unit"] == "cell"
     )
+    assert seen["execution_timeout"] is None  # full runs: cells that train for hours are not cut
     reproduce.run_notebook(reproduce.notebooks()[0], tmp_path, progress=False)
     assert seen["progress_bar"] is False
+
+
+def test_a_hung_cell_fails_its_notebook_within_the_cell_timeout(tmp_path):
+    import nbformat
+
+    from dispsafe_nb.notebooks import reproduce
+
+    hung = tmp_path / "hung.ipynb"
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("import time\ntime.sleep(600)")]
+    nbformat.write(nb, hung)
+    start = time.monotonic()
+    with pytest.raises(Exception, match="(?i)timed? ?out"):
+        reproduce.run_notebook(hung, tmp_path / "out", cell_timeout_s=3, progress=False)
+    assert time.monotonic() - start < 120

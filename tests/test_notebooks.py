@@ -13,6 +13,10 @@ from dispsafe_nb.report.notebook_checks import NOTEBOOK_CHECKS, failures
 
 pytestmark = [pytest.mark.slow, pytest.mark.notebook]
 
+# The slowest smoke cell takes about two minutes on 2 cores; a cell past this limit is a hung kernel, which then
+# fails its test instead of holding the suite until CI's limit.
+CELL_TIMEOUT_S = 600
+
 # What each notebook must show is a list of named checks in dispsafe_nb.report.notebook_checks, each naming the failures it guards
 # against; tests/test_sabotage.py shows every one of them failing under those failures. A notebook without checks
 # fails the suite: every notebook must be asserted on.
@@ -40,7 +44,7 @@ def test_every_notebook_has_a_check():
 
 @pytest.mark.parametrize("path", notebooks(), ids=lambda p: p.stem)
 def test_notebook_runs_in_smoke_mode(path, smoke_env):
-    run_notebook(path, smoke_env / "executed", {"SMOKE": True})
+    run_notebook(path, smoke_env / "executed", {"SMOKE": True}, cell_timeout_s=CELL_TIMEOUT_S)
     record = load_metrics(path.stem)
     assert record["config"].get("SMOKE") is True, "the notebook must record its parameters in its config"
     failed = failures(path.stem, record["metrics"])

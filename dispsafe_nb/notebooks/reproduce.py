@@ -28,10 +28,17 @@ def notebooks() -> list[Path]:
 
 
 def run_notebook(
-    path: Path, output_dir: Path, parameters: dict | None = None, *, progress: bool = True
+    path: Path,
+    output_dir: Path,
+    parameters: dict | None = None,
+    *,
+    progress: bool = True,
+    cell_timeout_s: int | None = None,
 ) -> Path:
     """Execute one notebook with papermill (cwd = notebooks/, kernel python3); returns the executed copy.
-    `progress` shows a bar of the notebook's cells, named after it (off where TQDM_DISABLE is set, as in tests)."""
+    `progress` shows a bar of the notebook's cells, named after it (off where TQDM_DISABLE is set, as in tests).
+    `cell_timeout_s` fails a cell that runs longer (papermill raises, naming the cell): the tests set it so that a
+    hung kernel fails one test in minutes instead of holding the suite until CI's limit; full runs leave it None."""
     import papermill  # noqa: PLC0415 (deferred: papermill is needed to run notebooks only)
 
     os.environ["DISPSAFE_HEADLESS"] = "1"  # widgets and other waits stay off
@@ -44,6 +51,7 @@ def run_notebook(
         kernel_name="python3",
         cwd=str(NOTEBOOKS_DIR),
         progress_bar={"desc": path.stem, "unit": "cell", "leave": True} if progress else False,
+        execution_timeout=cell_timeout_s,
     )
     return out
 
