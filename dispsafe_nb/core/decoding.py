@@ -12,7 +12,7 @@ import torch
 from dispsafe_nb.common.names import unknown_name_message
 from dispsafe_nb.common.validation import check_field, is_int, is_real
 
-GENERATION_ENGINES = ("fast", "fast_bf16", "hf")
+GENERATION_ENGINES = ("fast", "fast_bf16", "hf", "llamacpp")
 
 
 # The batch size generation uses when a caller does not choose one (rows of prompts decoded together).
@@ -116,13 +116,21 @@ class RowSeededSampler:
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if scores.shape[0] != len(self.generators):
             raise ValueError(f"{scores.shape[0]} rows but {len(self.generators)} row seeds")
+        chosen = self.choose(scores, range(len(self.generators)))
+        out = torch.full_like(scores, float("-inf"))
+        out[torch.arange(len(chosen)), torch.tensor(chosen)] = 0.0
+        return out
+
+    def choose(self, scores: torch.Tensor, rows: Sequence[int]) -> list[int]:
+        """One token for each of `rows` (their scores, in that order), each drawn from that row's own generator:
+        a row's draws do not depend on which other rows are still decoding (the llama.cpp engine passes only
+        its unfinished rows)."""
         probs = torch.softmax(scores.float().cpu() / self.temperature, dim=-1)
         if self.top_p < 1.0:  # the same nucleus as `sampling_log_probs` (a test keeps the two equal)
             sorted_p, order = probs.sort(dim=-1, descending=True)
             outside = sorted_p.cumsum(-1) - sorted_p > self.top_p  # keep the smallest set reaching top_p
             sorted_p[outside] = 0.0
             probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-        chosen = [int(torch.multinomial(probs[i], 1, generator=g)) for i, g in enumerate(self.generators)]
-        out = torch.full_like(scores, float("-inf"))
-        out[torch.arange(len(chosen)), torch.tensor(chosen)] = 0.0
-        return out
+        return [
+            int(torch.multinomial(probs[i], 1, generator=self.generators[row])) for i, row in enumerate(rows)
+        ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from dispsafe_nb.core.decoding import (
     row_seed,
 )
 from dispsafe_nb.core.fast_decoding import bf16_twin, decode, plain_generation_config
+from dispsafe_nb.core.llamacpp_engine import LlamaCppError, LlamaCppRuntime, runtime_for
 from dispsafe_nb.core.prefix_cache import PrefixCache
 
 
@@ -50,6 +52,7 @@ class LLM:
     system_prompt: str | None = None
     on_overlong: str = "error"  # "error" or "truncate" (keeps the start of the user's text, warns)
     info: dict[str, Any] = field(default_factory=dict)
+    gguf_file: Path | None = None  # the GGUF file the llama.cpp engine runs (None: a model without one)
 
     # ---- facts about the model -------------------------------------------------------------------------
     @property
@@ -222,6 +225,9 @@ def generate_with_prefix(
     penalty, banned words: `fast_decoding.plain_generation_config`), always run through `generate()`.
     "fast_bf16": "fast" on a bfloat16 copy of the model (`fast_decoding.bf16_twin`; base model and soft prompts
     only): its answers may differ where two tokens are nearly tied.
+    "llamacpp": the GGUF file's own 4-bit kernels through llama.cpp (`core.llamacpp_engine`; greedy or
+    per-row-seeded; the prefix fed as input embeddings, its KV computed once and copied to every row): the deployed
+    system's answers, which may differ from the PyTorch engines' (dequantised fp32) where tokens are nearly tied.
 
     Micro-batches (`core.batching.plan_batches`): at most `batch_size` prompts (None: no cap) and `token_budget`
     padded tokens (rows x (chat prompt + prefix + max_new_tokens)) each, longest prompts first; answers come back in
@@ -247,7 +253,8 @@ def generate_with_prefix(
         lengths, budget=token_budget, max_rows=batch_size, rows_per_item=num_samples, what="prompt"
     )
 
-    fast = engine != "hf" and (decoding.greedy or per_prompt_seed) and plain_generation_config(llm.model)
+    fast = engine in ("fast", "fast_bf16") and (decoding.greedy or per_prompt_seed)
+    fast = fast and plain_generation_config(llm.model)
     if engine == "fast_bf16":
         if not fast:
             raise ValueError(
@@ -255,6 +262,7 @@ def generate_with_prefix(
                 "generation config adds no logits processor (repetition penalty, banned words, ...)"
             )
         llm = bf16_twin(llm)
+    runtime = _llamacpp_runtime(llm, decoding, per_prompt_seed) if engine == "llamacpp" else None
     prefix_cache = None
     if fast and prefix is not None:
         prefix_cache = PrefixCache(llm, prefix)
@@ -267,7 +275,9 @@ def generate_with_prefix(
             seeds = None
             if per_prompt_seed and not decoding.greedy:
                 seeds = [row_seed(p, decoding.seed, j) for p in chunk for j in range(num_samples)]
-            if fast:
+            if runtime is not None:
+                out = _llamacpp_batch(llm, runtime, batch, prefix, decoding, num_samples, seeds)
+            elif fast:
                 out = _decode_batch(llm, batch, prefix_cache, decoding, num_samples, seeds)
             else:
                 out = _generate_batch(llm, batch, prefix, decoding, num_samples, seeds)
@@ -358,6 +368,47 @@ def _decode_batch(
     if row_seeds is not None:
         processor = RowSeededSampler(row_seeds, decoding.temperature, decoding.top_p)
     return decode(llm, ids, mask, decoding.max_new_tokens, prefix_cache=prefix_cache, processor=processor)
+
+
+def _llamacpp_runtime(llm: LLM, decoding: DecodingConfig, per_prompt_seed: bool) -> LlamaCppRuntime:
+    if not (decoding.greedy or per_prompt_seed):
+        raise ValueError(
+            "engine='llamacpp' decodes greedily or with per_prompt_seed=True (every row its own seeded stream); "
+            "sampling from one shared stream runs on engine='hf'"
+        )
+    if llm.gguf_file is None:
+        raise LlamaCppError(
+            f"{llm.name} was not loaded from a GGUF file, which llama.cpp needs: load the embedded default "
+            "(load_llm()) or choose engine='fast'"
+        )
+    return runtime_for(llm.gguf_file)
+
+
+def _llamacpp_batch(
+    llm: LLM,
+    runtime: LlamaCppRuntime,
+    batch: dict[str, torch.Tensor],
+    prefix: torch.Tensor | None,
+    decoding: DecodingConfig,
+    num_samples: int,
+    row_seeds: list[int] | None = None,
+) -> torch.Tensor:
+    """`_decode_batch` on llama.cpp: the rows' unpadded token ids (each repeated `num_samples` times), the same
+    choice of token (argmax, or each row's seeded sampler); new tokens padded after end-of-turn like `decode`'s."""
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    rows = [row[m.bool()].tolist() for row, m in zip(ids, mask, strict=True) for _ in range(num_samples)]
+    sampler = None if row_seeds is None else RowSeededSampler(row_seeds, decoding.temperature, decoding.top_p)
+
+    def choose(logits: torch.Tensor, active: Sequence[int]) -> list[int]:
+        return logits.argmax(-1).tolist() if sampler is None else sampler.choose(logits, active)
+
+    vectors = None if prefix is None else prefix.detach().to(torch.float32).cpu().numpy()
+    eos, pad = llm.tokenizer.eos_token_id, llm.tokenizer.pad_token_id
+    new = runtime.generate(
+        rows, prefix=vectors, max_new_tokens=decoding.max_new_tokens, eos_id=eos, choose=choose
+    )
+    width = max(len(t) for t in new)
+    return torch.tensor([t + [eos if pad is None else pad] * (width - len(t)) for t in new], dtype=torch.long)
 
 
 def prepend_prefix(

@@ -111,7 +111,8 @@ def load_llm(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    return LLM(model, tokenizer, name, quant, system_prompt, on_overlong, info)
+    gguf = embedded_model_folder(name) / EMBEDDED_MODELS[name].gguf_file if name in EMBEDDED_MODELS else None
+    return LLM(model, tokenizer, name, quant, system_prompt, on_overlong, info, gguf_file=gguf)
 
 
 def _load_embedded(name: str, device: torch.device, dtype: torch.dtype | None) -> tuple[Any, Any, dict]:
