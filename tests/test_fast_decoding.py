@@ -137,7 +137,7 @@ def test_both_engines_give_the_same_answers(tiny, prefix, with_prefix):
             for e in ("fast", "hf")
         ]
         assert runs[0] == runs[1]
-    with pytest.raises(ValueError, match="unknown generation engine 'vllm'"):
+    with pytest.raises(ValueError, match="Unknown generation engine 'vllm'"):
         generate_with_prefix(tiny, PROMPTS, p, engine="vllm")
 
 

@@ -129,3 +129,34 @@ def test_bad_input_says_what_to_change(llm):
 
 def test_the_gguf_checksum_is_the_files(llm):
     assert gguf_sha256(llm.gguf_file) == hashlib.sha256(llm.gguf_file.read_bytes()).hexdigest()
+
+
+def test_an_llm_on_llama_cpp_names_its_engine_and_file_in_every_cache_key(llm):
+    from dispsafe_nb.system.teacher_cache import teacher_cache_key
+
+    cpp = llm.with_engine("llamacpp")
+    assert cpp.model is llm.model and llm.engine == "fast", (
+        "a copy sharing the weights; the original unchanged"
+    )
+    assert "engine" not in llm.describe(), "the default engine keeps the keys made before engines existed"
+    assert cpp.describe()["engine"] == "llamacpp"
+    assert cpp.describe()["gguf_sha256"] == gguf_sha256(llm.gguf_file)
+    keys = [teacher_cache_key(m.describe(), {}, "no", SAMPLED, 2) for m in (llm, cpp, llm.with_engine("hf"))]
+    assert len({repr(k) for k in keys}) == 3
+    with pytest.raises(ValueError, match="Did you mean 'llamacpp'"):
+        llm.with_engine("llamacp")
+
+
+def test_systems_built_on_the_llama_cpp_llm_generate_through_it(llm):
+    from dispsafe_nb.methods import new_method
+
+    cpp = llm.with_engine("llamacpp")
+    student = new_method("soft_prompt", llm, n_tokens=4, seed=0)
+    direct = generate_with_prefix(llm, PROMPTS[:3], student.prefix().detach(), GREEDY, engine="llamacpp")
+    assert student.bind(cpp).generate(PROMPTS[:3], decoding=GREEDY) == direct
+    assert cpp.generate(PROMPTS[:3], decoding=GREEDY) == generate_with_prefix(
+        llm, PROMPTS[:3], None, GREEDY, engine="llamacpp"
+    )
+    steering = new_method("steering_vector", llm, seed=0)
+    with pytest.raises(LlamaCppError, match="steering_vector method changes the model inside its layers"):
+        steering.bind(cpp).generate(PROMPTS[:1], decoding=GREEDY)

@@ -8,6 +8,8 @@ llm            the `LLM` (model + tokenizer + chat format); batched, left-padded
 decoding       `DecodingConfig`, its named presets (evaluation, teacher, probing), per-row seeded sampling
 model_parts    the decoder layers, the backbone and the head of a causal LM
 fast_decoding  the decoding loop over a KV cache (greedy and per-row seeded sampling; a bf16 twin)
+llamacpp_engine  the `llamacpp` engine: the GGUF's own 4-bit kernels through llama.cpp (the on-device runtime),
+               our token ids in, a soft prompt as input embeddings (its KV computed once, copied to each row)
 prefix_cache   a prefix's keys and values computed once and read by every request
 scoring        log-probabilities of given token ids (whole sequences, per token, next token)
 shared_prompt  the fast trainer's scorer: y and y_r continue one pass over prefix + chat prompt

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from dispsafe_nb.common.names import unknown_name_message
 from dispsafe_nb.core.batching import plan_batches
 from dispsafe_nb.core.decoding import (
     DEFAULT_BATCH_SIZE,
@@ -20,7 +21,7 @@ from dispsafe_nb.core.decoding import (
     row_seed,
 )
 from dispsafe_nb.core.fast_decoding import bf16_twin, decode, plain_generation_config
-from dispsafe_nb.core.llamacpp_engine import LlamaCppError, LlamaCppRuntime, runtime_for
+from dispsafe_nb.core.llamacpp_engine import LlamaCppError, LlamaCppRuntime, gguf_sha256, runtime_for
 from dispsafe_nb.core.prefix_cache import PrefixCache
 
 
@@ -53,6 +54,9 @@ class LLM:
     on_overlong: str = "error"  # "error" or "truncate" (keeps the start of the user's text, warns)
     info: dict[str, Any] = field(default_factory=dict)
     gguf_file: Path | None = None  # the GGUF file the llama.cpp engine runs (None: a model without one)
+    engine: str = (
+        "fast"  # how generate() decodes (GENERATION_ENGINES); `with_engine` gives a copy with another
+    )
 
     # ---- facts about the model -------------------------------------------------------------------------
     @property
@@ -69,8 +73,11 @@ class LLM:
         return int(getattr(cfg, "max_position_embeddings", None) or self.tokenizer.model_max_length)
 
     def describe(self) -> dict[str, Any]:
-        """A JSON-able identity of this model, for result records and artifact configs."""
-        return {
+        """A JSON-able identity of this model, for result records and artifact configs, and so for every cache
+        key of answers (evaluation records, teacher samples). An engine other than the default "fast" is named
+        (absent means "fast", so keys made before there were engines stay valid; "fast" and "hf" give the same
+        tokens); "llamacpp" adds the sha256 of the GGUF file it runs."""
+        out = {
             "name": self.name,
             "hidden_size": self.hidden_size,
             "quantization": self.quantization,
@@ -78,6 +85,23 @@ class LLM:
             "system_prompt": self.system_prompt,
             **self.info,
         }
+        if self.engine != "fast":
+            out["engine"] = self.engine
+        if self.engine == "llamacpp" and self.gguf_file is not None:
+            out["gguf_sha256"] = gguf_sha256(self.gguf_file)
+        return out
+
+    def with_engine(self, engine: str) -> LLM:
+        """This LLM (the same weights and tokenizer, nothing copied) answering through `engine`; every system
+        built on the copy (the dual system, a method's student) generates with it."""
+        if engine not in GENERATION_ENGINES:
+            raise ValueError(unknown_name_message("generation engine", engine, GENERATION_ENGINES))
+        if engine == "llamacpp" and self.gguf_file is None:
+            raise LlamaCppError(
+                f"{self.name} was not loaded from a GGUF file, which llama.cpp needs: load the embedded default "
+                "(load_llm()) or keep a PyTorch engine ('fast')"
+            )
+        return replace(self, engine=engine)
 
     # ---- prompts ---------------------------------------------------------------------------------------
     def chat_text(self, prompt: str, response: str | None = None) -> str:
@@ -213,12 +237,12 @@ def generate_with_prefix(
     *,
     per_prompt_seed: bool = False,
     details: bool = False,
-    engine: str = "fast",
+    engine: str | None = None,
     token_budget: int | None = None,
 ) -> list[str] | list[list[str]] | list[list[Generation]]:
     """Generate with optional prefix embeddings (N x d, e.g. a soft prompt) placed before the chat text.
 
-    engine: "fast" decodes greedy and per-row-seeded answers with `fast_decoding.decode`, reading a prefix from its
+    engine (None: the LLM's own, `llm.engine`): "fast" decodes greedy and per-row-seeded answers with `fast_decoding.decode`, reading a prefix from its
     KV cache (`prefix_cache.PrefixCache`, computed once per call); "hf" runs transformers' `generate()` with the
     prefix inside every row. Both give the same tokens (tests); sampling from the shared random stream
     (`per_prompt_seed=False`), and any model whose generation config adds logits processors (a repetition
@@ -241,13 +265,14 @@ def generate_with_prefix(
     """
 
     decoding = decoding or DecodingConfig()
+    engine = engine or llm.engine
     if isinstance(prompts, str):
         raise TypeError("pass a list of prompts, not a single string")
     prompts = list(prompts)
     n_prefix = 0 if prefix is None else int(prefix.shape[0])
     prompts = llm.check_prompts(prompts, reserve_tokens=decoding.max_new_tokens + n_prefix)
     if engine not in GENERATION_ENGINES:
-        raise ValueError(f"unknown generation engine {engine!r}: one of {GENERATION_ENGINES}")
+        raise ValueError(unknown_name_message("generation engine", engine, GENERATION_ENGINES))
     lengths = [n + n_prefix + decoding.max_new_tokens for n in llm.chat_lengths(prompts)]
     batches = plan_batches(
         lengths, budget=token_budget, max_rows=batch_size, rows_per_item=num_samples, what="prompt"

@@ -25,6 +25,7 @@ from torch import nn
 
 from dispsafe_nb.common.artifacts import ArtifactError, load_artifact, save_artifact
 from dispsafe_nb.core.decoding import DEFAULT_BATCH_SIZE, DecodingConfig
+from dispsafe_nb.core.llamacpp_engine import LlamaCppError
 from dispsafe_nb.core.llm import LLM, generate_with_prefix, prepend_prefix
 from dispsafe_nb.core.model_parts import decoder_layers
 from dispsafe_nb.data import SPLIT_VERSION
@@ -54,6 +55,11 @@ class MethodSystem:
         """One answer per prompt (``num_samples`` > 1: that many per prompt), greedy by default;
         ``per_prompt_seed`` samples every (prompt, sample) row from its own seeded stream; ``details`` returns
         `llm.Generation`s (with token ids) as `LLM.generate_detailed` does."""
+        if self.llm.engine == "llamacpp" and not self.method.runs_on_llamacpp:
+            raise LlamaCppError(
+                f"the {self.method.kind} method changes the model inside its layers, which the llama.cpp engine "
+                "does not apply: generate with a PyTorch engine (llm.with_engine('fast'))"
+            )
         prefix = self.method.prefix()
         with torch.no_grad(), self.method.active(self.llm):
             return generate_with_prefix(
@@ -87,6 +93,9 @@ class Method(nn.Module):
 
     kind: ClassVar[str] = "method"
     system_class: ClassVar[type[MethodSystem]] = MethodSystem  # what `bind` returns
+    # Does the llama.cpp engine apply this method? (A prefix goes in as input embeddings; hooks inside the
+    # layers and adapters do not run there.)
+    runs_on_llamacpp: ClassVar[bool] = False
 
     def __init__(self, model_name: str | None, hidden_size: int, metadata: dict[str, Any] | None = None):
         super().__init__()

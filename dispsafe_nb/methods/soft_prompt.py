@@ -40,6 +40,7 @@ class SoftPrompt(Method):
 
     kind = SOFT_PROMPT_KIND
     system_class = SoftPromptSystem
+    runs_on_llamacpp = True  # its vectors go in as input embeddings
 
     def __init__(
         self,
