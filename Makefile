@@ -13,7 +13,7 @@ LLAMA_CPP_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUI
 DISPSAFE_DATA ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
 export DISPSAFE_DATA
 
-.PHONY: install test nbval ui-check lint format reproduce benchmark benchmark-distill benchmark-baselines benchmark-costs benchmark-generalise benchmark-harm-probe benchmark-load mutation lab clean
+.PHONY: install test nbval ui-check lint format reproduce benchmark benchmark-distill benchmark-baselines benchmark-costs benchmark-generalise benchmark-harm-probe benchmark-load benchmark-device mutation lab clean
 
 install: $(VENV)/.installed
 
@@ -91,6 +91,10 @@ benchmark-harm-probe: install
 # ones, each in its own process -> results/load.json (targets: flat in the number of prompts, under 4 GB; resumable).
 benchmark-load: install
 	$(PY) benchmarks/load.py
+
+# llama.cpp (the GGUF's 4-bit kernels) against PyTorch: verdict agreement per system and set, speed (~25 min here).
+benchmark-device: install
+	$(PY) benchmarks/device.py --limit 100 --out benchmarks/reports/device_cpu.json
 
 # Mutation score of the maths, scoring, objectives, judges, classifier statistics and training's loss/step code with
 # their fast unit tests (tools/mutation/mutants.toml says what; mutmut on a scratch copy in build/mutation; 10-15

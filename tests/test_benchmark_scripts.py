@@ -301,3 +301,17 @@ def test_load_prompts_are_long_jailbreak_wrapped_held_out_requests_and_distinct(
     assert all(any(h in r.text for h in held_out) for r in long)
     short = load.short_prompts(50)
     assert len(short) == 50 and all(r.split == "test" for r in short)
+
+
+@pytest.mark.slow
+def test_device_benchmark_smoke_run_compares_the_engines_on_every_system_and_set(tmp_path):
+    result, out = _smoke_run("device", tmp_path)
+    pairs = {(r["system"], r["benchmark"]) for r in result["agreement"]}
+    assert pairs == {(s, b) for s in ("base", "dual", "soft_prompt") for b in ("jbb_harmful", "xstest_safe")}
+    assert all(r["n"] == 3 and 0 <= r["agreement"] <= 1 for r in result["agreement"])
+    assert set(result["targets"]) >= {"eval_speedup", "batch1_decode_speedup", "min_verdict_agreement"}
+    assert all(set(t) == {"value", "target", "met"} for t in result["targets"].values())
+    assert result["config"]["model_on_llamacpp"]["gguf_sha256"] and result["machine"]["git_commit"]
+    assert list(out.with_suffix(".journals").glob("*.jsonl")), (
+        "the evaluations are journaled beside the report"
+    )
