@@ -128,10 +128,47 @@ def target(value, goal: float, higher_is_better: bool = True) -> dict:
     return {"value": value, "target": goal, "met": met}
 
 
+def _num(value, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}g}"
+
+
+def report(result: dict) -> str:
+    """device.json as Markdown: the targets, then agreement per system and set."""
+    lines = ["| target | value | goal | met |", "|---|---|---|---|"]
+    for name, t in result["targets"].items():
+        met = {True: "yes", False: "no", None: "–"}[t["met"]]
+        lines.append(f"| {name.replace('_', ' ')} | {_num(t['value'], 4)} | {t['target']} | {met} |")
+    lines += [
+        "",
+        "| system | set | n | verdicts agree | κ | refusal rate fast → llamacpp | difference [95 % CI] "
+        "| identical answers | answers part at token (median) | r of log q(y_r) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["agreement"]:
+        d = row["rate_difference"]
+        lp = result["refusal_logprob"].get(f"{row['system']}/{row['benchmark']}", {})
+        lines.append(
+            f"| {row['system']} | {row['benchmark']} | {row['n']} | {row['agreement']:.2f} | {_num(row['kappa'], 2)} "
+            f"| {row['rate_a']:.2f} → {row['rate_b']:.2f} | {d['difference']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] "
+            f"| {row['identical_share']:.2f} | {_num(row['first_divergence_median'], 3)} | {_num(lp.get('pearson_r'), 3)} |"
+        )
+    b, t = result["batch1_decode"], result["evaluation_s"]
+    lines += [
+        "",
+        f"Batch-1 greedy decoding: fast {b['fast']['tokens_per_s']:.1f} tokens/s, llamacpp "
+        f"{b['llamacpp']['tokens_per_s']:.1f} tokens/s; with a 100-vector soft prompt on llamacpp "
+        f"{result['batch1_decode_soft_prompt_100']['tokens_per_s']:.1f} tokens/s. Evaluation (base + dual, then "
+        f"the student): fast {t['fast']['base_dual_s'] + t['fast']['student_s']:.0f} s, llamacpp "
+        f"{t['llamacpp']['base_dual_s'] + t['llamacpp']['student_s']:.0f} s. Student: {result['config']['student']}.",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--report", default=None, help="print a written JSON as Markdown and stop")
     parser.add_argument("--limit", type=int, default=100, help="prompts per set")
     parser.add_argument("--sets", default=",".join(BENCHES))
     parser.add_argument("--artifact", default=None, help="a trained soft prompt (default: text-initialised)")
@@ -140,6 +177,9 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="3 prompts, 2 sets, 8 tokens: the plumbing only")
     parser.add_argument("--out", default=str(Path(RESULTS_DIR) / "device.json"))
     args = parser.parse_args()
+    if args.report:
+        print(report(json.loads(Path(args.report).read_text(encoding="utf-8"))))
+        return
     if args.smoke:
         args.limit, args.sets, args.max_new_tokens = 3, "jbb_harmful,xstest_safe", 8
     args.sets = [s.strip() for s in args.sets.split(",") if s.strip()]
@@ -209,8 +249,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
-    for name, t in result["targets"].items():
-        print(f"{name}: {t['value']} (target {t['target']}, met: {t['met']})")
+    print(report(result))
     print("wrote", out)
 
 

@@ -8,6 +8,7 @@ records                  `EvalRecord`s as JSON lines and tables, metrics per sys
 judges                   each set's refusal rule, the guard judge, the bundled judge check set
 verifiable_instructions  programmatic checks of the bundled verifiable instructions (IFEval-style)
 record_cache             evaluation records cached under a key naming all they depend on
+engine_agreement         two engines' evaluations compared: verdicts, kappa, paired rate difference, where answers part
 generalisation           a student against the dual system off-distribution: paired ratios, intervals, targets
 linear_harm_probe        does the frozen model separate what the teacher refuses? per-layer linear probes
 tv_bound_estimate        Theorem 3.1 on the real model: Monte-Carlo TV against the safety and refusal gaps

@@ -3,7 +3,8 @@
 * `soft_prompt` — N trainable vectors prepended to the input embeddings (the paper's DiSP);
 * `lora` — low-rank adapters through peft, parameter-matched to the soft prompt;
 * `steering` — one vector added to the residual stream at one layer (trained, or the fitted refusal direction);
-* `refusal_direction` — the difference-in-means refusal direction, its layer and scale chosen on validation prompts.
+* `refusal_direction` — the difference-in-means refusal direction, its layer and scale chosen on validation prompts;
+* `device_export` — a soft-prompt student written as an app runs it with llama.cpp (`export_for_device`).
 
 Every method has ``trainable_parameters()``, ``apply(llm, ids, mask)`` (its input embeddings), ``active(llm)``
 (its effect inside the forward pass), ``bind(llm)`` (a system with ``generate``), ``save``/``load``
