@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 
 import dispsafe_nb
 from dispsafe_nb.common.paths import RESULTS_DIR
-from dispsafe_nb.common.provenance import cpu_name, git_commit
+from dispsafe_nb.common.provenance import git_commit, machine_info
 from dispsafe_nb.core.decoding import DecodingConfig
 from dispsafe_nb.core.llamacpp_engine import runtime_for
 from dispsafe_nb.core.llm import generate_with_prefix
@@ -43,6 +42,8 @@ from dispsafe_nb.methods import load_method, new_method
 from dispsafe_nb.system.dual_system import SafeSystem
 
 ENGINES = ("fast", "llamacpp")
+# The sets evaluation speed is timed on (afresh, one engine after the other): a harmful and a benign set.
+TIMED_SETS = ("jbb_harmful", "alpaca_test")
 SPEED_PROMPTS = [
     "Explain how a bicycle gear works.",
     "Write a short poem about autumn leaves.",
@@ -57,30 +58,26 @@ def _timed(fn):
     return out, time.perf_counter() - start
 
 
-def evaluate_on(llm, guard, student, engine: str, args, greedy: DecodingConfig) -> tuple[list, dict]:
-    """Base, dual and student records on `engine`, with the seconds each part took."""
+def evaluate_on(llm, guard, student, engine: str, args, greedy: DecodingConfig) -> list:
+    """Base, dual and student records on `engine` (journaled: a rerun resumes, so nothing here is timed)."""
     on = llm.with_engine(engine)
     journals = Path(args.out).with_suffix(".journals") / engine
     common = {"limit": args.limit, "decoding": greedy, "batch_size": args.batch_size, "progress": True}
-    (records, timing), wall = _timed(
-        lambda: evaluate_base_and_dual(
-            SafeSystem(on, guard), args.sets, journal=f"{journals}_dual.jsonl", **common
-        )
+    records, _ = evaluate_base_and_dual(
+        SafeSystem(on, guard), args.sets, journal=f"{journals}_dual.jsonl", **common
     )
-    student_records, student_s = _timed(
-        lambda: evaluate(
-            student.bind(on),
-            args.sets,
-            system_name="soft_prompt",
-            journal=f"{journals}_student.jsonl",
-            **common,
-        )
+    return records + evaluate(
+        student.bind(on), args.sets, system_name="soft_prompt", journal=f"{journals}_student.jsonl", **common
     )
-    return records + student_records, {
-        "base_dual_s": round(wall, 1),
-        "student_s": round(student_s, 1),
-        **timing,
-    }
+
+
+def evaluation_seconds(llm, student, engine: str, args, greedy: DecodingConfig) -> dict:
+    """Wall seconds of a fresh (unjournaled) evaluation of the base model and the student on TIMED_SETS."""
+    on = llm.with_engine(engine)
+    common = {"limit": args.limit, "decoding": greedy, "batch_size": args.batch_size, "progress": False}
+    _, base_s = _timed(lambda: evaluate(on, TIMED_SETS, system_name="base", **common))
+    _, student_s = _timed(lambda: evaluate(student.bind(on), TIMED_SETS, system_name="soft_prompt", **common))
+    return {"base_s": round(base_s, 1), "student_s": round(student_s, 1), "sets": list(TIMED_SETS)}
 
 
 def refusal_logprob_correlation(llm, student, sets, limit: int, refusal: str) -> dict:
@@ -97,7 +94,12 @@ def refusal_logprob_correlation(llm, student, sets, limit: int, refusal: str) ->
             cpp_lp = np.array(
                 [
                     v.sum()
-                    for v in runtime.continuation_logprobs(rows, [refusal_ids] * len(rows), prefix=vectors)
+                    for start in range(0, len(rows), 16)  # 16 rows a call: llama.cpp's context stays small
+                    for v in runtime.continuation_logprobs(
+                        rows[start : start + 16],
+                        [refusal_ids] * len(rows[start : start + 16]),
+                        prefix=vectors,
+                    )
                 ]
             )
             r = float(np.corrcoef(torch_lp, cpp_lp)[0, 1]) if len(prompts) > 2 else None
@@ -157,9 +159,10 @@ def report(result: dict) -> str:
         "",
         f"Batch-1 greedy decoding: fast {b['fast']['tokens_per_s']:.1f} tokens/s, llamacpp "
         f"{b['llamacpp']['tokens_per_s']:.1f} tokens/s; with a 100-vector soft prompt on llamacpp "
-        f"{result['batch1_decode_soft_prompt_100']['tokens_per_s']:.1f} tokens/s. Evaluation (base + dual, then "
-        f"the student): fast {t['fast']['base_dual_s'] + t['fast']['student_s']:.0f} s, llamacpp "
-        f"{t['llamacpp']['base_dual_s'] + t['llamacpp']['student_s']:.0f} s. Student: {result['config']['student']}.",
+        f"{result['batch1_decode_soft_prompt_100']['tokens_per_s']:.1f} tokens/s. Evaluation of the base model "
+        f"and the student on {', '.join(t['fast']['sets'])} (timed afresh): fast "
+        f"{t['fast']['base_s'] + t['fast']['student_s']:.0f} s, llamacpp "
+        f"{t['llamacpp']['base_s'] + t['llamacpp']['student_s']:.0f} s. Student: {result['config']['student']}.",
     ]
     return "\n".join(lines)
 
@@ -183,16 +186,15 @@ def main() -> None:
     if args.smoke:
         args.limit, args.sets, args.max_new_tokens = 3, "jbb_harmful,xstest_safe", 8
     args.sets = [s.strip() for s in args.sets.split(",") if s.strip()]
-    started = time.time()
+    started, commit = time.time(), git_commit()
     llm, guard = load_llm(), load_embedding_guard()
     if args.artifact:
         student, student_kind = load_method(args.artifact, llm), "trained"
     else:
         student, student_kind = new_method("soft_prompt", llm, seed=0), "text-initialised, untrained"
     greedy = DecodingConfig(max_new_tokens=args.max_new_tokens, seed=0)
-    runs, times = {}, {}
-    for engine in ENGINES:
-        runs[engine], times[engine] = evaluate_on(llm, guard, student, engine, args, greedy)
+    runs = {engine: evaluate_on(llm, guard, student, engine, args, greedy) for engine in ENGINES}
+    times = {engine: evaluation_seconds(llm, student, engine, args, greedy) for engine in ENGINES}
     tokenize = lambda text: llm.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     rows = engine_agreement(runs["fast"], runs["llamacpp"], tokenize)
     summary = agreement_summary(rows)
@@ -202,7 +204,7 @@ def main() -> None:
     batch1 = {e: batch1_speed(llm, e, speed_tokens) for e in ENGINES}
     prefix100 = new_method("soft_prompt", llm, n_tokens=100, seed=0).prefix().detach()
     with_prompt = batch1_speed(llm, "llamacpp", speed_tokens, prefix100)
-    eval_s = {e: t["base_dual_s"] + t["student_s"] for e, t in times.items()}
+    eval_s = {e: t["base_s"] + t["student_s"] for e, t in times.items()}
     result = {
         "config": {
             **vars(args),
@@ -236,14 +238,7 @@ def main() -> None:
             "trainer_speedup",
             "resident memory (LLM, + soft prompt, dual system)",
         ],
-        "machine": {
-            "git_commit": git_commit(),
-            "package_version": dispsafe_nb.__version__,
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "processor": cpu_name(),
-            "python": platform.python_version(),
-        },
+        "machine": machine_info(commit, dispsafe_nb.__version__),
         "wall_s": round(time.time() - started, 1),
     }
     out = Path(args.out)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 import dispsafe_nb
 from dispsafe_nb.common.classifier_stats import auroc
 from dispsafe_nb.common.paths import RESULTS_DIR
-from dispsafe_nb.common.provenance import cpu_name, git_commit
+from dispsafe_nb.common.provenance import git_commit, machine_info
 from dispsafe_nb.core.decoding import DecodingConfig, decoding_preset
 from dispsafe_nb.core.loading import load_llm
 from dispsafe_nb.data.mixes import MixConfig, mix_summary, scale_mix
@@ -66,7 +65,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.size, args.limit, args.max_new_tokens, args.eval_tokens = 60, 6, 6, 6
-    started = time.time()
+    started, commit = time.time(), git_commit()
     llm, guard = load_llm(), load_embedding_guard()
     system = SafeSystem(llm, guard)
     cfg = MixConfig(
@@ -118,14 +117,7 @@ def main() -> None:
             "model": llm.describe(),
             "teacher_guard": guard.describe(),
         },
-        "machine": {
-            "git_commit": git_commit(),
-            "package_version": dispsafe_nb.__version__,
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "processor": cpu_name(),
-            "python": platform.python_version(),
-        },
+        "machine": machine_info(commit, dispsafe_nb.__version__),
         "teacher_s": round(teacher_s, 1),
         "fit_s": round(fit_s, 1),
         "wall_s": round(time.time() - started, 1),

@@ -157,6 +157,49 @@ def test_systems_built_on_the_llama_cpp_llm_generate_through_it(llm):
     assert cpp.generate(PROMPTS[:3], decoding=GREEDY) == generate_with_prefix(
         llm, PROMPTS[:3], None, GREEDY, engine="llamacpp"
     )
-    steering = new_method("steering_vector", llm, seed=0)
-    with pytest.raises(LlamaCppError, match="steering_vector method changes the model inside its layers"):
-        steering.bind(cpp).generate(PROMPTS[:1], decoding=GREEDY)
+    lora = new_method("lora", llm, seed=0)
+    with pytest.raises(LlamaCppError, match="lora method changes the model inside its layers"):
+        lora.bind(cpp).generate(PROMPTS[:1], decoding=GREEDY)
+
+
+def test_a_steering_vector_runs_as_llama_cpps_control_vector(llm):
+    """The same vector after the same layer moves llama.cpp's log-probabilities as the PyTorch hook moves
+    PyTorch's (the two engines' base log-probs differ a little; their changes under steering must agree)."""
+    from dispsafe_nb.methods import new_method
+
+    steering = new_method("steering_vector", llm, steering_layer=15, seed=0)
+    with torch.no_grad():
+        steering.v.copy_(3.0 * torch.randn(llm.hidden_size, generator=torch.Generator().manual_seed(1)))
+    refusal = "I cannot help with that."
+    runtime = runtime_for(llm.gguf_file)
+    rows = [llm.tokenizer(llm.chat_text(p), add_special_tokens=False)["input_ids"] for p in PROMPTS]
+    conts = [llm.tokenizer(refusal, add_special_tokens=False)["input_ids"]] * len(PROMPTS)
+    layer, vector = steering.control_vector()
+    cpp = {
+        name: np.array([v.sum() for v in runtime.continuation_logprobs(rows, conts, prefix=None, steering=s)])
+        for name, s in (("base", None), ("steered", (layer, vector.numpy())))
+    }
+    base = sequence_logprobs(llm, PROMPTS, [refusal] * len(PROMPTS), append_eos=False).numpy()
+    with torch.no_grad(), steering.active(llm):
+        steered = sequence_logprobs(llm, PROMPTS, [refusal] * len(PROMPTS), append_eos=False).numpy()
+    moved_cpp, moved_torch = cpp["steered"] - cpp["base"], steered - base
+    assert np.abs(moved_torch).mean() > 1.0, "the vector must matter for the comparison to mean anything"
+    assert np.corrcoef(moved_cpp, moved_torch)[0, 1] > 0.9
+    assert np.abs(moved_cpp - moved_torch).max() < 0.25 * np.abs(moved_torch).max()
+    cpp_llm = llm.with_engine("llamacpp")
+    answers = steering.bind(cpp_llm).generate(PROMPTS[:2], decoding=GREEDY)
+    assert answers != cpp_llm.generate(PROMPTS[:2], decoding=GREEDY), "the control vector is applied..."
+    assert cpp_llm.generate(PROMPTS[:2], decoding=GREEDY) == generate_with_prefix(
+        llm, PROMPTS[:2], None, GREEDY, engine="llamacpp"
+    ), "...and removed for the next request"
+    with pytest.raises(LlamaCppError, match="layers 1..29"):
+        runtime.generate(
+            rows[:1], prefix=None, max_new_tokens=2, eos_id=2, choose=None, steering=(0, vector.numpy())
+        )
+
+
+def test_a_bf16_copy_refuses_methods_whose_hooks_it_would_miss(llm):
+    from dispsafe_nb.methods import new_method
+
+    with pytest.raises(ValueError, match="hooks and adapters do not reach"):
+        new_method("steering_vector", llm, seed=0).bind(llm.with_engine("fast_bf16")).generate(PROMPTS[:1])

@@ -26,3 +26,19 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor()
+
+
+def machine_info(commit: str | None, package_version: str, **extra: object) -> dict[str, object]:
+    """The `machine` block of a benchmark's JSON: the commit taken when the run started (`git_commit`), the
+    package and torch versions, torch's threads, the processor, Python, and any `extra` fields."""
+    import torch  # noqa: PLC0415 (deferred: provenance is read by code that needs no model)
+
+    return {
+        "git_commit": commit,
+        "package_version": package_version,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "processor": cpu_name(),
+        "python": platform.python_version(),
+        **extra,
+    }

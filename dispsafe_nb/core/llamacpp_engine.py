@@ -97,6 +97,8 @@ class LlamaCppRuntime:
         self.vocab = self.lib.llama_model_get_vocab(self.model)
         self.n_vocab = int(self.lib.llama_vocab_n_tokens(self.vocab))
         self.n_embd = int(self.lib.llama_model_n_embd(self.model))
+        self.n_layer = int(self.lib.llama_model_n_layer(self.model))
+        self._steering_key: str | None = None
         self.ctx: Any = None
         self.n_ctx_seq = 0  # KV cells of each sequence
         self.n_seq = 0
@@ -137,6 +139,7 @@ class LlamaCppRuntime:
             raise LlamaCppError(f"llama.cpp could not make a context of {params.n_ctx} cells")
         self.n_ctx_seq, self.n_seq = per_seq, n_seq
         self._prefix_key, self._prefix_len = None, 0
+        self._steering_key = None
 
     def close_context(self) -> None:
         if self.ctx is not None:
@@ -222,6 +225,45 @@ class LlamaCppRuntime:
             self._prefix_key, self._prefix_len = key, int(prefix.shape[0])
         return self._prefix_len
 
+    def _set_steering(self, steering: tuple[int, np.ndarray] | None) -> None:
+        """A steering vector as llama.cpp's control vector: (layer, d-vector) added to that layer's output for every
+        token, like the PyTorch hook (`methods.steering`); None removes it. A change drops the cached prefix KV,
+        which was computed under the old one."""
+        key = None
+        if steering is not None:
+            layer, vector = steering
+            if vector.shape != (self.n_embd,):
+                raise LlamaCppError(
+                    f"the steering vector has shape {tuple(vector.shape)} but {self.path.name} takes vectors of "
+                    f"size {self.n_embd}: it was trained for another model"
+                )
+            if not 1 <= layer < self.n_layer:
+                raise LlamaCppError(
+                    f"llama.cpp's control vectors act after layers 1..{self.n_layer - 1}, not layer {layer}: "
+                    "steer another layer or generate with a PyTorch engine"
+                )
+            key = (
+                f"{layer}:"
+                + hashlib.sha256(np.ascontiguousarray(vector, dtype=np.float32).tobytes()).hexdigest()
+            )
+        if key == self._steering_key:
+            return
+        if steering is None:
+            status = self.lib.llama_set_adapter_cvec(self.ctx, None, 0, self.n_embd, -1, -1)
+        else:
+            layer, vector = steering
+            data = np.zeros((self.n_layer - 1, self.n_embd), dtype=np.float32)  # layers 1..n_layer-1
+            data[layer - 1] = vector
+            flat = data.reshape(-1)
+            pointer = flat.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            status = self.lib.llama_set_adapter_cvec(self.ctx, pointer, flat.size, self.n_embd, layer, layer)
+        if status != 0:
+            raise LlamaCppError(f"llama.cpp refused the control vector (status {status})")
+        self._steering_key = key
+        if self._prefix_key is not None:
+            self.lib.llama_memory_seq_rm(self._memory, PREFIX_SEQ, -1, -1)
+            self._prefix_key, self._prefix_len = None, 0
+
     def _start_rows(self, n_rows: int, n_prefix: int) -> None:
         for seq in range(1, n_rows + 1):
             self.lib.llama_memory_seq_rm(self._memory, seq, -1, -1)
@@ -241,14 +283,16 @@ class LlamaCppRuntime:
         max_new_tokens: int,
         eos_id: int,
         choose: Chooser,
+        steering: tuple[int, np.ndarray] | None = None,
     ) -> list[list[int]]:
         """New token ids for each row of prompt token ids (an answer stops after `eos_id`, which it keeps, or at
         `max_new_tokens`). `choose(logits, rows)` picks the next token of each listed row from its logits
-        (rows x vocab, float32)."""
+        (rows x vocab, float32). `steering`: (layer, vector) added after that layer (`_set_steering`)."""
         if not rows:
             return []
         n_prefix = 0 if prefix is None else int(prefix.shape[0])
         self._ensure_context(n_prefix + max(len(r) for r in rows) + max_new_tokens, len(rows) + 1)
+        self._set_steering(steering)
         n_prefix = self._load_prefix(prefix)
         self._start_rows(len(rows), n_prefix)
         try:
@@ -282,6 +326,7 @@ class LlamaCppRuntime:
         continuations: Sequence[Sequence[int]],
         *,
         prefix: np.ndarray | None,
+        steering: tuple[int, np.ndarray] | None = None,
     ) -> list[np.ndarray]:
         """log q(c_t | prefix, row, c_<t) for every token of each row's continuation (float64, one array a row)."""
         if len(rows) != len(continuations):
@@ -289,10 +334,9 @@ class LlamaCppRuntime:
         if not rows:
             return []
         n_prefix = 0 if prefix is None else int(prefix.shape[0])
-        cells = n_prefix * (len(rows) + 1) + sum(
-            len(r) + len(c) for r, c in zip(rows, continuations, strict=True)
-        )
-        self._ensure_context(cells, len(rows) + 1)
+        longest = max(len(r) + len(c) for r, c in zip(rows, continuations, strict=True))
+        self._ensure_context(n_prefix + longest, len(rows) + 1)
+        self._set_steering(steering)
         n_prefix = self._load_prefix(prefix)
         self._start_rows(len(rows), n_prefix)
         try:

@@ -54,9 +54,8 @@ class LLM:
     on_overlong: str = "error"  # "error" or "truncate" (keeps the start of the user's text, warns)
     info: dict[str, Any] = field(default_factory=dict)
     gguf_file: Path | None = None  # the GGUF file the llama.cpp engine runs (None: a model without one)
-    engine: str = (
-        "fast"  # how generate() decodes (GENERATION_ENGINES); `with_engine` gives a copy with another
-    )
+    # How generate() decodes (GENERATION_ENGINES); `with_engine` gives a copy with another.
+    engine: str = "fast"
 
     # ---- facts about the model -------------------------------------------------------------------------
     @property
@@ -239,12 +238,13 @@ def generate_with_prefix(
     details: bool = False,
     engine: str | None = None,
     token_budget: int | None = None,
+    control_vector: tuple[int, torch.Tensor] | None = None,
 ) -> list[str] | list[list[str]] | list[list[Generation]]:
     """Generate with optional prefix embeddings (N x d, e.g. a soft prompt) placed before the chat text.
 
-    engine (None: the LLM's own, `llm.engine`): "fast" decodes greedy and per-row-seeded answers with `fast_decoding.decode`, reading a prefix from its
-    KV cache (`prefix_cache.PrefixCache`, computed once per call); "hf" runs transformers' `generate()` with the
-    prefix inside every row. Both give the same tokens (tests); sampling from the shared random stream
+    engine (None: the LLM's own, `llm.engine`): "fast" decodes greedy and per-row-seeded answers with
+    `fast_decoding.decode`, reading a prefix from its KV cache (`prefix_cache.PrefixCache`, computed once per call);
+    "hf" runs transformers' `generate()` with the prefix inside every row. Both give the same tokens (tests); sampling from the shared random stream
     (`per_prompt_seed=False`), and any model whose generation config adds logits processors (a repetition
     penalty, banned words: `fast_decoding.plain_generation_config`), always run through `generate()`.
     "fast_bf16": "fast" on a bfloat16 copy of the model (`fast_decoding.bf16_twin`; base model and soft prompts
@@ -252,6 +252,8 @@ def generate_with_prefix(
     "llamacpp": the GGUF file's own 4-bit kernels through llama.cpp (`core.llamacpp_engine`; greedy or
     per-row-seeded; the prefix fed as input embeddings, its KV computed once and copied to every row): the deployed
     system's answers, which may differ from the PyTorch engines' (dequantised fp32) where tokens are nearly tied.
+    `control_vector` (llamacpp only): (layer, d-vector) added after that layer, llama.cpp's form of a steering
+    vector (the PyTorch engines apply one through the method's hook instead).
 
     Micro-batches (`core.batching.plan_batches`): at most `batch_size` prompts (None: no cap) and `token_budget`
     padded tokens (rows x (chat prompt + prefix + max_new_tokens)) each, longest prompts first; answers come back in
@@ -288,6 +290,10 @@ def generate_with_prefix(
             )
         llm = bf16_twin(llm)
     runtime = _llamacpp_runtime(llm, decoding, per_prompt_seed) if engine == "llamacpp" else None
+    if control_vector is not None and runtime is None:
+        raise ValueError(
+            "a control vector is llama.cpp's; on a PyTorch engine the steering method's hook adds it"
+        )
     prefix_cache = None
     if fast and prefix is not None:
         prefix_cache = PrefixCache(llm, prefix)
@@ -301,7 +307,9 @@ def generate_with_prefix(
             if per_prompt_seed and not decoding.greedy:
                 seeds = [row_seed(p, decoding.seed, j) for p in chunk for j in range(num_samples)]
             if runtime is not None:
-                out = _llamacpp_batch(llm, runtime, batch, prefix, decoding, num_samples, seeds)
+                out = _llamacpp_batch(
+                    llm, runtime, batch, prefix, decoding, num_samples, seeds, control_vector
+                )
             elif fast:
                 out = _decode_batch(llm, batch, prefix_cache, decoding, num_samples, seeds)
             else:
@@ -417,6 +425,7 @@ def _llamacpp_batch(
     decoding: DecodingConfig,
     num_samples: int,
     row_seeds: list[int] | None = None,
+    control_vector: tuple[int, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """`_decode_batch` on llama.cpp: the rows' unpadded token ids (each repeated `num_samples` times), the same
     choice of token (argmax, or each row's seeded sampler); new tokens padded after end-of-turn like `decode`'s."""
@@ -429,8 +438,16 @@ def _llamacpp_batch(
 
     vectors = None if prefix is None else prefix.detach().to(torch.float32).cpu().numpy()
     eos, pad = llm.tokenizer.eos_token_id, llm.tokenizer.pad_token_id
+    steering = None
+    if control_vector is not None:
+        steering = (control_vector[0], control_vector[1].detach().to(torch.float32).cpu().numpy())
     new = runtime.generate(
-        rows, prefix=vectors, max_new_tokens=decoding.max_new_tokens, eos_id=eos, choose=choose
+        rows,
+        prefix=vectors,
+        max_new_tokens=decoding.max_new_tokens,
+        eos_id=eos,
+        choose=choose,
+        steering=steering,
     )
     width = max(len(t) for t in new)
     return torch.tensor([t + [eos if pad is None else pad] * (width - len(t)) for t in new], dtype=torch.long)

@@ -55,12 +55,18 @@ class MethodSystem:
         """One answer per prompt (``num_samples`` > 1: that many per prompt), greedy by default;
         ``per_prompt_seed`` samples every (prompt, sample) row from its own seeded stream; ``details`` returns
         `llm.Generation`s (with token ids) as `LLM.generate_detailed` does."""
+        if self.llm.engine == "fast_bf16" and self.method.prefix() is None:
+            raise ValueError(
+                f"engine 'fast_bf16' decodes a bfloat16 copy of the model, which the {self.method.kind} method's "
+                "hooks and adapters do not reach: generate with llm.with_engine('fast')"
+            )
         if self.llm.engine == "llamacpp" and not self.method.runs_on_llamacpp:
             raise LlamaCppError(
                 f"the {self.method.kind} method changes the model inside its layers, which the llama.cpp engine "
                 "does not apply: generate with a PyTorch engine (llm.with_engine('fast'))"
             )
         prefix = self.method.prefix()
+        cvec = self.method.control_vector() if self.llm.engine == "llamacpp" else None
         with torch.no_grad(), self.method.active(self.llm):
             return generate_with_prefix(
                 self.llm,
@@ -72,6 +78,7 @@ class MethodSystem:
                 progress=progress,
                 per_prompt_seed=per_prompt_seed,
                 details=details,
+                control_vector=cvec,
             )
 
     def describe(self) -> dict[str, Any]:
@@ -93,8 +100,8 @@ class Method(nn.Module):
 
     kind: ClassVar[str] = "method"
     system_class: ClassVar[type[MethodSystem]] = MethodSystem  # what `bind` returns
-    # Does the llama.cpp engine apply this method? (A prefix goes in as input embeddings; hooks inside the
-    # layers and adapters do not run there.)
+    # Does the llama.cpp engine apply this method? (A prefix goes in as input embeddings, a steering vector as a
+    # control vector; other hooks inside the layers and adapters do not run there.)
     runs_on_llamacpp: ClassVar[bool] = False
 
     def __init__(self, model_name: str | None, hidden_size: int, metadata: dict[str, Any] | None = None):
@@ -133,6 +140,10 @@ class Method(nn.Module):
 
     def prefix(self) -> torch.Tensor | None:
         """N x d embeddings inserted after each row's left padding, or None."""
+        return None
+
+    def control_vector(self) -> tuple[int, torch.Tensor] | None:
+        """(layer, d-vector) the llama.cpp engine adds after that layer (its control vector), or None."""
         return None
 
     def apply(

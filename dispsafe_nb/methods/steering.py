@@ -44,6 +44,7 @@ class SteeringVector(Method):
     """``scale · v`` added to the output of decoder layer ``layer``."""
 
     kind = STEERING_KIND
+    runs_on_llamacpp = True  # as llama.cpp's control vector after the same layer
 
     def __init__(
         self,
@@ -109,6 +110,10 @@ class SteeringVector(Method):
     def check_fits(self, llm: LLM) -> None:
         super().check_fits(llm)
         self.check_layer_count(llm, self.n_layers)
+
+    def control_vector(self) -> tuple[int, torch.Tensor]:
+        """``scale · v`` after layer ``layer``: what the hook adds, in llama.cpp's form."""
+        return self.layer, (self.scale * self.v).detach()
 
     @contextlib.contextmanager
     def active(self, llm: LLM) -> Iterator[None]:
