@@ -203,3 +203,17 @@ def test_a_bf16_copy_refuses_methods_whose_hooks_it_would_miss(llm):
 
     with pytest.raises(ValueError, match="hooks and adapters do not reach"):
         new_method("steering_vector", llm, seed=0).bind(llm.with_engine("fast_bf16")).generate(PROMPTS[:1])
+
+
+def test_with_a_soft_prompt_an_answer_does_not_depend_on_its_micro_batch(llm):
+    """Rows of different lengths prefilled in one llama.cpp call changed answers with their batch mates (one prompt
+    in five, with random soft prompts); each row's prefill runs alone, so every split gives the same answers."""
+    longer = DecodingConfig(max_new_tokens=24)
+    for seed in (102, 105):  # prefixes that changed an answer before the fix
+        prefix = torch.randn(5, llm.hidden_size, generator=torch.Generator().manual_seed(seed)) * 0.02
+        splits = [
+            generate_with_prefix(llm, PROMPTS, prefix, longer, engine="llamacpp", batch_size=size)
+            for size in (2, 5)
+        ]
+        alone = [generate_with_prefix(llm, [p], prefix, longer, engine="llamacpp")[0] for p in PROMPTS]
+        assert splits[0] == splits[1] == alone

@@ -9,8 +9,10 @@ How a micro-batch runs (`LlamaCppRuntime.generate`):
 - the soft prompt, if any, is decoded once into sequence 0 of the KV cache (positions 0..P-1) and kept there for
   as long as the same prompt is asked for; every row copies those cells (`llama_memory_seq_cp`) instead of
   recomputing them;
-- each row is its own sequence 1..R; all rows' chat tokens go in one batch (no padding: llama.cpp masks by
-  sequence), then one token per unfinished row per step;
+- each row is its own sequence 1..R with a KV buffer of its own; each row's chat tokens go through llama.cpp in a
+  call of their own (in one call, llama.cpp splits rows of different lengths into sub-batches that depend on the
+  other rows, and a row's answer then changed with its batch mates: measured, with random soft prompts, on one
+  prompt in five within 24 tokens), then one token per unfinished row per step, all rows together;
 - the next token is chosen in Python from the row's logits by the caller (`choose`): argmax, or the row's own
   seeded sampler, exactly as the PyTorch engines choose, so `DecodingConfig` means the same on both.
 The tokenizer and chat format stay the project's: llama.cpp receives token ids, never text.
@@ -296,14 +298,11 @@ class LlamaCppRuntime:
         n_prefix = self._load_prefix(prefix)
         self._start_rows(len(rows), n_prefix)
         try:
-            entries = [
-                (int(t), n_prefix + j, i + 1, j == len(row) - 1)
-                for i, row in enumerate(rows)
-                for j, t in enumerate(row)
-            ]
-            self._decode(entries)
-            last = [k for k, entry in enumerate(entries) if entry[3]]
-            logits = torch.from_numpy(np.stack([self._logits(k) for k in last]))
+            last = []
+            for i, row in enumerate(rows):  # one call a row (the module docstring says why)
+                self._decode([(int(t), n_prefix + j, i + 1, j == len(row) - 1) for j, t in enumerate(row)])
+                last.append(self._logits(len(row) - 1))
+            logits = torch.from_numpy(np.stack(last))
             active = list(range(len(rows)))
             out: list[list[int]] = [[] for _ in rows]
             for step in range(max_new_tokens):
@@ -340,22 +339,15 @@ class LlamaCppRuntime:
         n_prefix = self._load_prefix(prefix)
         self._start_rows(len(rows), n_prefix)
         try:
-            entries: list[tuple[int, int, int, bool]] = []
-            wanted: list[list[int]] = []
-            for i, (row, cont) in enumerate(zip(rows, continuations, strict=True)):
-                tokens = [*row, *cont]
-                start = len(entries)
-                for j, t in enumerate(tokens):
-                    scored = len(row) - 1 <= j < len(tokens) - 1  # the logits that predict c_0..c_{n-1}
-                    entries.append((int(t), n_prefix + j, i + 1, scored))
-                wanted.append([start + j for j in range(len(row) - 1, len(tokens) - 1)])
-            self._decode(entries)
             out = []
-            for cont, ks in zip(continuations, wanted, strict=True):
-                if not ks:
+            for i, (row, cont) in enumerate(zip(rows, continuations, strict=True)):  # one call a row
+                if not cont:
                     out.append(np.zeros(0))
                     continue
-                logits = torch.from_numpy(np.stack([self._logits(k) for k in ks])).double()
+                tokens = [*row, *cont]
+                scored = range(len(row) - 1, len(tokens) - 1)  # the logits that predict c_0..c_{n-1}
+                self._decode([(int(t), n_prefix + j, i + 1, j in scored) for j, t in enumerate(tokens)])
+                logits = torch.from_numpy(np.stack([self._logits(j) for j in scored])).double()
                 logp = torch.log_softmax(logits, dim=-1)
                 out.append(logp[torch.arange(len(cont)), torch.tensor(list(cont))].numpy())
             return out
