@@ -92,7 +92,8 @@ benchmark-harm-probe: install
 benchmark-load: install
 	$(PY) benchmarks/load.py
 
-# llama.cpp (the GGUF's 4-bit kernels) against PyTorch: verdict agreement per system and set, speed (~25 min here).
+# llama.cpp (the GGUF's 4-bit kernels) against PyTorch: verdict agreement per system and set, speed (its first
+# run here took about 40 minutes beside other jobs; a rerun resumes its evaluations from the journals).
 benchmark-device: install
 	$(PY) benchmarks/device.py --limit 100 --out benchmarks/reports/device_cpu.json
 

@@ -14,8 +14,18 @@ import ast
 import hashlib
 import inspect
 import json
+from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes (hex), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def stable_hash(obj: Any) -> str:

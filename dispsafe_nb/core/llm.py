@@ -95,12 +95,18 @@ class LLM:
         built on the copy (the dual system, a method's student) generates with it."""
         if engine not in GENERATION_ENGINES:
             raise ValueError(unknown_name_message("generation engine", engine, GENERATION_ENGINES))
-        if engine == "llamacpp" and self.gguf_file is None:
+        if engine == "llamacpp":
+            self.require_gguf()
+        return replace(self, engine=engine)
+
+    def require_gguf(self) -> Path:
+        """The GGUF file llama.cpp runs, or an error saying how to get a model that has one."""
+        if self.gguf_file is None:
             raise LlamaCppError(
                 f"{self.name} was not loaded from a GGUF file, which llama.cpp needs: load the embedded default "
                 "(load_llm()) or keep a PyTorch engine ('fast')"
             )
-        return replace(self, engine=engine)
+        return self.gguf_file
 
     # ---- prompts ---------------------------------------------------------------------------------------
     def chat_text(self, prompt: str, response: str | None = None) -> str:
@@ -409,12 +415,7 @@ def _llamacpp_runtime(llm: LLM, decoding: DecodingConfig, per_prompt_seed: bool)
             "engine='llamacpp' decodes greedily or with per_prompt_seed=True (every row its own seeded stream); "
             "sampling from one shared stream runs on engine='hf'"
         )
-    if llm.gguf_file is None:
-        raise LlamaCppError(
-            f"{llm.name} was not loaded from a GGUF file, which llama.cpp needs: load the embedded default "
-            "(load_llm()) or choose engine='fast'"
-        )
-    return runtime_for(llm.gguf_file)
+    return runtime_for(llm.require_gguf())
 
 
 def _llamacpp_batch(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import re
@@ -12,6 +11,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from dispsafe_nb.common.content_hash import file_sha256
 from dispsafe_nb.common.paths import REPO_ROOT, cache_root
 from dispsafe_nb.data.errors import ChecksumError, DatasetNotAvailableError, data_warning, unknown_name_error
 
@@ -178,14 +178,6 @@ def _downloads_disabled() -> bool:
     return os.environ.get("DISPSAFE_OFFLINE", "").strip().lower() in {"1", "true", "yes"}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
@@ -221,7 +213,7 @@ def _verify_mirror(path: Path, rf: RemoteFile) -> None:
     """A mirror file must match its pin: a silently different benchmark would corrupt every number."""
     if rf.sha256 is None:
         return
-    actual = _sha256(path)
+    actual = file_sha256(path)
     if actual != rf.sha256:
         raise ChecksumError(
             f"{path} (from DISPSAFE_DATA) has the wrong sha256: expected {rf.sha256}, got {actual}. "
@@ -232,7 +224,7 @@ def _verify_mirror(path: Path, rf: RemoteFile) -> None:
 def _cached_file_ok(cached: Path, expected: str | None) -> bool:
     """True if the cached file can be used; a corrupted one is deleted so it is downloaded again."""
     try:
-        actual: str | None = _sha256(cached)
+        actual: str | None = file_sha256(cached)
     except OSError:
         actual = None  # unreadable (permissions, a directory in its place, ...)
     if actual is not None and expected is None:
@@ -271,7 +263,7 @@ def _download_to_cache(rf: RemoteFile, cached: Path, expected: str | None) -> Pa
             _download(rf.url, tmp)
         except (OSError, http.client.HTTPException) as exc:  # URLError, HTTPError, timeouts, resets
             raise _not_available(rf, cached, f"failed ({exc})") from exc
-        actual = _sha256(tmp)
+        actual = file_sha256(tmp)
         if expected is not None and actual != expected:
             origin = "pinned" if rf.sha256 else f"recorded on first use in {_sidecar(cached)}"
             raise ChecksumError(

@@ -13,7 +13,6 @@ model; the test runs the export through the llamacpp engine against the in-memor
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dispsafe_nb.common.content_hash import file_sha256
 from dispsafe_nb.core.decoding import EVALUATION_DECODING
 from dispsafe_nb.core.llamacpp_engine import gguf_sha256
 from dispsafe_nb.core.llm import LLM
@@ -35,10 +35,6 @@ EXAMPLE = "run_on_device.py"
 
 class DeviceExportError(ValueError):
     """A device export folder is incomplete, altered or for another model; says which file and what to do."""
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def export_for_device(
@@ -85,7 +81,7 @@ def export_for_device(
         },
         "refusal": refusal,
         "decoding": EVALUATION_DECODING.to_dict(),
-        "files": {name: _sha256(folder / name) for name in (VECTORS, EXAMPLE)},
+        "files": {name: file_sha256(folder / name) for name in (VECTORS, EXAMPLE)},
     }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
     return folder
@@ -103,7 +99,7 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     for name, digest in manifest["files"].items():
         if not (folder / name).is_file():
             raise DeviceExportError(f"{folder} lacks {name}: export the student again")
-        if _sha256(folder / name) != digest:
+        if file_sha256(folder / name) != digest:
             raise DeviceExportError(
                 f"{folder / name} does not match its checksum in {MANIFEST}: it was altered"
             )
